@@ -1,0 +1,348 @@
+"""
+The rules of a session on one node: commit on the primary, apply on the
+backup, take over, fence, expire, compare digests.
+
+A L{Store} holds every session the node has, as primary or as backup; the
+role of a copy is C{session.primary == store.node}.  Methods take the time
+and return decisions; the PB and HTTP edges carry them out.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+from appliance.core.session import Changes, Delta, Full, Remove, Session, Touch
+
+Record = Union[Delta, Full, Remove, Touch]
+
+
+class Result(enum.IntEnum):
+    """
+    A backup's answer to one replication record.
+    """
+
+    OK = 0
+    DUPLICATE = 1
+    GAP = 2
+    FENCED = 3
+
+    @property
+    def acknowledged(self) -> bool:
+        return self in (Result.OK, Result.DUPLICATE)
+
+
+class Fenced(Exception):
+    """
+    A newer owner holds the session: this copy must not accept writes.
+    """
+
+
+class TooLarge(Exception):
+    """
+    The session would grow past the configured size limit.
+    """
+
+
+class Store:
+    def __init__(self, node: str, timeout: float, max_bytes: int = 16 * 1024 * 1024):
+        self.node = node
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.sessions: Dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def get(self, sid: str) -> Optional[Session]:
+        return self.sessions.get(sid)
+
+    def primary_of(self, sid: str) -> Optional[Session]:
+        """
+        The session if this node is its primary.
+        """
+        session = self.sessions.get(sid)
+        if session is not None and session.primary == self.node:
+            return session
+        return None
+
+    def create(self, sid: str, changes: Changes, secondary: Optional[str], now: float) -> Full:
+        """
+        A new session at version 1, epoch 1, primary here; returns the full
+        state to send to the secondary.
+        """
+        if sid in self.sessions:
+            raise ValueError(f"session {sid} exists")
+        size = sum(len(v) for v in changes.set.values())
+        if size > self.max_bytes:
+            raise TooLarge(f"session would be {size} bytes, the limit is {self.max_bytes}")
+        session = Session(
+            sid=sid,
+            values=dict(changes.set),
+            version=1,
+            epoch=1,
+            primary=self.node,
+            secondary=secondary,
+            last_access=now,
+            timeout=self.timeout,
+            size=size,
+        )
+        self.sessions[sid] = session
+        return session.full(now)
+
+    def commit(self, session: Session, changes: Changes, now: float) -> Optional[Delta]:
+        """
+        Apply one request's changes on the primary: the version goes up by
+        one and the delta to replicate is returned (C{None} if nothing
+        changed, which only touches the session).
+        """
+        if self.sessions.get(session.sid) is not session or session.primary != self.node:
+            raise Fenced(session.sid)
+        session.last_access = now
+        if not changes:
+            return None
+        values = session.values
+        size = session.size
+        for key, data in changes.set.items():
+            size += len(data) - len(values.get(key, b""))
+        for key in changes.removed:
+            size -= len(values.get(key, b""))
+        if size > self.max_bytes:
+            raise TooLarge(f"session would be {size} bytes, the limit is {self.max_bytes}")
+        values.update(changes.set)
+        for key in changes.removed:
+            values.pop(key, None)
+        session.size = size
+        session.version += 1
+        return Delta(
+            session.sid,
+            session.epoch,
+            session.version,
+            session.primary,
+            session.secondary,
+            changes.set,
+            changes.removed,
+        )
+
+    def touch(self, session: Session, now: float) -> Touch:
+        session.last_access = now
+        return Touch(session.sid, session.epoch)
+
+    def remove(self, sid: str) -> Optional[Remove]:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return None
+        return Remove(sid, session.epoch)
+
+    def set_secondary(self, session: Session, secondary: Optional[str], now: float) -> Full:
+        """
+        Re-protect a primary copy on another node: the new secondary gets the
+        full state.
+        """
+        session.secondary = secondary
+        return session.full(now)
+
+    def apply(self, record: Record, now: float) -> Result:
+        """
+        The backup's rules: exact base version applies; same or older is a
+        duplicate; a gap or an unknown session asks for the full state; an
+        older epoch is fenced.
+        """
+        local = self.sessions.get(record.sid)
+        if isinstance(record, Full):
+            return self._apply_full(local, record, now)
+        if local is None:
+            return Result.OK if isinstance(record, Remove) else Result.GAP
+        if record.epoch < local.epoch:
+            return Result.FENCED
+        if isinstance(record, Remove):
+            del self.sessions[record.sid]
+            return Result.OK
+        if record.epoch > local.epoch:
+            return Result.GAP
+        if isinstance(record, Touch):
+            local.last_access = now
+            return Result.OK
+        if record.version <= local.version:
+            return Result.DUPLICATE
+        if record.version != local.version + 1:
+            return Result.GAP
+        values = local.values
+        for key, data in record.set.items():
+            local.size += len(data) - len(values.get(key, b""))
+            values[key] = data
+        for key in record.removed:
+            local.size -= len(values.pop(key, b""))
+        local.version = record.version
+        local.primary = record.primary
+        local.secondary = record.secondary
+        local.last_access = now
+        return Result.OK
+
+    def _apply_full(self, local: Optional[Session], record: Full, now: float) -> Result:
+        if local is not None:
+            if record.epoch < local.epoch:
+                return Result.FENCED
+            if record.epoch == local.epoch and record.version < local.version:
+                return Result.DUPLICATE
+        self.sessions[record.sid] = Session(
+            sid=record.sid,
+            values=dict(record.values),
+            version=record.version,
+            epoch=record.epoch,
+            primary=record.primary,
+            secondary=record.secondary,
+            last_access=now - record.idle,
+            timeout=record.timeout,
+            size=sum(len(v) for v in record.values.values()),
+        )
+        return Result.OK
+
+    def fenced(self, sid: str, epoch: int) -> bool:
+        """
+        A backup answered "fenced" to a record of C{epoch}: drop this copy if
+        it is still that epoch's.  Returns whether it was dropped.
+        """
+        session = self.sessions.get(sid)
+        if session is not None and session.epoch <= epoch:
+            del self.sessions[sid]
+            return True
+        return False
+
+    def hand_over(self, sid: str, requester: str, now: float) -> Optional[Full]:
+        """
+        Another node takes this session over: the epoch goes up and the
+        requester becomes primary.  An old primary drops its copy (it is
+        fenced); a backup keeps its copy under the new epoch and primary.
+        Returns the full state for the requester, or C{None} if this node
+        holds nothing.
+        """
+        session = self.sessions.get(sid)
+        if session is None:
+            return None
+        session.epoch += 1
+        if session.primary == self.node or session.secondary != self.node:
+            del self.sessions[sid]
+            secondary = session.secondary
+        else:
+            secondary = self.node
+        session.primary = requester
+        session.secondary = secondary
+        full = session.full(now)
+        session.last_access = now
+        return full
+
+    def adopt(self, full: Full, secondary: Optional[str], now: float) -> Session:
+        """
+        Become primary of a session taken over (C{full} already carries the
+        raised epoch).
+        """
+        session = Session(
+            sid=full.sid,
+            values=dict(full.values),
+            version=full.version,
+            epoch=full.epoch,
+            primary=self.node,
+            secondary=secondary,
+            last_access=now,
+            timeout=full.timeout,
+            size=sum(len(v) for v in full.values.values()),
+        )
+        self.sessions[full.sid] = session
+        return session
+
+    def promote(self, sid: str, secondary: Optional[str], now: float, floor: int = 0) -> Optional[Session]:
+        """
+        A backup becomes primary (its primary is gone): epoch + 1, and above
+        C{floor}, an epoch another holder is known to carry already.
+        """
+        session = self.sessions.get(sid)
+        if session is None:
+            return None
+        session.epoch = max(session.epoch + 1, floor + 1)
+        session.primary = self.node
+        session.secondary = secondary
+        session.last_access = now
+        return session
+
+    def expired(self, now: float) -> List[str]:
+        """
+        Remove and return every session idle past its timeout, primary or
+        backup alike.
+        """
+        gone = [sid for sid, s in self.sessions.items() if now >= s.last_access + s.timeout]
+        for sid in gone:
+            del self.sessions[sid]
+        return gone
+
+    def backed_by(self, peer: str) -> List[Session]:
+        """
+        Primary copies whose secondary is C{peer}.
+        """
+        node = self.node
+        return [s for s in self.sessions.values() if s.primary == node and s.secondary == peer]
+
+    def digest(self, peer: str) -> List[Tuple[str, int, int]]:
+        """
+        (sid, version, epoch) of every primary copy backed by C{peer}.
+        """
+        return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer)]
+
+    def compare(self, primary: str, digest: Iterable[Tuple[str, int, int]]) -> List[str]:
+        """
+        On the backup: the sids from C{primary}'s digest that differ from the
+        copies here (so need the full state).  Backups that C{primary} still
+        claims to own but left out of its digest are dropped: it removed
+        them and the removal was lost.
+        """
+        listed = {}
+        differ = []
+        for sid, version, epoch in digest:
+            listed[sid] = True
+            local = self.sessions.get(sid)
+            if local is None or local.version != version or local.epoch != epoch:
+                differ.append(sid)
+        stale = [
+            sid
+            for sid, s in self.sessions.items()
+            if s.primary == primary and s.secondary == self.node and sid not in listed
+        ]
+        for sid in stale:
+            del self.sessions[sid]
+        return differ
+
+    def load(self) -> int:
+        return len(self.sessions)
+
+
+def topology_distance(a, b) -> int:
+    """
+    How far apart two nodes are: 3 on different sites, 2 different racks,
+    1 different machines, 0 on one machine.
+    """
+    if a.site != b.site:
+        return 3
+    if a.rack != b.rack:
+        return 2
+    if a.machine != b.machine:
+        return 1
+    return 0
+
+
+def place_secondary(
+    me, candidates: Iterable, load: Dict[str, int], pinned: Tuple[str, ...] = ()
+) -> Optional[str]:
+    """
+    The secondary for a session whose primary is C{me}: among live
+    C{candidates} (node configs), the furthest away in the topology, then
+    the least loaded, then by name for determinism.  C{pinned}, when given,
+    limits the choice to those nodes.
+    """
+    best: Optional[Tuple[int, int, str]] = None
+    for node in candidates:
+        if node.name == me.name or (pinned and node.name not in pinned):
+            continue
+        key = (-topology_distance(me, node), load.get(node.name, 0), node.name)
+        if best is None or key < best:
+            best = key
+    return None if best is None else best[2]

@@ -1,0 +1,185 @@
+"""
+A node's connection to one peer: log in, keep the link alive with
+heartbeats, reconnect with backoff, and time calls out.
+
+A link that misses C{misses} heartbeats in a row, or whose call times out, is
+cut: PB calls on one connection are ordered, and a stuck call would hold every
+later one behind it.  Losing a peer is a normal event, reported to
+C{on_down}; a new login is reported to C{on_up}.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, error
+from twisted.logger import Logger
+from twisted.spread import pb
+
+log = Logger()
+
+
+class PeerUnavailable(Exception):
+    """
+    The link to the peer is down; the call was not sent.
+    """
+
+
+class PeerLink:
+    def __init__(
+        self,
+        clock,
+        connect: Callable[[pb.PBClientFactory], defer.Deferred],
+        me: str,
+        peer: str,
+        secret: str,
+        heartbeat_interval: float,
+        misses: int,
+        call_timeout: float,
+        on_up: Callable[[str], None],
+        on_down: Callable[[str], None],
+    ):
+        self.clock = clock
+        self._connect = connect
+        self.me = me
+        self.peer = peer
+        self.secret = secret
+        self.heartbeat_interval = heartbeat_interval
+        self.misses = misses
+        self.call_timeout = call_timeout
+        self.on_up = on_up
+        self.on_down = on_down
+        self.remote: Optional[pb.RemoteReference] = None
+        self.load = 0
+        self._broker = None
+        self._running = False
+        self._delay = 0.1
+        self._retry = None
+        self._beat = None
+        self._missed = 0
+        self._attempt: Optional[defer.Deferred] = None
+
+    @property
+    def connected(self) -> bool:
+        return self.remote is not None
+
+    def start(self) -> None:
+        self._running = True
+        self._try()
+
+    def stop(self) -> None:
+        self._running = False
+        for call in (self._retry, self._beat):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._beat = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        self._cut()
+
+    def _try(self) -> None:
+        self._retry = None
+        if not self._running:
+            return
+        factory = pb.PBClientFactory()
+        creds = UsernamePassword(self.me.encode("utf-8"), self.secret.encode("utf-8"))
+        attempt = self._attempt = self._connect(factory)
+        attempt.addCallback(lambda proto: factory.login(creds))
+        attempt.addTimeout(self.call_timeout, self.clock)
+        attempt.addCallbacks(self._logged_in, self._failed, callbackArgs=(factory,))
+
+    def _failed(self, failure) -> None:
+        self._attempt = None
+        if failure.check(defer.CancelledError) and not self._running:
+            return
+        if not failure.check(
+            error.ConnectError, error.ConnectionLost, error.ConnectionDone, defer.TimeoutError,
+            pb.PBConnectionLost,
+        ):
+            log.failure("login to {peer} failed", failure, peer=self.peer)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._running and self._retry is None:
+            self._retry = self.clock.callLater(self._delay, self._try)
+            self._delay = min(self._delay * 2, 2.0)
+
+    def _logged_in(self, remote, factory) -> None:
+        self._attempt = None
+        if not self._running:
+            remote.broker.transport.loseConnection()
+            return
+        self.remote = remote
+        self._broker = remote.broker
+        self._delay = 0.1
+        self._missed = 0
+        remote.notifyOnDisconnect(self._lost)
+        log.info("replication link {me} -> {peer} up", me=self.me, peer=self.peer)
+        self._beat = self.clock.callLater(self.heartbeat_interval, self._heartbeat)
+        self.on_up(self.peer)
+
+    def _lost(self, remote) -> None:
+        if self.remote is not remote:
+            return
+        self.remote = None
+        self._broker = None
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
+        log.info("replication link {me} -> {peer} down", me=self.me, peer=self.peer)
+        self.on_down(self.peer)
+        self._schedule()
+
+    def _cut(self) -> None:
+        """
+        Drop the connection at once; L{_lost} follows.
+        """
+        broker = self._broker
+        if broker is not None and broker.transport is not None:
+            broker.transport.abortConnection()
+        if self.remote is not None:
+            self._lost(self.remote)
+
+    def _heartbeat(self) -> None:
+        self._beat = None
+        if self.remote is None:
+            return
+
+        def pong(load):
+            if isinstance(load, int):
+                self.load = load
+            self._missed = 0
+
+        def missed(failure):
+            self._missed += 1
+            if self._missed >= self.misses and self.remote is not None:
+                log.warn("{peer} missed {n} heartbeats; cutting the link", peer=self.peer, n=self._missed)
+                self._cut()
+
+        d = self.remote.callRemote("ping")
+        d.addTimeout(self.heartbeat_interval, self.clock)
+        d.addCallbacks(pong, missed)
+        if self.remote is not None:
+            self._beat = self.clock.callLater(self.heartbeat_interval, self._heartbeat)
+
+    def call(self, name: str, *args) -> defer.Deferred:
+        """
+        Call C{name} on the peer.  Fails with L{PeerUnavailable} when the
+        link is down and cuts the link when the call times out.
+        """
+        remote = self.remote
+        if remote is None:
+            return defer.fail(PeerUnavailable(self.peer))
+        d = remote.callRemote(name, *args)
+        d.addTimeout(self.call_timeout, self.clock)
+
+        def failed(failure):
+            if failure.check(defer.TimeoutError) and self.remote is remote:
+                log.warn("{peer} did not answer {name} in time; cutting the link", peer=self.peer, name=name)
+                self._cut()
+            if failure.check(pb.PBConnectionLost, defer.TimeoutError, error.ConnectionLost):
+                raise PeerUnavailable(self.peer)
+            return failure
+
+        return d.addErrback(failed)

@@ -1,0 +1,169 @@
+"""
+Per-peer queues that turn single records into batched PB calls.
+
+Group commit: records queued during one reactor turn leave together in one
+call, one call in flight per peer; what queues meanwhile leaves as the next
+call when the first is answered.  In C{batched} mode a queue waits until it
+holds C{count} records or C{interval} has passed.  The batch crosses PB as
+one compact byte string (L{wire}), split in chunks under Banana's limit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from appliance.config import ClusterSettings
+from appliance.core.batching import batch_limits
+from appliance.core.store import Record, Result
+from appliance.replication import wire
+from appliance.replication.link import PeerUnavailable
+
+log = Logger()
+
+BATCH_BYTES = 1024 * 1024
+
+
+class _Queue:
+    __slots__ = ("peer", "pending", "in_flight", "timer", "due", "held")
+
+    def __init__(self, peer: str):
+        self.peer = peer
+        self.pending: List[Tuple[bytes, defer.Deferred]] = []
+        self.in_flight = 0
+        self.timer = None
+        self.due = False
+        self.held = False
+
+
+class Replicator:
+    """
+    C{call(peer, name, *args)} sends a PB call on the link to C{peer};
+    C{minute_of_day()} gives local time for batching windows.
+    """
+
+    def __init__(
+        self,
+        clock,
+        settings: ClusterSettings,
+        call: Callable[..., defer.Deferred],
+        minute_of_day: Callable[[], int],
+    ):
+        self.clock = clock
+        self.settings = settings
+        self._call = call
+        self._minute = minute_of_day
+        self._queues: Dict[str, _Queue] = {}
+
+    def _queue(self, peer: str) -> _Queue:
+        q = self._queues.get(peer)
+        if q is None:
+            q = self._queues[peer] = _Queue(peer)
+        return q
+
+    def unreplicated(self) -> int:
+        """
+        Updates queued or sent but not yet acknowledged, over all peers: the
+        window that a crash now would lose in async and batched modes.
+        """
+        return sum(len(q.pending) + q.in_flight for q in self._queues.values())
+
+    def send(self, peer: str, record: Record) -> defer.Deferred:
+        """
+        Queue C{record} for C{peer}; the Deferred fires with the peer's
+        L{Result} or fails with L{PeerUnavailable}.
+        """
+        d = defer.Deferred()
+        q = self._queue(peer)
+        q.pending.append((wire.encode_record(record), d))
+        self._arrange(q)
+        return d
+
+    def hold(self, peer: str) -> None:
+        """
+        Keep records for C{peer} queued (while a reconnected link resyncs).
+        """
+        self._queue(peer).held = True
+
+    def release(self, peer: str) -> None:
+        q = self._queue(peer)
+        q.held = False
+        if q.pending:
+            q.due = True
+            self._arrange(q)
+
+    def fail(self, peer: str) -> None:
+        """
+        The link to C{peer} is gone: everything queued for it fails.
+        """
+        q = self._queues.pop(peer, None)
+        if q is None:
+            return
+        if q.timer is not None and q.timer.active():
+            q.timer.cancel()
+        pending, q.pending = q.pending, []
+        for _, d in pending:
+            d.errback(PeerUnavailable(peer))
+
+    def _arrange(self, q: _Queue) -> None:
+        if q.in_flight or q.held:
+            return
+        limits = batch_limits(self.settings, self._minute())
+        if limits is None:
+            if q.due:
+                self._flush(q)
+            elif q.timer is None:
+                q.timer = self.clock.callLater(0, self._flush, q)
+        elif q.due or len(q.pending) >= limits[0]:
+            self._flush(q)
+        elif q.timer is None:
+            q.timer = self.clock.callLater(limits[1], self._flush, q)
+
+    def _flush(self, q: _Queue) -> None:
+        if q.timer is not None and q.timer.active():
+            q.timer.cancel()
+        q.timer = None
+        if q.in_flight or q.held:
+            q.due = True
+            return
+        q.due = False
+        if not q.pending or self._queues.get(q.peer) is not q:
+            return
+        taken, size = 0, 0
+        for encoded, _ in q.pending:
+            if taken and size + len(encoded) > BATCH_BYTES:
+                break
+            size += len(encoded)
+            taken += 1
+        batch, q.pending = q.pending[:taken], q.pending[taken:]
+        if q.pending:
+            q.due = True
+        q.in_flight = len(batch)
+        payload = wire.batch(encoded for encoded, _ in batch)
+        d = self._call(q.peer, "replicate", wire.split(payload))
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(q, batch), errbackArgs=(q, batch))
+
+    def _answered(self, answer, q: _Queue, batch) -> None:
+        q.in_flight = 0
+        try:
+            results = wire.decode_results(answer, len(batch))
+        except wire.WireError as e:
+            log.error("{peer} answered a batch wrongly: {problem}", peer=q.peer, problem=str(e))
+            results = [None] * len(batch)
+        for (_, d), result in zip(batch, results):
+            if result is None:
+                d.errback(PeerUnavailable(q.peer))
+            else:
+                d.callback(result)
+        self._arrange(q)
+
+    def _failed(self, failure, q: _Queue, batch) -> None:
+        q.in_flight = 0
+        if not failure.check(PeerUnavailable):
+            log.failure("replication to {peer} failed", failure, peer=q.peer)
+        for _, d in batch:
+            d.errback(PeerUnavailable(q.peer))
+        self._arrange(q)
+
