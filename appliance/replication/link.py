@@ -83,6 +83,7 @@ class PeerLink:
         if not self._running:
             return
         factory = pb.PBClientFactory()
+        factory.noisy = False
         creds = UsernamePassword(self.me.encode("utf-8"), self.secret.encode("utf-8"))
         attempt = self._attempt = self._connect(factory)
         attempt.addCallback(lambda proto: factory.login(creds))

@@ -1,0 +1,59 @@
+"""
+The demo shopping cart: a plain WSGI application whose only state is its
+session, C{environ["appliance.session"]}.
+
+    GET    /cart               200 {"items": [...]}
+    POST   /cart/items         form field item; 200 the new list
+    DELETE /cart/items/<item>  200 the new list (404 if not in the cart)
+    POST   /cart/logout        200; the session ends everywhere
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, unquote
+
+MAX_ITEM = 200
+
+
+def _reply(start_response, status: str, body: object):
+    data = json.dumps(body).encode("utf-8")
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")],
+    )
+    return [data]
+
+
+def _form(environ) -> dict:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    body = environ["wsgi.input"].read(min(length, 65536)) if length > 0 else b""
+    return parse_qs(body.decode("utf-8", "replace"))
+
+
+def app(environ, start_response):
+    session = environ["appliance.session"]
+    method = environ["REQUEST_METHOD"]
+    path = environ.get("PATH_INFO", "") or "/"
+    if path == "/" and method in ("GET", "HEAD"):
+        return _reply(start_response, "200 OK", {"items": session.get("cart", [])})
+    if path == "/items" and method == "POST":
+        item = (_form(environ).get("item") or [""])[0]
+        if not item or len(item) > MAX_ITEM:
+            return _reply(start_response, "400 Bad Request", {"error": f"form field item: 1-{MAX_ITEM} characters"})
+        session.setdefault("cart", []).append(item)
+        return _reply(start_response, "200 OK", session["cart"])
+    if path.startswith("/items/") and method == "DELETE":
+        item = unquote(path[len("/items/") :])
+        cart = session.get("cart", [])
+        if item not in cart:
+            return _reply(start_response, "404 Not Found", {"error": "not in the cart", "items": cart})
+        cart.remove(item)
+        return _reply(start_response, "200 OK", cart)
+    if path == "/logout" and method == "POST":
+        session.invalidate()
+        return _reply(start_response, "200 OK", {"logged_out": True})
+    return _reply(start_response, "404 Not Found", {"error": "no such resource"})

@@ -1,0 +1,284 @@
+"""
+The session server's HTTP edge: find the session from the cookie, run the
+application with it, hold the response until the change is committed and
+(in sync mode) replicated, then send it with the cookie.
+
+WSGI applications run in the reactor's thread pool and see their session as
+C{environ["appliance.session"]}; twisted.web resources render in the reactor
+thread and reach the same mapping with L{session_of}.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from io import BytesIO
+from typing import List, Optional, Tuple
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from appliance import cookie
+from appliance.config import AppConfig, ClusterConfig
+from appliance.core.session import NotJSON, SessionData
+from appliance.core.store import Fenced, TooLarge
+from appliance.server.node import Handle, SessionNode
+
+log = Logger()
+
+HEALTH = b"/_appliance/health"
+
+
+def session_of(request) -> SessionData:
+    """
+    The session of a request to a hosted twisted.web resource: a mutable
+    mapping of JSON-compatible values, committed when the response finishes.
+    """
+    return request.appliance_session
+
+
+def load_object(path: str):
+    module, _, attr = path.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class HeldRequest(server.Request):
+    """
+    A request whose response body is held, once L{hold} is called, until
+    the session is committed: only then are the status, cookie and body
+    known to be final.
+    """
+
+    appliance_session: Optional[SessionData] = None
+    _held: Optional[List[bytes]] = None
+    _on_finish = None
+
+    def hold(self, on_finish) -> None:
+        self._held = []
+        self._on_finish = on_finish
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            server.Request.write(self, data)
+
+    def finish(self):
+        on_finish, self._on_finish = self._on_finish, None
+        if on_finish is None:
+            if not self._disconnected and not self.finished:
+                return server.Request.finish(self)
+            return None
+        d = defer.maybeDeferred(on_finish, self)
+        d.addErrback(self._commit_failed)
+        d.addCallback(lambda _: self._release())
+        return None
+
+    def _commit_failed(self, failure: Failure) -> None:
+        if failure.check(Fenced):
+            self._replace(503, {"error": "this session moved to another server; retry"})
+            self.setHeader(b"retry-after", b"1")
+        elif failure.check(TooLarge):
+            self._replace(413, {"error": str(failure.value)})
+        elif failure.check(NotJSON):
+            log.error("application stored a non-JSON value: {problem}", problem=str(failure.value))
+            self._replace(500, {"error": "the application stored a value a session cannot hold"})
+        else:
+            log.failure("committing a session failed", failure)
+            self._replace(500, {"error": "internal error"})
+
+    def _replace(self, code: int, body: dict) -> None:
+        self.setResponseCode(code)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        self.responseHeaders.removeHeader(b"content-length")
+        self._held = [json.dumps(body).encode("utf-8")]
+
+    def _release(self) -> None:
+        held, self._held = self._held or [], None
+        if self._disconnected or self.finished:
+            return
+        body = b"".join(held)
+        if self.method != b"HEAD" and not self.responseHeaders.hasHeader(b"content-length"):
+            self.setHeader(b"content-length", b"%d" % len(body))
+        if body:
+            server.Request.write(self, body)
+        server.Request.finish(self)
+
+
+def wsgi_environ(request: server.Request, mount: str, session: SessionData) -> dict:
+    path = request.path.decode("latin-1")
+    script = mount
+    path_info = path[len(mount) :]
+    environ = {
+        "REQUEST_METHOD": request.method.decode("ascii", "replace"),
+        "SCRIPT_NAME": script,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": request.uri.partition(b"?")[2].decode("latin-1"),
+        "CONTENT_TYPE": (request.getHeader(b"content-type") or b"").decode("latin-1"),
+        "CONTENT_LENGTH": (request.getHeader(b"content-length") or b"").decode("latin-1"),
+        "SERVER_NAME": request.getRequestHostname().decode("latin-1"),
+        "SERVER_PORT": str(request.getHost().port),
+        "REMOTE_ADDR": getattr(request.getClientAddress(), "host", ""),
+        "SERVER_PROTOCOL": request.clientproto.decode("latin-1"),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https" if request.isSecure() else "http",
+        "wsgi.input": request.content if request.content is not None else BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "appliance.session": session,
+    }
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+            environ[key] = ",".join(v.decode("latin-1") for v in values)
+    return environ
+
+
+def run_wsgi(app, environ) -> Tuple[str, list, List[bytes]]:
+    """
+    Run a WSGI application to completion (in a worker thread) and return
+    its status, headers and body.
+    """
+    response: dict = {}
+
+    def start_response(status, headers, exc_info=None):
+        if exc_info is not None and response.get("sent"):
+            raise exc_info[1].with_traceback(exc_info[2])
+        response["status"] = status
+        response["headers"] = headers
+        return body.append
+
+    body: List[bytes] = []
+    result = app(environ, start_response)
+    try:
+        for chunk in result:
+            if chunk:
+                response["sent"] = True
+                body.append(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    if "status" not in response:
+        raise RuntimeError("the WSGI application never called start_response")
+    return response["status"], response["headers"], body
+
+
+class NodeResource(resource.Resource):
+    """
+    The root of a session server: the health endpoint and every mounted
+    application.
+    """
+
+    isLeaf = True
+
+    def __init__(self, reactor, cluster: ClusterConfig, node: SessionNode, health, secure: bool = False):
+        super().__init__()
+        self.reactor = reactor
+        self.node = node
+        self.cookie_name = cluster.cluster.cookie.encode("ascii")
+        self.names = frozenset(cluster.node_names)
+        self.health = health
+        self.secure = secure
+        self.apps = sorted(
+            ((app.mount, app, load_object(app.wsgi or app.resource)) for app in cluster.apps),
+            key=lambda entry: -len(entry[0]),
+        )
+
+    def render(self, request):
+        path = request.path
+        if path == HEALTH:
+            body = json.dumps(self.health()).encode("utf-8")
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return body
+        text = path.decode("latin-1")
+        for mount, app, target in self.apps:
+            if text == mount or text.startswith(mount + "/"):
+                self._serve(request, app, target)
+                return server.NOT_DONE_YET
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "no application here"}'
+
+    def _serve(self, request: HeldRequest, app: AppConfig, target) -> None:
+        route = cookie.decode(request.getCookie(self.cookie_name), self.names)
+        d = self.node.open(route)
+        d.addCallback(self._run, request, app, target, route)
+        d.addErrback(self._failed, request)
+
+    def _run(self, handle: Handle, request: HeldRequest, app: AppConfig, target, route) -> None:
+        request.appliance_session = handle.data
+        request.hold(lambda req: self._commit(req, handle, route))
+        if app.wsgi is not None:
+            environ = wsgi_environ(request, app.mount, handle.data)
+            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, target, environ)
+            d.addCallback(self._wsgi_done, request)
+            d.addErrback(self._app_failed, request, handle)
+        else:
+            request.prepath = app.mount.encode("latin-1").split(b"/")[1:]
+            request.postpath = request.postpath[len(request.prepath) :]
+            try:
+                body = resource.getChildForRequest(target, request).render(request)
+            except Exception:
+                self._app_failed(Failure(), request, handle)
+                return
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+
+    def _wsgi_done(self, response, request: HeldRequest) -> None:
+        status, headers, body = response
+        code, _, message = status.partition(" ")
+        request.setResponseCode(int(code), message.encode("latin-1"))
+        for name, value in headers:
+            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        for chunk in body:
+            request.write(chunk)
+        request.finish()
+
+    def _app_failed(self, failure: Failure, request: HeldRequest, handle: Handle) -> None:
+        log.failure("application failed", failure)
+        handle.data = SessionData(handle.session.values if handle.session else None)
+        request._replace(500, {"error": "internal error"})
+        request.finish()
+
+    def _commit(self, request: HeldRequest, handle: Handle, route: cookie.Route):
+        d = self.node.close(handle)
+        d.addCallback(self._set_cookie, request, route)
+        return d
+
+    def _set_cookie(self, outcome, request: HeldRequest, route: cookie.Route) -> None:
+        name = self.cookie_name.decode("ascii")
+        secure = self.secure or request.isSecure()
+        if outcome.ended:
+            request.setHeader(b"set-cookie", cookie.set_cookie(name, "", secure, max_age=0).encode("ascii"))
+        elif outcome.cookie is not None and outcome.cookie != cookie.encode(
+            route.sid or "", route.primary or "", route.secondary
+        ):
+            request.setHeader(b"set-cookie", cookie.set_cookie(name, outcome.cookie, secure).encode("ascii"))
+
+    def _failed(self, failure: Failure, request: HeldRequest) -> None:
+        if request.finished or request._disconnected:
+            return
+        log.failure("could not open a session", failure)
+        request.setResponseCode(503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"retry-after", b"1")
+        server.Request.write(request, b'{"error": "session unavailable; retry"}')
+        server.Request.finish(request)
+
+
+def site(reactor, cluster: ClusterConfig, node: SessionNode, health) -> server.Site:
+    s = server.Site(NodeResource(reactor, cluster, node, health))
+    s.requestFactory = HeldRequest
+    s.displayTracebacks = False
+    return s

@@ -1,0 +1,58 @@
+"""
+twistd appliance: options and the service for this process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from appliance.config import ClusterConfig, ConfigError
+
+ROLES = ("dns", "balancer", "server")
+
+
+class Options(usage.Options):
+    synopsis = "[--config etc/cluster.ini] [--node NAME [--roles dns,balancer,server]]"
+    longdesc = (
+        "Without --node, runs every role of the cluster on this machine: the DNS "
+        "responder and balancers in this process and each session server in a "
+        "supervised child process.  With --node, runs only that node's roles "
+        "(one process per host in a real deployment)."
+    )
+    optParameters = [
+        ["config", "c", "etc/cluster.ini", "The cluster configuration file."],
+        ["node", "n", None, "Run only the roles of this node."],
+        ["roles", "r", ",".join(ROLES), "With --node: which of its roles to run (comma-separated)."],
+    ]
+
+    def postOptions(self) -> None:
+        roles = tuple(r.strip() for r in self["roles"].split(",") if r.strip())
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown or not roles:
+            raise usage.UsageError(f"--roles: expected some of {', '.join(ROLES)}")
+        self["roles"] = roles
+
+
+def load(options) -> ClusterConfig:
+    """
+    The configuration, or exit with its one-line error: a config mistake is
+    not a crash and gets no traceback.
+    """
+    try:
+        cluster = ClusterConfig.from_path(options["config"])
+        if options["node"] is not None and cluster.node(options["node"]) is None:
+            raise ConfigError(options["config"], f"node:{options['node']}", None, "--node names no such section")
+    except ConfigError as e:
+        sys.stderr.write(f"appliance: {e}\n")
+        raise SystemExit(1)
+    return cluster
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from appliance.service import make_service
+
+    return make_service(reactor, load(options), options["config"], options["node"], options["roles"])
