@@ -27,6 +27,9 @@ class ConfigError(Exception):
         self.section = section
         self.key = key
         self.problem = problem
+        if section == "-":
+            super().__init__(f"{path}: {problem}")
+            return
         where = f"[{section}]" if key is None else f"[{section}] {key}"
         super().__init__(f"{path}: {where}: {problem}")
 

@@ -1,0 +1,703 @@
+"""
+The replication benchmark: what keeping a session on a secondary costs.
+
+    python3 bench/replication.py                 # 3 rounds x 5 s per configuration
+    python3 bench/replication.py --duration 10 --rounds 3 --profile 8
+
+1. Session-write throughput (C{wrk -t1 -c32}, C{POST /cart/items} on a pool
+   of pre-created sessions, cookies rotated by the Lua script) against one
+   primary session server: replication off (a single-node cluster), sync,
+   async and batched (s1 primary, s2 secondary on another machine and
+   rack), and a Redis-backed baseline (the same demo app in plain
+   twisted.web, a JSON blob per session in a redis-server started here).
+   Configurations alternate within each round; every run starts fresh
+   processes so carts stay small.
+2. Bytes on the wire for a 100 KB session that changes one small key: the
+   delta record against the full state (L{appliance.replication.wire}).
+3. Resident memory per session for 100,000 sessions of ~1 KB JSON: primary
+   copies in one L{Store}, backup copies (applied from wire-decoded full
+   states) in another, each measured in a fresh child process.
+
+Everything listens on 127.0.0.1 on free ports; every child process is killed
+at the end, on error too.  Run from anywhere; the servers run with
+/work/main (this checkout) as their working directory so twistd finds the
+plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+MODES = ("off", "sync", "async", "batched", "redis")
+SECRET = "bench-secret-123"
+
+
+# -- processes ------------------------------------------------------------
+
+
+class Children:
+    """
+    Every process this benchmark starts, killed (process group and all) by
+    L{kill_all}, which runs on any exit path.
+    """
+
+    def __init__(self) -> None:
+        self.procs: List[subprocess.Popen] = []
+
+    def start(self, argv: List[str], log_path: str, cwd: str = ROOT) -> subprocess.Popen:
+        log = open(log_path, "ab")
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 5.0) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def kill_all(self) -> None:
+        for proc in list(self.procs):
+            try:
+                self.stop(proc, timeout=3.0)
+            except Exception:
+                pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of process C{pid} so far.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def get_json(port: int, path: str, timeout: float = 2.0) -> Optional[dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            return None
+        return json.loads(body)
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what}: a server exited with status {proc.returncode}")
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- configurations -------------------------------------------------------
+
+
+def cluster_ini(mode: str, nodes: Dict[str, Dict[str, int]], batch_count: int, batch_interval: str) -> str:
+    replication = "sync" if mode == "off" else mode
+    text = textwrap.dedent(
+        f"""\
+        [cluster]
+        name = bench.cluster.test
+        secret = {SECRET}
+        cookie = APPSESSION
+        replication = {replication}
+        batch_count = {batch_count}
+        batch_interval = {batch_interval}
+        session_timeout = 30m
+        digest_interval = 300s
+
+        [app:cart]
+        mount = /cart
+        wsgi = appliance.demo.cart:app
+        """
+    )
+    for i, (name, ports) in enumerate(nodes.items(), 1):
+        text += textwrap.dedent(
+            f"""
+            [node:{name}]
+            http = 127.0.0.1:{ports['http']}
+            replication = 127.0.0.1:{ports['replication']}
+            machine = m{i}
+            rack = r{i}
+            """
+        )
+    return text
+
+
+class Setup:
+    """
+    The servers of one run: C{port} takes the load, C{pids} are the
+    processes whose CPU is accounted (primary first).
+    """
+
+    def __init__(self, mode: str, port: int, pids: Dict[str, int], procs, secondary_port=None):
+        self.mode = mode
+        self.port = port
+        self.pids = pids
+        self.procs = procs
+        self.secondary_port = secondary_port
+
+
+def start_appliance(children: Children, workdir: str, mode: str, args, run_id: str) -> Setup:
+    names = ["s1"] if mode == "off" else ["s1", "s2"]
+    nodes = {n: {"http": free_port(), "replication": free_port()} for n in names}
+    conf = os.path.join(workdir, f"{run_id}.ini")
+    with open(conf, "w") as f:
+        f.write(cluster_ini(mode, nodes, args.batch_count, args.batch_interval))
+    procs = {}
+    for name in names:
+        argv = TWISTD + ["appliance", "--config", conf, "--node", name, "--roles", "server"]
+        procs[name] = children.start(argv, os.path.join(workdir, f"{run_id}-{name}.log"))
+    s1 = nodes["s1"]["http"]
+
+    def ready() -> bool:
+        for name in names:
+            health = get_json(nodes[name]["http"], "/_appliance/health")
+            if health is None or not all(health.get("peers", {}).values()):
+                return False
+            if len(health.get("peers", {})) != len(names) - 1:
+                return False
+        return True
+
+    wait_for(ready, 20, f"{mode} servers and replication links", procs.values())
+    return Setup(
+        mode, s1, {n: p.pid for n, p in procs.items()}, list(procs.values()),
+        nodes["s2"]["http"] if "s2" in nodes else None,
+    )
+
+
+def start_redis(children: Children, workdir: str, run_id: str) -> Setup:
+    redis_port = free_port()
+    redis_proc = children.start(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--protected-mode", "no", "--dir", workdir],
+        os.path.join(workdir, f"{run_id}-redis-server.log"),
+    )
+    wait_for(lambda: _redis_ping(redis_port), 10, "redis-server", [redis_proc])
+    port = free_port()
+    app_proc = children.start(
+        [sys.executable, os.path.join(ROOT, "bench", "redis_session_app.py"), "--port", str(port),
+         "--redis-port", str(redis_port)],
+        os.path.join(workdir, f"{run_id}-redis-app.log"),
+    )
+    wait_for(lambda: get_json(port, "/_appliance/health") is not None, 20, "redis app", [app_proc, redis_proc])
+    return Setup("redis", port, {"app": app_proc.pid, "redis": redis_proc.pid}, [app_proc, redis_proc])
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# -- load -----------------------------------------------------------------
+
+
+def create_sessions(port: int, count: int, workers: int = 8) -> List[str]:
+    """
+    C{count} sessions with one item each; returns their cookies
+    (C{APPSESSION=...}).
+    """
+
+    def make(n: int) -> List[str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        out = []
+        try:
+            for i in range(n):
+                conn.request(
+                    "POST", "/cart/items", body=f"item=seed{i}",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+                resp = conn.getresponse()
+                resp.read()
+                set_cookie = resp.getheader("Set-Cookie")
+                if resp.status != 200 or not set_cookie:
+                    raise RuntimeError(f"creating a session: HTTP {resp.status}, Set-Cookie {set_cookie!r}")
+                out.append(set_cookie.split(";", 1)[0])
+        finally:
+            conn.close()
+        return out
+
+    shares = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        return [c for part in pool.map(make, shares) for c in part]
+
+
+LUA = """\
+-- generated by bench/replication.py: POST /cart/items, rotating sessions
+local cookies = {%s}
+local n = #cookies
+local i = 0
+local headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
+request = function()
+  i = i + 1
+  headers["Cookie"] = cookies[(i %% n) + 1]
+  return wrk.format("POST", "/cart/items", headers, "item=i" .. (i %% 97))
+end
+"""
+
+
+def write_lua(path: str, cookies: List[str]) -> None:
+    with open(path, "w") as f:
+        f.write(LUA % ",\n".join(json.dumps(c) for c in cookies))
+
+
+def run_wrk(port: int, script: str, duration: float, connections: int, timeout_s: float) -> dict:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", script,
+            f"http://127.0.0.1:{port}/cart/items"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise RuntimeError(f"wrk gave no Requests/sec:\n{out}")
+    requests = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    return {
+        "rps": float(m.group(1)),
+        "requests": int(requests.group(1)) if requests else 0,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": errors.group(1).strip() if errors else "",
+        "latency_avg": latency.group(1) if latency else "?",
+        "raw": out,
+    }
+
+
+def one_run(children: Children, workdir: str, mode: str, args, run_id: str, profile: bool = False) -> dict:
+    setup = start_appliance(children, workdir, mode, args, run_id) if mode != "redis" else start_redis(
+        children, workdir, run_id
+    )
+    try:
+        cookies = create_sessions(setup.port, args.sessions)
+        if mode in ("sync", "async", "batched"):
+            wait_for(
+                lambda: (get_json(setup.secondary_port, "/_appliance/health") or {}).get("sessions") == args.sessions,
+                30, "sessions to reach the secondary", setup.procs,
+            )
+        script = os.path.join(workdir, f"{run_id}.lua")
+        write_lua(script, cookies)
+        if args.warmup > 0:
+            run_wrk(setup.port, script, args.warmup, args.connections, args.warmup + 30)
+        spy = None
+        if profile:
+            spy = start_py_spy(children, workdir, setup.pids["s1"], args.duration, run_id)
+        before = {name: cpu_seconds(pid) for name, pid in setup.pids.items()}
+        result = run_wrk(setup.port, script, args.duration, args.connections, args.duration + 60)
+        after = {name: cpu_seconds(pid) for name, pid in setup.pids.items()}
+        result["cpu_ms_per_req"] = {
+            name: 1000.0 * (after[name] - before[name]) / max(result["requests"], 1) for name in setup.pids
+        }
+        if spy is not None:
+            try:
+                spy.wait(args.duration + 30)
+            except subprocess.TimeoutExpired:
+                pass
+            result["profile"] = os.path.join(workdir, f"{run_id}.pyspy.txt")
+        if mode in ("sync", "async", "batched"):
+            health = get_json(setup.port, "/_appliance/health") or {}
+            result["unreplicated_at_end"] = health.get("unreplicated")
+        sample = cookies[0]
+        conn = http.client.HTTPConnection("127.0.0.1", setup.port, timeout=5)
+        conn.request("GET", "/cart", headers={"Cookie": sample})
+        resp = conn.getresponse()
+        result["sample_cart_items"] = len(json.loads(resp.read()).get("items", [])) if resp.status == 200 else None
+        conn.close()
+        return result
+    finally:
+        for proc in setup.procs:
+            children.stop(proc)
+
+
+# -- profiling ------------------------------------------------------------
+
+
+def start_py_spy(children: Children, workdir: str, pid: int, duration: float, run_id: str):
+    exe = shutil.which("py-spy")
+    if exe is None:
+        print("  (py-spy not found: pip install py-spy; no profile)")
+        return None
+    out = os.path.join(workdir, f"{run_id}.pyspy.txt")
+    return children.start(
+        [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "200",
+         "--format", "raw", "--output", out, "--threads", "--nonblocking"],
+        os.path.join(workdir, f"{run_id}-py-spy.log"),
+    )
+
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def summarise_profile(path: str, top: int) -> str:
+    """
+    Self and inclusive sample shares by function from py-spy's collapsed
+    stacks, file:line of the line being run (self) and of the function.
+    """
+    if not os.path.exists(path):
+        return "  (no profile written)"
+    self_by_line: collections.Counter = collections.Counter()
+    self_by_func: collections.Counter = collections.Counter()
+    incl: collections.Counter = collections.Counter()
+    total = 0
+    idle = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            if frames and frames[0].startswith("thread ") or frames and frames[0].startswith("process "):
+                frames = frames[1:]
+            if not frames:
+                continue
+            total += n
+            leaf = frames[-1]
+            if any(w in leaf for w in ("epoll", "wait (threading.py", "_worker (", "select (", "get (queue")):
+                idle += n
+            m = _FRAME.match(leaf)
+            func = f"{m.group('func')} ({_short(m.group('file'))})" if m else leaf
+            self_by_line[_short_frame(leaf)] += n
+            self_by_func[func] += n
+            seen = set()
+            for fr in frames:
+                m = _FRAME.match(fr)
+                key = f"{m.group('func')} ({_short(m.group('file'))})" if m else fr
+                if key not in seen:
+                    seen.add(key)
+                    incl[key] += n
+    if total == 0:
+        return "  (empty profile)"
+    lines = [f"  samples: {total} (all threads; leaf in epoll/thread-wait: {100.0 * idle / total:.0f}%)"]
+    lines.append("  self time by function:")
+    for key, n in self_by_func.most_common(top):
+        lines.append(f"    {100.0 * n / total:5.1f}%  {key}")
+    lines.append("  self time by line:")
+    for key, n in self_by_line.most_common(top):
+        lines.append(f"    {100.0 * n / total:5.1f}%  {key}")
+    lines.append("  inclusive time, appliance code:")
+    for key, n in incl.most_common():
+        if "appliance/" in key:
+            lines.append(f"    {100.0 * n / total:5.1f}%  {key}")
+            if len(lines) > 3 * top + 10:
+                break
+    return "\n".join(lines)
+
+
+def _short(path: str) -> str:
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1].lstrip("/")
+    if path.startswith(ROOT + "/"):
+        return path[len(ROOT) + 1 :]
+    return path
+
+
+def _short_frame(frame: str) -> str:
+    m = _FRAME.match(frame)
+    if not m:
+        return frame
+    where = _short(m.group("file"))
+    if m.group("line"):
+        where += ":" + m.group("line")
+    return f"{m.group('func')} ({where})"
+
+
+# -- 2. bytes on the wire -------------------------------------------------
+
+
+def wire_sizes(session_bytes: int = 100 * 1024) -> dict:
+    from appliance.core.session import SessionData
+    from appliance.core.store import Store
+    from appliance.replication import wire
+
+    store = Store("s1", 1800.0)
+    data = SessionData()
+    # ~100 KB: 100 keys of ~1 KB each plus a small counter key.
+    for i in range(100):
+        data[f"k{i:03d}"] = {"name": f"item {i}", "blob": "x" * (session_bytes // 100 - 40)}
+    data["counter"] = 0
+    sid = "A" * 22
+    full0 = store.create(sid, data.changes(), "s2", 0.0)
+    session = store.get(sid)
+    view = SessionData(session.values)
+    view["counter"] = view["counter"] + 1
+    delta = store.commit(session, view.changes(), 1.0)
+    delta_bytes = len(wire.encode([delta]))
+    full_bytes = len(wire.encode([session.full(1.0)]))
+    return {
+        "session_value_bytes": session.size,
+        "full": full_bytes,
+        "delta": delta_bytes,
+        "delta_keys": sorted(delta.set),
+        "percent": 100.0 * delta_bytes / full_bytes,
+        "full_at_create": len(wire.encode([full0])),
+    }
+
+
+# -- 3. memory per session -------------------------------------------------
+
+MEMORY_CHILD = r"""
+import gc, json, os, random, sys, time, tracemalloc
+sys.path.insert(0, sys.argv[1])
+from appliance.core.session import SessionData
+from appliance.core.store import Store
+from appliance.replication import wire
+
+role, count = sys.argv[2], int(sys.argv[3])
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+def session_dict(i, rng):
+    # ~1 KB of canonical JSON: a cart, a user record, some preferences.
+    return {
+        "cart": [{"sku": "SKU-%06d" % rng.randrange(10**6), "qty": rng.randrange(1, 5),
+                  "price": rng.randrange(100, 99999) / 100.0} for _ in range(8)],
+        "user": {"id": i, "name": "user%07d" % i, "email": "user%07d@example.test" % i,
+                 "roles": ["customer"], "locale": "en_GB"},
+        "prefs": {"theme": "dark", "currency": "EUR", "newsletter": bool(i % 2),
+                  "recent": ["/p/%d" % rng.randrange(10**6) for _ in range(6)]},
+        "csrf": "%032x" % rng.getrandbits(128),
+        "visits": i % 1000,
+    }
+
+def sid_of(i):
+    return ("%022d" % i)
+
+rng = random.Random(7)
+primary = Store("s1", 1800.0)
+backup = Store("s2", 1800.0)
+json_bytes = 0
+gc.collect()
+base = rss()
+for i in range(count):
+    d = session_dict(i, rng)
+    json_bytes += len(json.dumps(d, sort_keys=True, separators=(",", ":")))
+    view = SessionData()
+    for k, v in d.items():
+        view[k] = v
+    full = primary.create(sid_of(i), view.changes(), "s2", 0.0)
+    if role == "backup":
+        # what the secondary holds: decoded from the wire, applied as Full
+        (record,) = wire.decode(wire.encode([full]), ("s1", "s2"))
+        backup.apply(record, 0.0)
+        del primary.sessions[sid_of(i)]
+gc.collect()
+after = rss()
+store = primary if role == "primary" else backup
+assert len(store) == count, len(store)
+print(json.dumps({"role": role, "count": count, "rss_bytes": after - base, "json_bytes": json_bytes,
+                  "value_bytes": sum(s.size for s in store.sessions.values())}))
+"""
+
+
+def memory_per_session(count: int) -> dict:
+    out = {}
+    for role in ("primary", "backup"):
+        proc = subprocess.run(
+            [sys.executable, "-c", MEMORY_CHILD, ROOT, role, str(count)],
+            capture_output=True, text=True, timeout=600,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory child ({role}) failed:\n{proc.stderr}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r["per_session"] = r["rss_bytes"] / count
+        r["json_per_session"] = r["json_bytes"] / count
+        r["ratio"] = r["rss_bytes"] / r["json_bytes"]
+        out[role] = r
+    return out
+
+
+# -- main -----------------------------------------------------------------
+
+
+def median(xs: List[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Replication benchmark of the appliance.")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk before each measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations (default 3)")
+    parser.add_argument("--sessions", type=int, default=1000, help="sessions the load rotates over")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--batch-count", type=int, default=100)
+    parser.add_argument("--batch-interval", default="1s")
+    parser.add_argument("--memory-sessions", type=int, default=100_000)
+    parser.add_argument("--skip-http", action="store_true", help="only the in-process measurements")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--profile", type=float, default=0.0,
+                        help="after the rounds, one more sync run of this many seconds under py-spy")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            parser.error(f"unknown mode {m!r}")
+    if args.rounds < 1 or args.rounds > 20 or not 0.5 <= args.duration <= 120:
+        parser.error("rounds 1-20, duration 0.5-120 s")
+
+    workdir = tempfile.mkdtemp(prefix="bench-replication-")
+    children = Children()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    results: Dict[str, List[dict]] = {m: [] for m in modes}
+    summary: Dict[str, object] = {}
+    print(f"replication benchmark  {time.strftime('%Y-%m-%d %H:%M:%S')}  python {sys.version.split()[0]}  "
+          f"cpus {os.cpu_count()}  work dir {workdir}")
+    try:
+        if not args.skip_http:
+            print(f"\n1. session writes: wrk -t1 -c{args.connections} -d{args.duration:g}s POST /cart/items, "
+                  f"{args.sessions} sessions, {args.rounds} rounds, batched = {args.batch_count} / {args.batch_interval}")
+            for rnd in range(1, args.rounds + 1):
+                for mode in modes:
+                    r = one_run(children, workdir, mode, args, f"r{rnd}-{mode}")
+                    results[mode].append(r)
+                    cpu = " ".join(f"{k}={v:.3f}" for k, v in r["cpu_ms_per_req"].items())
+                    extra = ""
+                    if "unreplicated_at_end" in r:
+                        extra = f" unreplicated={r['unreplicated_at_end']}"
+                    print(f"  round {rnd} {mode:8s} {r['rps']:9.1f} req/s  latency avg {r['latency_avg']:>8s}  "
+                          f"non-2xx {r['non2xx']}  cpu ms/req {cpu}{extra}  cart {r['sample_cart_items']}"
+                          + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+            med = {m: median([r["rps"] for r in results[m]]) for m in modes}
+            summary["rps"] = med
+        print("\n2. bytes on the wire, 100 KB session, one small key changed")
+        w = wire_sizes()
+        summary["wire"] = w
+        print(f"  session values {w['session_value_bytes']} B; full state {w['full']} B; "
+              f"delta {w['delta']} B (keys {w['delta_keys']}); delta = {w['percent']:.3f}% of full")
+        if not args.skip_memory:
+            print(f"\n3. memory, {args.memory_sessions} sessions of ~1 KB JSON (RSS growth in a fresh child)")
+            mem = memory_per_session(args.memory_sessions)
+            summary["memory"] = mem
+            for role in ("primary", "backup"):
+                r = mem[role]
+                print(f"  {role:8s} {r['per_session']:7.0f} B/session  JSON {r['json_per_session']:.0f} B/session  "
+                      f"ratio {r['ratio']:.2f}x  (stored value bytes {r['value_bytes'] / r['count']:.0f}/session)")
+        if args.profile > 0:
+            print(f"\n4. profile: sync, s1 under py-spy for {args.profile:g} s")
+            saved = args.duration
+            args.duration = args.profile
+            try:
+                r = one_run(children, workdir, "sync", args, "profile-sync", profile=True)
+            finally:
+                args.duration = saved
+            print(f"  (under the profiler: {r['rps']:.1f} req/s)")
+            print(summarise_profile(r.get("profile", ""), 20))
+        print_summary(summary, results, modes)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.kill_all()
+        if args.keep:
+            print(f"\nwork directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
+    print("\nsummary")
+    print("  " + "-" * 64)
+    med = summary.get("rps")
+    if med:
+        for m in modes:
+            runs = ", ".join(f"{r['rps']:.0f}" for r in results[m])
+            print(f"  {m:8s} {med[m]:9.1f} req/s (median; runs {runs})")
+
+        def ratio(a: str, b: str, target: Optional[float] = None) -> None:
+            if a in med and b in med and med[b]:
+                value = med[a] / med[b]
+                verdict = ""
+                if target is not None:
+                    verdict = f"   target >= {target:g}: " + (
+                        "met" if value >= target else f"MISSED by {100 * (1 - value / target):.0f}%")
+                print(f"  {a}/{b:8s} {value:6.2f}{verdict}")
+
+        ratio("sync", "off", 0.7)
+        ratio("async", "off")
+        ratio("batched", "off")
+        ratio("sync", "redis", 2.5)
+    w = summary.get("wire")
+    if w:
+        verdict = "met" if w["percent"] <= 2.0 else "MISSED"
+        print(f"  wire     delta {w['delta']} B / full {w['full']} B = {w['percent']:.3f}%   target <= 2%: {verdict}")
+    mem = summary.get("memory")
+    if mem:
+        for role in ("primary", "backup"):
+            r = mem[role]
+            verdict = "met" if r["ratio"] <= 3.0 else f"MISSED by {100 * (r['ratio'] / 3.0 - 1):.0f}%"
+            print(f"  memory   {role:8s} {r['per_session']:.0f} B/session = {r['ratio']:.2f}x JSON   "
+                  f"target <= 3x: {verdict}")
+    print("  " + "-" * 64)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

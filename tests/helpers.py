@@ -1,0 +1,158 @@
+"""
+Shared test helpers: configs on free loopback ports, and waiting for real
+processes without sleeping blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+BASE = """
+[cluster]
+name = app.cluster.test
+secret = test-secret-123
+cookie = APPSESSION
+replication = {replication}
+session_timeout = 30m
+heartbeat_interval = 250ms
+heartbeat_misses = 4
+replication_timeout = 2s
+{extra}
+"""
+
+NODE = """
+[node:{name}]
+http = 127.0.0.1:{http}
+replication = 127.0.0.1:{repl}
+machine = m{index}
+rack = r{rack}
+"""
+
+APP = """
+[app:cart]
+mount = /cart
+wsgi = appliance.demo.cart:app
+"""
+
+
+def free_ports(n: int) -> list:
+    """
+    Ports the kernel hands out now; bound together so they differ.
+    """
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cluster_ini(names=("s1", "s2", "s3"), replication="sync", extra="", balancer=None, dns=None):
+    """
+    A config text for C{names} on free ports; returns (text, {name: (http, repl)}).
+    """
+    ports = free_ports(2 * len(names))
+    text = BASE.format(replication=replication, extra=extra)
+    where = {}
+    for i, name in enumerate(names):
+        http, repl = ports[2 * i], ports[2 * i + 1]
+        where[name] = (http, repl)
+        text += NODE.format(name=name, http=http, repl=repl, index=i + 1, rack=1 + (i // 2))
+    if balancer is not None:
+        text += balancer
+    if dns is not None:
+        text += dns
+    return text + APP, where
+
+
+def write(path: str, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def twistd(*args) -> list:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=", "appliance", *args]
+
+
+def spawn(case, argv, log_path):
+    """
+    Start a real process from the project root; killed at cleanup.
+    """
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop():
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(5)
+        log.close()
+
+    case.addCleanup(stop)
+    return proc
+
+
+def http(method, url, data=None, cookie=None, timeout=5.0):
+    """
+    One blocking HTTP request; returns (status, headers, body bytes).
+    """
+    body = None
+    headers = {}
+    if data is not None:
+        body = urllib.parse.urlencode(data).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if cookie:
+        headers["Cookie"] = cookie
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+
+
+def health(port):
+    status, _, body = http("GET", f"http://127.0.0.1:{port}/_appliance/health", timeout=1.0)
+    return json.loads(body) if status == 200 else None
+
+
+def set_cookie_value(headers, name="APPSESSION"):
+    for value in headers.get_all("Set-Cookie") or []:
+        if value.startswith(name + "="):
+            return value.split(";", 1)[0][len(name) + 1 :]
+    return None

@@ -1,0 +1,198 @@
+"""
+etc/cluster.ini loading: every mistake is one line naming file, section and key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from appliance.config import Address, BatchWindow, ClusterConfig, ConfigError
+
+from .helpers import ROOT
+
+GOOD = """
+[cluster]
+name = app.cluster.test
+secret = a-long-secret
+
+[node:s1]
+http = 127.0.0.1:9001
+replication = 127.0.0.1:9101
+machine = m1
+rack = r1
+
+[node:s2]
+http = 127.0.0.1:9002
+replication = 127.0.0.1:9102
+machine = m2
+rack = r2
+"""
+
+
+def load(text: str, path: str = "test.ini") -> ClusterConfig:
+    return ClusterConfig.from_string(text, path)
+
+
+class ShippedConfigTests(SynchronousTestCase):
+    def test_shipped_config_loads(self):
+        """The shipped etc/cluster.ini is a working all-in-one: DNS, a balancer, three nodes, the cart."""
+        config = ClusterConfig.from_path(os.path.join(ROOT, "etc", "cluster.ini"))
+        self.assertEqual(config.node_names, ("s1", "s2", "s3"))
+        self.assertEqual(len(config.balancers), 1)
+        self.assertEqual(config.dns.listen, Address("127.0.0.1", 5353))
+        self.assertEqual(config.apps[0].wsgi, "appliance.demo.cart:app")
+        self.assertEqual(config.cluster.cookie, "APPSESSION")
+        self.assertEqual({n.machine for n in config.nodes}, {"m1", "m2", "m3"})
+
+    def test_values_are_frozen(self):
+        """Loaded values cannot be changed after startup."""
+        config = load(GOOD)
+        with self.assertRaises(Exception):
+            config.cluster.secret = "x"
+
+    def test_durations_sizes_and_windows(self):
+        """Durations, sizes and batching windows are parsed with their units."""
+        config = load(
+            GOOD.replace(
+                "secret = a-long-secret",
+                "secret = a-long-secret\nreplication = batched\nbatch_interval = 250ms\n"
+                "session_timeout = 2h\nmax_session_bytes = 2MiB\n"
+                "batch_windows = 08:00-20:00 count=100 interval=10s, 22:00-02:00 count=5 interval=1s",
+            )
+        )
+        c = config.cluster
+        self.assertEqual((c.batch_interval, c.session_timeout, c.max_session_bytes), (0.25, 7200.0, 2 * 1024 * 1024))
+        self.assertEqual(c.batch_windows, (BatchWindow(480, 1200, 100, 10.0), BatchWindow(1320, 120, 5, 1.0)))
+        self.assertTrue(c.batch_windows[1].covers(23 * 60))
+        self.assertTrue(c.batch_windows[1].covers(60))
+        self.assertFalse(c.batch_windows[1].covers(3 * 60))
+
+
+class MistakeTests(SynchronousTestCase):
+    def check(self, text: str, section: str, key, words: str) -> ConfigError:
+        with self.assertRaises(ConfigError) as caught:
+            load(text)
+        e = caught.exception
+        self.assertEqual((e.path, e.section, e.key), ("test.ini", section, key))
+        self.assertIn(words, str(e))
+        self.assertNotIn("\n", str(e))
+        self.assertTrue(str(e).startswith("test.ini: [" + section + "]"))
+        return e
+
+    def test_unknown_section(self):
+        """An unknown section is named."""
+        self.check(GOOD + "\n[nodes:s3]\nhttp = 1\n", "nodes:s3", None, "unknown section")
+
+    def test_unknown_key(self):
+        """A misspelt key is named with its section."""
+        self.check(GOOD.replace("rack = r1", "rack = r1\nrakc = r2"), "node:s1", "rakc", "unknown key")
+
+    def test_bad_port(self):
+        """A port out of range is refused."""
+        self.check(GOOD.replace("127.0.0.1:9001", "127.0.0.1:70000"), "node:s1", "http", "1-65535")
+
+    def test_not_an_address(self):
+        """An address without a port is refused."""
+        self.check(GOOD.replace("127.0.0.1:9001", "localhost"), "node:s1", "http", "host:port")
+
+    def test_duplicate_port(self):
+        """Two listeners on one address: the second names the first."""
+        e = self.check(GOOD.replace("127.0.0.1:9002", "127.0.0.1:9101"), "node:s2", "http", "already used")
+        self.assertIn("[node:s1] replication", str(e))
+
+    def test_duplicate_node(self):
+        """A node defined twice is a duplicate section."""
+        self.check(GOOD + "\n[node:s1]\nhttp = 127.0.0.1:9003\n", "node:s1", None, "duplicate section")
+
+    def test_duplicate_key(self):
+        """A key given twice in one section is refused."""
+        self.check(GOOD.replace("rack = r1", "rack = r1\nrack = r2"), "node:s1", "rack", "duplicate key")
+
+    def test_missing_secret(self):
+        """The cluster secret is required."""
+        self.check(GOOD.replace("secret = a-long-secret\n", ""), "cluster", "secret", "is required")
+
+    def test_short_secret(self):
+        """A secret too short to protect replication is refused."""
+        self.check(GOOD.replace("a-long-secret", "short"), "cluster", "secret", "at least 8")
+
+    def test_unknown_replication_mode(self):
+        """An unknown replication mode lists the valid ones."""
+        self.check(
+            GOOD.replace("secret = a-long-secret", "secret = a-long-secret\nreplication = eventually"),
+            "cluster", "replication", "sync, async, batched",
+        )
+
+    def test_unknown_balancer_mode(self):
+        """An unknown balancer mode is refused."""
+        self.check(
+            GOOD + "\n[balancer:lb1]\nlisten = 127.0.0.1:9000\nmode = magic\n",
+            "balancer:lb1", "mode", "plugin, sticky",
+        )
+
+    def test_bad_duration(self):
+        """A duration without a known unit is refused."""
+        self.check(
+            GOOD.replace("secret = a-long-secret", "secret = a-long-secret\nsession_timeout = 5 fortnights"),
+            "cluster", "session_timeout", "duration",
+        )
+
+    def test_missing_cluster(self):
+        """A file without [cluster] is refused."""
+        self.check(GOOD.split("[node:s1]")[0].replace("[cluster]", "[node:s9]"), "cluster", None, "required")
+
+    def test_no_nodes(self):
+        """A cluster needs at least one node."""
+        self.check(GOOD.split("[node:s1]")[0], "node:NAME", None, "at least one node")
+
+    def test_balancer_on_unknown_node(self):
+        """A balancer placed on a node that does not exist is refused."""
+        self.check(
+            GOOD + "\n[balancer:lb1]\nlisten = 127.0.0.1:9000\nnode = s7\n", "balancer:lb1", "node", "no [node:s7]"
+        )
+
+    def test_pinned_secondary_must_exist(self):
+        """A pinned secondary must be another configured node."""
+        self.check(GOOD.replace("rack = r1", "rack = r1\nsecondary = s1"), "node:s1", "secondary", "not another node")
+
+    def test_app_needs_one_target(self):
+        """An app section names exactly one of wsgi and resource."""
+        self.check(GOOD + "\n[app:x]\nmount = /x\n", "app:x", "wsgi", "exactly one")
+
+    def test_partial_tls(self):
+        """Replication TLS needs certificate, key and CA together."""
+        self.check(
+            GOOD.replace("secret = a-long-secret", "secret = a-long-secret\ntls_cert = a.pem"),
+            "cluster", "tls_key", "together",
+        )
+
+    def test_dns_zone_must_contain_name(self):
+        """The DNS zone must contain the cluster name."""
+        self.check(GOOD + "\n[dns]\nlisten = 127.0.0.1:5300\nzone = other.test\n", "dns", "zone", "not inside")
+
+    def test_unreadable_file(self):
+        """A missing file is one line naming it."""
+        with self.assertRaises(ConfigError) as caught:
+            ClusterConfig.from_path("/nonexistent/cluster.ini")
+        self.assertIn("/nonexistent/cluster.ini", str(caught.exception))
+
+
+class StartupTests(SynchronousTestCase):
+    def test_twistd_prints_one_line(self):
+        """twistd appliance on a broken config exits 1 with one line naming file, section and key, no traceback."""
+        path = os.path.abspath(self.mktemp() + ".ini")
+        with open(path, "w") as f:
+            f.write(GOOD.replace("rack = r1", "rack = r1\ncolour = blue"))
+        proc = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+             "appliance", "--config", path],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(proc.returncode, 1)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        self.assertEqual(lines, [f"appliance: {path}: [node:s1] colour: unknown key"])
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)

@@ -1,0 +1,317 @@
+"""
+The rules of a session: commit, apply, gaps, duplicates, fences, takeover,
+expiry and digests, all without I/O.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from appliance.config import NodeConfig, Address
+from appliance.core.session import Changes, Delta, Full, Remove, SessionData, Touch
+from appliance.core.store import Fenced, Result, Store, TooLarge, place_secondary
+
+SID = "S" * 22
+SID2 = "T" * 22
+
+
+def changes(**values) -> Changes:
+    data = SessionData()
+    for k, v in values.items():
+        data[k] = v
+    return data.changes()
+
+
+def pair(timeout=100.0):
+    primary, backup = Store("s1", timeout), Store("s2", timeout)
+    full = primary.create(SID, changes(cart=["a"]), "s2", now=0.0)
+    backup.apply(full, now=0.0)
+    return primary, backup
+
+
+class CommitTests(SynchronousTestCase):
+    def test_create(self):
+        """A new session starts at version 1, epoch 1, primary here."""
+        primary, _ = pair()
+        s = primary.get(SID)
+        self.assertEqual((s.version, s.epoch, s.primary, s.secondary), (1, 1, "s1", "s2"))
+
+    def test_commit_bumps_version_and_returns_delta(self):
+        """A committed change raises the version by one and yields the delta."""
+        primary, _ = pair()
+        s = primary.get(SID)
+        delta = primary.commit(s, changes(user="ann"), now=1.0)
+        self.assertEqual(delta, Delta(SID, 1, 2, "s1", "s2", {"user": b'"ann"'}, ()))
+        self.assertEqual(s.version, 2)
+
+    def test_no_change_no_delta(self):
+        """A request that changed nothing only touches the session."""
+        primary, _ = pair()
+        s = primary.get(SID)
+        self.assertIsNone(primary.commit(s, Changes(), now=5.0))
+        self.assertEqual((s.version, s.last_access), (1, 5.0))
+
+    def test_size_limit(self):
+        """A session growing past the limit is refused and left as it was."""
+        store = Store("s1", 100.0, max_bytes=50)
+        store.create(SID, changes(a="x"), None, 0.0)
+        s = store.get(SID)
+        self.assertRaises(TooLarge, store.commit, s, changes(a="y" * 100), 1.0)
+        self.assertEqual((s.version, s.values), (1, {"a": b'"x"'}))
+        self.assertRaises(TooLarge, store.create, SID2, changes(a="y" * 100), None, 0.0)
+
+    def test_commit_on_fenced_copy(self):
+        """A copy that was handed over cannot commit."""
+        primary, _ = pair()
+        s = primary.get(SID)
+        primary.hand_over(SID, "s3", now=1.0)
+        self.assertRaises(Fenced, primary.commit, s, changes(x=1), 2.0)
+
+
+class ApplyTests(SynchronousTestCase):
+    def test_exact_base_applies(self):
+        """A delta on exactly the version before it applies."""
+        primary, backup = pair()
+        delta = primary.commit(primary.get(SID), changes(user="ann"), 1.0)
+        self.assertEqual(backup.apply(delta, 1.0), Result.OK)
+        self.assertEqual(backup.get(SID).values, primary.get(SID).values)
+        self.assertEqual(backup.get(SID).version, 2)
+
+    def test_duplicate_is_acknowledged(self):
+        """The same delta twice is a duplicate, acknowledged and ignored."""
+        primary, backup = pair()
+        delta = primary.commit(primary.get(SID), changes(user="ann"), 1.0)
+        backup.apply(delta, 1.0)
+        self.assertEqual(backup.apply(delta, 1.0), Result.DUPLICATE)
+        self.assertTrue(Result.DUPLICATE.acknowledged)
+        self.assertEqual(backup.get(SID).version, 2)
+
+    def test_gap(self):
+        """A delta past a missing one is a gap; nothing is applied."""
+        primary, backup = pair()
+        primary.commit(primary.get(SID), changes(a=1), 1.0)
+        d3 = primary.commit(primary.get(SID), changes(b=2), 1.0)
+        self.assertEqual(backup.apply(d3, 1.0), Result.GAP)
+        self.assertEqual(backup.get(SID).version, 1)
+
+    def test_unknown_session_is_a_gap(self):
+        """A delta for a session the backup lacks asks for the full state."""
+        primary, _ = pair()
+        delta = primary.commit(primary.get(SID), changes(a=1), 1.0)
+        self.assertEqual(Store("s3", 100.0).apply(delta, 1.0), Result.GAP)
+
+    def test_older_epoch_is_fenced(self):
+        """After a takeover, the old primary's delta is fenced."""
+        primary, backup = pair()
+        stale = primary.get(SID)
+        backup.hand_over(SID, "s3", 1.0)
+        old = Delta(SID, stale.epoch, 2, "s1", "s2", {"a": b"1"}, ())
+        self.assertEqual(backup.apply(old, 1.0), Result.FENCED)
+        self.assertEqual(backup.apply(Remove(SID, 1), 1.0), Result.FENCED)
+
+    def test_full_replaces_and_old_full_is_duplicate(self):
+        """A newer full state replaces a copy; an older one is ignored."""
+        primary, backup = pair()
+        s = primary.get(SID)
+        primary.commit(s, changes(a=1), 1.0)
+        newer = s.full(1.0)
+        older = Full(SID, 1, 1, "s1", "s2", 100.0, 0.0, {"cart": b'["a"]'})
+        self.assertEqual(backup.apply(newer, 1.0), Result.OK)
+        self.assertEqual(backup.apply(older, 1.0), Result.DUPLICATE)
+        self.assertEqual(backup.get(SID).values, s.values)
+
+    def test_remove(self):
+        """Logout removes the backup copy too; removing nothing is fine."""
+        primary, backup = pair()
+        removal = primary.remove(SID)
+        self.assertEqual(backup.apply(removal, 1.0), Result.OK)
+        self.assertIsNone(backup.get(SID))
+        self.assertEqual(backup.apply(removal, 1.0), Result.OK)
+
+
+class TakeoverTests(SynchronousTestCase):
+    def test_old_primary_hands_over_and_drops(self):
+        """The old primary hands over with epoch + 1 and keeps no copy."""
+        primary, backup = pair()
+        full = primary.hand_over(SID, "s3", 1.0)
+        self.assertEqual((full.epoch, full.primary, full.secondary), (2, "s3", "s2"))
+        self.assertIsNone(primary.get(SID))
+
+    def test_secondary_hands_over_and_keeps_backup(self):
+        """The secondary hands over and keeps backing the session under the new epoch."""
+        primary, backup = pair()
+        full = backup.hand_over(SID, "s3", 1.0)
+        self.assertEqual((full.epoch, full.primary, full.secondary), (2, "s3", "s2"))
+        kept = backup.get(SID)
+        self.assertEqual((kept.epoch, kept.primary), (2, "s3"))
+
+    def test_adopt_then_old_primary_fenced(self):
+        """A node that adopted a session fences the old primary's next write."""
+        primary, backup = pair()
+        third = Store("s3", 100.0)
+        full = backup.hand_over(SID, "s3", 1.0)
+        third.adopt(full, "s2", 1.0)
+        stale = primary.get(SID)
+        delta = primary.commit(stale, changes(late=True), 2.0)
+        self.assertEqual(backup.apply(delta, 2.0), Result.FENCED)
+        self.assertTrue(primary.fenced(SID, delta.epoch))
+        self.assertIsNone(primary.get(SID))
+
+    def test_promote_raises_epoch_above_floor(self):
+        """A promoted backup's epoch beats the old one and any known floor."""
+        _, backup = pair()
+        s = backup.promote(SID, "s3", 1.0, floor=5)
+        self.assertEqual((s.epoch, s.primary, s.secondary), (6, "s2", "s3"))
+
+    def test_hand_over_unknown(self):
+        """A node holding nothing hands nothing over."""
+        self.assertIsNone(Store("s1", 1.0).hand_over(SID, "s2", 0.0))
+
+
+class LifetimeTests(SynchronousTestCase):
+    def test_idle_sessions_expire_on_both(self):
+        """Idle sessions expire on primary and backup alike."""
+        primary, backup = pair(timeout=10.0)
+        self.assertEqual(primary.expired(9.9), [])
+        self.assertEqual(primary.expired(10.0), [SID])
+        self.assertEqual(backup.expired(10.0), [SID])
+
+    def test_touch_keeps_backup_alive(self):
+        """A read-only session touched on the backup does not expire there."""
+        primary, backup = pair(timeout=10.0)
+        touch = primary.touch(primary.get(SID), 8.0)
+        self.assertEqual(touch, Touch(SID, 1))
+        self.assertEqual(backup.apply(touch, 8.0), Result.OK)
+        self.assertEqual(backup.expired(12.0), [])
+        self.assertEqual(backup.expired(18.0), [SID])
+
+    def test_full_carries_idle_time(self):
+        """A full state keeps the time since last access, not the sender's clock."""
+        primary, _ = pair(timeout=10.0)
+        other = Store("s3", 10.0)
+        other.apply(primary.get(SID).full(now=4.0), now=1000.0)
+        self.assertEqual(other.get(SID).last_access, 996.0)
+
+
+class DigestTests(SynchronousTestCase):
+    def test_compare_finds_differences_and_drops_stale(self):
+        """Digest comparison lists differing sessions and drops backups the primary no longer has."""
+        primary, backup = pair()
+        primary.create(SID2, changes(x=1), "s2", 0.0)
+        primary.commit(primary.get(SID), changes(a=1), 1.0)
+        stale = "U" * 22
+        backup.apply(Full(stale, 1, 1, "s1", "s2", 100.0, 0.0, {}), 0.0)
+        differ = backup.compare("s1", primary.digest("s2"))
+        self.assertEqual(sorted(differ), [SID, SID2])
+        self.assertIsNone(backup.get(stale))
+
+
+class PlacementTests(SynchronousTestCase):
+    def node(self, name, machine, rack, site="a"):
+        return NodeConfig(name, Address("127.0.0.1", 1), Address("127.0.0.1", 2), machine, rack, site)
+
+    def test_furthest_then_least_loaded(self):
+        """The secondary is the furthest node in the topology, then the least loaded."""
+        me = self.node("s1", "m1", "r1")
+        same_rack = self.node("s2", "m2", "r1")
+        other_rack = self.node("s3", "m3", "r2")
+        other_rack2 = self.node("s4", "m4", "r2")
+        nodes = [me, same_rack, other_rack, other_rack2]
+        self.assertEqual(place_secondary(me, nodes, {"s3": 5, "s4": 1}), "s4")
+        self.assertEqual(place_secondary(me, nodes, {"s3": 0, "s4": 1}), "s3")
+        other_site = self.node("s5", "m5", "r9", site="b")
+        self.assertEqual(place_secondary(me, nodes + [other_site], {"s5": 99}), "s5")
+
+    def test_pinned(self):
+        """A pinned group limits the choice."""
+        me = self.node("s1", "m1", "r1")
+        nodes = [me, self.node("s2", "m2", "r1"), self.node("s3", "m3", "r2")]
+        self.assertEqual(place_secondary(me, nodes, {}, pinned=("s2",)), "s2")
+
+    def test_none_available(self):
+        """With no other live node there is no secondary."""
+        me = self.node("s1", "m1", "r1")
+        self.assertIsNone(place_secondary(me, [me], {}))
+
+
+# -- convergence under a hostile stream ------------------------------------
+
+SIDS = ["A" * 22, "B" * 22, "C" * 22]
+write = st.tuples(
+    st.just("write"), st.sampled_from(SIDS), st.sampled_from(["k1", "k2", "k3"]),
+    st.one_of(st.none(), st.integers(0, 9), st.lists(st.integers(0, 3), max_size=3)),
+)
+network = st.tuples(st.sampled_from(["deliver", "duplicate", "reorder", "drop", "cut", "remove"]), st.integers(0, 20))
+steps = st.lists(st.one_of(write, network), max_size=60)
+
+
+class ConvergenceTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(steps)
+    def test_backup_converges_after_digest(self, script):
+        """Any writes, with the stream duplicated, reordered, dropped or cut, converge after one digest round."""
+        primary, backup = Store("s1", 1e9), Store("s2", 1e9)
+        stream = []
+        retired = set()  # a removed session's id is never used again (ids are 128 random bits)
+
+        def send_results(records):
+            for record in records:
+                result = backup.apply(record, 0.0)
+                if result is Result.GAP:
+                    s = primary.primary_of(record.sid)
+                    if s is not None:
+                        stream.append(s.full(0.0))
+
+        for step in script:
+            if step[0] == "write":
+                _, sid, key, value = step
+                if sid in retired:
+                    continue
+                s = primary.get(sid)
+                data = SessionData(s.values if s else None)
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+                    if isinstance(value, list) and key in data:
+                        data[key].append(7)
+                c = data.changes()
+                if s is None:
+                    if c:
+                        stream.append(primary.create(sid, c, "s2", 0.0))
+                else:
+                    delta = primary.commit(s, c, 0.0)
+                    if delta is not None:
+                        stream.append(delta)
+                continue
+            kind, n = step
+            if not stream:
+                continue
+            i = n % len(stream)
+            if kind == "deliver":
+                send_results([stream.pop(0)])
+            elif kind == "duplicate":
+                send_results([stream[i]])
+            elif kind == "reorder":
+                send_results([stream.pop(i)])
+            elif kind == "drop":
+                stream.pop(i)
+            elif kind == "cut":
+                stream.clear()
+            elif kind == "remove":
+                retired.add(stream[i].sid)
+                removal = primary.remove(stream[i].sid)
+                if removal is not None:
+                    stream.append(removal)
+        send_results(list(stream))
+        stream.clear()
+        for sid in backup.compare("s1", primary.digest("s2")):
+            send_results([primary.get(sid).full(0.0)])
+        send_results(list(stream))
+        mine = {sid: (s.values, s.version, s.epoch) for sid, s in primary.sessions.items()}
+        theirs = {sid: (s.values, s.version, s.epoch) for sid, s in backup.sessions.items()}
+        self.assertEqual(theirs, mine)
+        for s in backup.sessions.values():
+            self.assertEqual(s.size, sum(len(v) for v in s.values.values()))
