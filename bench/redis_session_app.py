@@ -94,6 +94,7 @@ def session_middleware(app, client, timeout: int = 1800):
             session = RedisSession()
         else:
             session = RedisSession(json.loads(blob))
+        environ["appliance.session"] = session
         captured: dict = {}
         body: list = []
 
@@ -136,10 +137,14 @@ def main(argv=None) -> None:
 
     import redis
     from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web import resource, server, wsgi
 
     from appliance.demo.cart import app
 
+    # Log like "twistd -n" does for the session servers (access log lines
+    # to stdout), so both hosts pay for the same logging.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     client = redis.Redis(host="127.0.0.1", port=args.redis_port, max_connections=64)
     client.ping()
 

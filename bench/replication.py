@@ -302,7 +302,7 @@ def write_lua(path: str, cookies: List[str]) -> None:
 
 
 def run_wrk(port: int, script: str, duration: float, connections: int, timeout_s: float) -> dict:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", script,
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s", "--timeout", "5s", "-s", script,
             f"http://127.0.0.1:{port}/cart/items"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -513,11 +513,11 @@ def session_dict(i, rng):
     # ~1 KB of canonical JSON: a cart, a user record, some preferences.
     return {
         "cart": [{"sku": "SKU-%06d" % rng.randrange(10**6), "qty": rng.randrange(1, 5),
-                  "price": rng.randrange(100, 99999) / 100.0} for _ in range(8)],
+                  "price": rng.randrange(100, 99999) / 100.0} for _ in range(12)],
         "user": {"id": i, "name": "user%07d" % i, "email": "user%07d@example.test" % i,
                  "roles": ["customer"], "locale": "en_GB"},
         "prefs": {"theme": "dark", "currency": "EUR", "newsletter": bool(i % 2),
-                  "recent": ["/p/%d" % rng.randrange(10**6) for _ in range(6)]},
+                  "recent": ["/p/%d" % rng.randrange(10**6) for _ in range(10)]},
         "csrf": "%032x" % rng.getrandbits(128),
         "visits": i % 1000,
     }
@@ -547,8 +547,16 @@ gc.collect()
 after = rss()
 store = primary if role == "primary" else backup
 assert len(store) == count, len(store)
+one = next(iter(store.sessions.values()))
+parts = {
+    "Session object": sys.getsizeof(one),
+    "sid str": sys.getsizeof(one.sid),
+    "values dict": sys.getsizeof(one.values),
+    "value bytes objects": sum(sys.getsizeof(v) for v in one.values.values()),
+    "key str objects (not shared)": sum(sys.getsizeof(k) for k in one.values if sys.getrefcount(k) < 50),
+}
 print(json.dumps({"role": role, "count": count, "rss_bytes": after - base, "json_bytes": json_bytes,
-                  "value_bytes": sum(s.size for s in store.sessions.values())}))
+                  "value_bytes": sum(s.size for s in store.sessions.values()), "parts": parts}))
 """
 
 
@@ -570,6 +578,10 @@ def memory_per_session(count: int) -> dict:
 
 
 # -- main -----------------------------------------------------------------
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt()
 
 
 def median(xs: List[float]) -> float:
@@ -605,7 +617,7 @@ def main(argv=None) -> int:
     workdir = tempfile.mkdtemp(prefix="bench-replication-")
     children = Children()
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(sig, _interrupt)
     results: Dict[str, List[dict]] = {m: [] for m in modes}
     summary: Dict[str, object] = {}
     print(f"replication benchmark  {time.strftime('%Y-%m-%d %H:%M:%S')}  python {sys.version.split()[0]}  "
@@ -640,6 +652,7 @@ def main(argv=None) -> int:
                 r = mem[role]
                 print(f"  {role:8s} {r['per_session']:7.0f} B/session  JSON {r['json_per_session']:.0f} B/session  "
                       f"ratio {r['ratio']:.2f}x  (stored value bytes {r['value_bytes'] / r['count']:.0f}/session)")
+                print("           one session, sys.getsizeof: " + ", ".join(f"{k} {v}" for k, v in r["parts"].items()))
         if args.profile > 0:
             print(f"\n4. profile: sync, s1 under py-spy for {args.profile:g} s")
             saved = args.duration

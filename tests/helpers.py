@@ -24,7 +24,6 @@ name = app.cluster.test
 secret = test-secret-123
 cookie = APPSESSION
 replication = {replication}
-session_timeout = 30m
 heartbeat_interval = 250ms
 heartbeat_misses = 4
 replication_timeout = 2s

@@ -198,6 +198,8 @@ class SessionNode:
         session = handle.session
         try:
             outcome = self._commit(handle, now)
+        except Exception:
+            return defer.fail()
         finally:
             if session is not None:
                 self._unlock(session.sid)
