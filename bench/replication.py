@@ -385,19 +385,47 @@ def start_py_spy(children: Children, workdir: str, pid: int, duration: float, ru
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
+# Inclusive shares worth naming: (label, substring of a frame).
+_WATCH = (
+    ("HTTP bytes in (HTTPChannel.dataReceived and below)", "HTTPChannel.dataReceived"),
+    ("PB bytes in (Banana.dataReceived and below, incl. ack callbacks)", "Banana.dataReceived"),
+    ("  of which Replicator._answered (acks release held responses)", "Replicator._answered"),
+    ("twisted.web Request.__init__ -> getHost (getsockname syscall)", "Server.getHost"),
+    ("twisted.web _parseContentType (email.message parser)", "_parseContentType"),
+    ("access log line (HTTPFactory.log)", "HTTPFactory.log"),
+    ("WSGI thread hop out (deferToThreadPool)", "deferToThreadPool"),
+    ("WSGI thread hop back (callFromThread + waker)", "callFromThread"),
+    ("wsgi_environ (hosting.py)", "wsgi_environ"),
+    ("SessionNode.open", "SessionNode.open"),
+    ("SessionNode.close (commit + queue delta)", "SessionNode.close"),
+    ("HeldRequest.finish (hold, commit, release)", "HeldRequest.finish"),
+    ("Replicator._flush (batch + PB call)", "Replicator._flush"),
+    ("socket send (writeSomeData)", "writeSomeData"),
+    ("application (cart.app, in a worker thread)", "app (appliance/demo/cart.py"),
+)
+
+
+def _idle(leaf: str) -> bool:
+    return leaf.startswith("Condition.wait") or (
+        leaf.startswith("EPollReactor.doPoll") and "_poller.poll" not in leaf and leaf.endswith(":227)")
+    )
+
 
 def summarise_profile(path: str, top: int) -> str:
     """
-    Self and inclusive sample shares by function from py-spy's collapsed
-    stacks, file:line of the line being run (self) and of the function.
+    Shares of the busy samples (threads blocked in a condition wait or in
+    epoll are left out) from py-spy's collapsed stacks: self time by
+    function and by line, inclusive time of appliance functions and of
+    named hot spots.
     """
     if not os.path.exists(path):
         return "  (no profile written)"
     self_by_line: collections.Counter = collections.Counter()
     self_by_func: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
-    total = 0
-    idle = 0
+    watch: collections.Counter = collections.Counter()
+    threads: collections.Counter = collections.Counter()
+    total = idle = 0
     with open(path) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
@@ -405,18 +433,19 @@ def summarise_profile(path: str, top: int) -> str:
                 continue
             n = int(count)
             frames = stack.split(";")
-            if frames and frames[0].startswith("thread ") or frames and frames[0].startswith("process "):
+            thread = "main" if "MainThread" in frames[0] else "worker" if frames[0].startswith("thread") else "?"
+            if frames[0].startswith(("thread ", "process ")):
                 frames = frames[1:]
             if not frames:
                 continue
-            total += n
-            leaf = frames[-1]
-            if any(w in leaf for w in ("epoll", "wait (threading.py", "_worker (", "select (", "get (queue")):
+            if _idle(frames[-1]):
                 idle += n
-            m = _FRAME.match(leaf)
-            func = f"{m.group('func')} ({_short(m.group('file'))})" if m else leaf
-            self_by_line[_short_frame(leaf)] += n
-            self_by_func[func] += n
+                continue
+            total += n
+            threads[thread] += n
+            m = _FRAME.match(frames[-1])
+            self_by_func[f"{m.group('func')} ({_short(m.group('file'))})" if m else frames[-1]] += n
+            self_by_line[_short_frame(frames[-1])] += n
             seen = set()
             for fr in frames:
                 m = _FRAME.match(fr)
@@ -424,21 +453,32 @@ def summarise_profile(path: str, top: int) -> str:
                 if key not in seen:
                     seen.add(key)
                     incl[key] += n
+            for label, needle in _WATCH:
+                if any(needle in fr for fr in frames):
+                    watch[label] += n
     if total == 0:
         return "  (empty profile)"
-    lines = [f"  samples: {total} (all threads; leaf in epoll/thread-wait: {100.0 * idle / total:.0f}%)"]
+
+    def pct(n: int) -> str:
+        return f"{100.0 * n / total:5.1f}%"
+
+    lines = [f"  busy samples: {total} (idle samples left out: {idle}); "
+             + ", ".join(f"{k} thread {pct(v).strip()}" for k, v in threads.most_common())]
+    lines.append("  named hot spots (inclusive, % of busy):")
+    for label, _ in _WATCH:
+        lines.append(f"    {pct(watch[label])}  {label}")
+    lines.append("  self time by line (a C call shows as its Python caller's line):")
+    for key, n in self_by_line.most_common(top):
+        lines.append(f"    {pct(n)}  {key}")
     lines.append("  self time by function:")
     for key, n in self_by_func.most_common(top):
-        lines.append(f"    {100.0 * n / total:5.1f}%  {key}")
-    lines.append("  self time by line:")
-    for key, n in self_by_line.most_common(top):
-        lines.append(f"    {100.0 * n / total:5.1f}%  {key}")
-    lines.append("  inclusive time, appliance code:")
+        lines.append(f"    {pct(n)}  {key}")
+    lines.append("  inclusive time of appliance functions:")
+    shown = 0
     for key, n in incl.most_common():
-        if "appliance/" in key:
-            lines.append(f"    {100.0 * n / total:5.1f}%  {key}")
-            if len(lines) > 3 * top + 10:
-                break
+        if "appliance/" in key and shown < top:
+            lines.append(f"    {pct(n)}  {key}")
+            shown += 1
     return "\n".join(lines)
 
 
@@ -513,7 +553,7 @@ def session_dict(i, rng):
     # ~1 KB of canonical JSON: a cart, a user record, some preferences.
     return {
         "cart": [{"sku": "SKU-%06d" % rng.randrange(10**6), "qty": rng.randrange(1, 5),
-                  "price": rng.randrange(100, 99999) / 100.0} for _ in range(12)],
+                  "price": rng.randrange(100, 99999) / 100.0} for _ in range(15)],
         "user": {"id": i, "name": "user%07d" % i, "email": "user%07d@example.test" % i,
                  "roles": ["customer"], "locale": "en_GB"},
         "prefs": {"theme": "dark", "currency": "EUR", "newsletter": bool(i % 2),

@@ -92,7 +92,7 @@ class PeerLink:
 
     def _failed(self, failure) -> None:
         self._attempt = None
-        if failure.check(defer.CancelledError) and not self._running:
+        if not self._running:
             return
         if not failure.check(
             error.ConnectError, error.ConnectionLost, error.ConnectionDone, defer.TimeoutError,

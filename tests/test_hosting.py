@@ -1,0 +1,136 @@
+"""
+Application hosting over real HTTP on loopback: the WSGI cart, twisted.web
+resources, errors, cookies and the health endpoint (one node, no peers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from appliance.config import ClusterConfig
+from appliance.server import hosting
+from appliance.server.node import SessionNode
+
+from .helpers import cluster_ini
+
+APPS = """
+[app:counter]
+mount = /counter
+resource = tests.apps:counter
+
+[app:later]
+mount = /later
+resource = tests.apps:later
+
+[app:broken]
+mount = /broken
+wsgi = tests.apps:broken
+
+[app:notjson]
+mount = /notjson
+wsgi = tests.apps:not_json
+"""
+
+
+class HostingTests(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        text, _ = cluster_ini(names=("s1",), extra="", dns=APPS)
+        self.cluster = ClusterConfig.from_string(text)
+        self.node = SessionNode(
+            reactor, self.cluster, "s1", time.monotonic, call=None, connected=lambda p: False,
+            peer_load=lambda p: 0, send=None,
+        )
+        site = hosting.site(reactor, self.cluster, self.node, lambda: {"node": "s1", "status": "ok"})
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def fetch(self, method, path, cookie=None, data=None):
+        headers = {b"Cookie": [cookie.encode()]} if cookie else {}
+        response = yield treq.request(method, self.base + path, headers=headers, data=data, persistent=False)
+        body = yield response.content()
+        set_cookie = response.headers.getRawHeaders(b"set-cookie", [None])[0]
+        return response.code, body, set_cookie.decode() if set_cookie else None
+
+    @defer.inlineCallbacks
+    def test_cart_contract(self):
+        """The demo cart's HTTP contract, with the session in the cookie."""
+        code, body, set_cookie = yield self.fetch("GET", "/cart")
+        self.assertEqual((code, json.loads(body), set_cookie), (200, {"items": []}, None))
+        code, body, set_cookie = yield self.fetch("POST", "/cart/items", data={"item": "apple"})
+        self.assertEqual((code, json.loads(body)), (200, ["apple"]))
+        value = set_cookie.split(";")[0]
+        sid, primary, secondary = value.split("=", 1)[1].split("!")
+        self.assertEqual((len(sid), primary, secondary), (22, "s1", ""))
+        self.assertIn("HttpOnly", set_cookie)
+        self.assertIn("SameSite=Lax", set_cookie)
+        yield self.fetch("POST", "/cart/items", value, {"item": "pear"})
+        code, body, again = yield self.fetch("GET", "/cart", value)
+        self.assertEqual((code, json.loads(body), again), (200, {"items": ["apple", "pear"]}, None))
+        code, body, _ = yield self.fetch("DELETE", "/cart/items/apple", value)
+        self.assertEqual((code, json.loads(body)), (200, ["pear"]))
+        code, _, _ = yield self.fetch("DELETE", "/cart/items/kiwi", value)
+        self.assertEqual(code, 404)
+        code, _, cleared = yield self.fetch("POST", "/cart/logout", value)
+        self.assertEqual(code, 200)
+        self.assertIn("Max-Age=0", cleared)
+        self.assertEqual(len(self.node.store), 0)
+        code, body, _ = yield self.fetch("GET", "/cart", value)
+        self.assertEqual(json.loads(body), {"items": []})
+
+    @defer.inlineCallbacks
+    def test_resource_sees_session(self):
+        """A twisted.web resource reaches its session from the request and it persists."""
+        code, body, set_cookie = yield self.fetch("GET", "/counter/a/b")
+        self.assertEqual(json.loads(body), {"count": 1, "path": ["a", "b"]})
+        value = set_cookie.split(";")[0]
+        code, body, _ = yield self.fetch("GET", "/counter", value)
+        self.assertEqual(json.loads(body)["count"], 2)
+
+    @defer.inlineCallbacks
+    def test_deferred_resource(self):
+        """A resource answering later (NOT_DONE_YET) has its writes committed when it finishes."""
+        code, body, set_cookie = yield self.fetch("GET", "/later")
+        self.assertEqual((code, body), (200, b"late answer"))
+        self.assertIsNotNone(set_cookie)
+        (session,) = self.node.store.sessions.values()
+        self.assertEqual(session.values, {"later": b"true"})
+
+    @defer.inlineCallbacks
+    def test_application_failure_commits_nothing(self):
+        """An application that raises gets a 500 and its half-made changes are discarded."""
+        code, body, set_cookie = yield self.fetch("GET", "/broken")
+        self.assertEqual(code, 500)
+        self.assertEqual(len(self.node.store), 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
+    def test_not_json_value(self):
+        """A value a session cannot hold gives a 500 that says so."""
+        code, body, _ = yield self.fetch("GET", "/notjson")
+        self.assertEqual(code, 500)
+        self.assertIn(b"cannot hold", body)
+        self.assertEqual(len(self.node.store), 0)
+
+    @defer.inlineCallbacks
+    def test_malformed_cookie_is_no_cookie(self):
+        """Garbage in the cookie reads as no session; nothing crashes."""
+        for value in ("APPSESSION=%%%", "APPSESSION=a!b!c!d", "APPSESSION=" + "x" * 3000):
+            code, body, _ = yield self.fetch("GET", "/cart", value)
+            self.assertEqual((code, json.loads(body)), (200, {"items": []}))
+
+    @defer.inlineCallbacks
+    def test_health_and_404(self):
+        """The health endpoint answers JSON; unknown paths are 404."""
+        code, body, _ = yield self.fetch("GET", "/_appliance/health")
+        self.assertEqual((code, json.loads(body)["status"]), (200, "ok"))
+        code, _, _ = yield self.fetch("GET", "/nothing")
+        self.assertEqual(code, 404)

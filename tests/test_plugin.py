@@ -1,0 +1,112 @@
+"""
+The twistd plugin: found, its options parsed, its service built; and the
+package installs and uninstalls cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from appliance import tap
+from appliance.service import child_command, make_service
+from appliance.config import ClusterConfig
+
+from .helpers import ROOT
+
+SHIPPED = os.path.join(ROOT, "etc", "cluster.ini")
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_found(self):
+        """getPlugins finds the 'appliance' service maker pointing at appliance.tap."""
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIn("appliance", makers)
+        self.assertIs(makers["appliance"].options, tap.Options)
+
+    def test_options(self):
+        """--config, --node and --roles are parsed; unknown roles are a usage error."""
+        options = tap.Options()
+        options.parseOptions(["--config", SHIPPED, "--node", "s2", "--roles", "server"])
+        self.assertEqual((options["config"], options["node"], options["roles"]), (SHIPPED, "s2", ("server",)))
+        defaults = tap.Options()
+        defaults.parseOptions([])
+        self.assertEqual((defaults["config"], defaults["node"]), ("etc/cluster.ini", None))
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--roles", "cache"])
+
+    def test_unknown_node_is_one_line(self):
+        """--node naming no node stops startup with a one-line error."""
+        options = tap.Options()
+        options.parseOptions(["--config", SHIPPED, "--node", "s9"])
+        self.assertRaises(SystemExit, tap.load, options)
+
+    def test_node_service(self):
+        """--node s1 --roles server builds just that session server."""
+        from appliance.server.service import SessionServerService
+
+        cluster = ClusterConfig.from_path(SHIPPED)
+        top = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("server",))
+        self.assertIsInstance(top, MultiService)
+        (server,) = list(top)
+        self.assertIsInstance(server, SessionServerService)
+        self.assertEqual(server.name, "s1")
+
+    def test_node_service_listens(self):
+        """Starting a node's service listens on its HTTP and replication ports and links to its peers."""
+        cluster = ClusterConfig.from_path(SHIPPED)
+        reactor = MemoryReactorClock()
+        top = make_service(reactor, cluster, SHIPPED, "s1", ("server",))
+        top.startService()
+        self.addCleanup(top.stopService)
+        ports = sorted(p[0] for p in reactor.tcpServers)
+        self.assertEqual(ports, [8081, 8791])
+        targets = sorted(c[1] for c in reactor.tcpClients)
+        self.assertEqual(targets, [8792, 8793])
+
+    def test_child_command(self):
+        """Each all-in-one session server is the same plugin in its own process."""
+        argv = child_command("etc/cluster.ini", "s2")
+        self.assertEqual(argv[0], sys.executable)
+        self.assertEqual(argv[-4:], ["--node", "s2", "--roles", "server"])
+        self.assertIn(os.path.abspath("etc/cluster.ini"), argv)
+
+
+class InstallTests(SynchronousTestCase):
+    def test_install_help_uninstall(self):
+        """pip install . gives a working 'twistd appliance --help' anywhere; uninstall leaves Twisted importable."""
+        venv = os.path.abspath(self.mktemp())
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True, timeout=120)
+        py = os.path.join(venv, "bin", "python")
+        build = os.path.abspath(self.mktemp())
+        shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns("_trial_temp*", ".git", "*.pyc", "__pycache__"))
+        subprocess.run(
+            [py, "-m", "pip", "install", "-q", "--no-deps", build],
+            check=True, timeout=300, capture_output=True,
+        )
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        twistd = os.path.join(venv, "bin", "twistd")
+        if not os.path.exists(twistd):
+            twistd = shutil.which("twistd")
+        helped = subprocess.run([py, twistd, "appliance", "--help"], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+        self.assertEqual(helped.returncode, 0, helped.stderr)
+        self.assertIn("--config", helped.stdout)
+        self.assertIn("--node", helped.stdout)
+        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", "appliance"], check=True, timeout=120, capture_output=True)
+        still = subprocess.run(
+            [py, "-c", "import twisted.plugins, twisted.internet.reactor; from twisted.plugin import getPlugins; "
+                       "from twisted.application.service import IServiceMaker; "
+                       "print(sorted(m.tapname for m in getPlugins(IServiceMaker)))"],
+            cwd=elsewhere, capture_output=True, text=True, timeout=120,
+        )
+        self.assertEqual(still.returncode, 0, still.stderr)
+        self.assertNotIn("'appliance'", still.stdout)
+        self.assertIn("'web'", still.stdout)
