@@ -322,7 +322,7 @@ def run_wrk(port: int, script: str, duration: float, connections: int, timeout_s
     }
 
 
-def one_run(children: Children, workdir: str, mode: str, args, run_id: str, profile: bool = False) -> dict:
+def one_run(children: Children, workdir: str, mode: str, args, run_id: str, profile: Optional[str] = None) -> dict:
     setup = start_appliance(children, workdir, mode, args, run_id) if mode != "redis" else start_redis(
         children, workdir, run_id
     )
@@ -339,7 +339,7 @@ def one_run(children: Children, workdir: str, mode: str, args, run_id: str, prof
             run_wrk(setup.port, script, args.warmup, args.connections, args.warmup + 30)
         spy = None
         if profile:
-            spy = start_py_spy(children, workdir, setup.pids["s1"], args.duration, run_id)
+            spy = start_py_spy(children, workdir, setup.pids[profile], args.duration, run_id)
         before = {name: cpu_seconds(pid) for name, pid in setup.pids.items()}
         result = run_wrk(setup.port, script, args.duration, args.connections, args.duration + 60)
         after = {name: cpu_seconds(pid) for name, pid in setup.pids.items()}
@@ -644,7 +644,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-http", action="store_true", help="only the in-process measurements")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--profile", type=float, default=0.0,
-                        help="after the rounds, one more sync run of this many seconds under py-spy")
+                        help="after the rounds, one more run per --profile-modes of this many seconds under py-spy")
+    parser.add_argument("--profile-modes", default="sync", help="modes to profile (default sync)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -679,6 +680,10 @@ def main(argv=None) -> int:
                           + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
             med = {m: median([r["rps"] for r in results[m]]) for m in modes}
             summary["rps"] = med
+            summary["cpu"] = {
+                m: {k: median([r["cpu_ms_per_req"][k] for r in results[m]]) for k in results[m][0]["cpu_ms_per_req"]}
+                for m in modes
+            }
         print("\n2. bytes on the wire, 100 KB session, one small key changed")
         w = wire_sizes()
         summary["wire"] = w
@@ -694,15 +699,17 @@ def main(argv=None) -> int:
                       f"ratio {r['ratio']:.2f}x  (stored value bytes {r['value_bytes'] / r['count']:.0f}/session)")
                 print("           one session, sys.getsizeof: " + ", ".join(f"{k} {v}" for k, v in r["parts"].items()))
         if args.profile > 0:
-            print(f"\n4. profile: sync, s1 under py-spy for {args.profile:g} s")
-            saved = args.duration
-            args.duration = args.profile
-            try:
-                r = one_run(children, workdir, "sync", args, "profile-sync", profile=True)
-            finally:
-                args.duration = saved
-            print(f"  (under the profiler: {r['rps']:.1f} req/s)")
-            print(summarise_profile(r.get("profile", ""), 20))
+            for mode in [m.strip() for m in args.profile_modes.split(",") if m.strip()]:
+                pid_name = "app" if mode == "redis" else "s1"
+                print(f"\n4. profile: {mode}, {pid_name} under py-spy for {args.profile:g} s", flush=True)
+                saved = args.duration
+                args.duration = args.profile
+                try:
+                    r = one_run(children, workdir, mode, args, f"profile-{mode}", profile=pid_name)
+                finally:
+                    args.duration = saved
+                print(f"  (under the profiler: {r['rps']:.1f} req/s)")
+                print(summarise_profile(r.get("profile", ""), 15), flush=True)
         print_summary(summary, results, modes)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -723,7 +730,8 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
     if med:
         for m in modes:
             runs = ", ".join(f"{r['rps']:.0f}" for r in results[m])
-            print(f"  {m:8s} {med[m]:9.1f} req/s (median; runs {runs})")
+            cpu = ", ".join(f"{k} {v:.3f}" for k, v in summary["cpu"][m].items())
+            print(f"  {m:8s} {med[m]:9.1f} req/s (median; runs {runs})  CPU ms/request: {cpu}")
 
         def ratio(a: str, b: str, target: Optional[float] = None) -> None:
             if a in med and b in med and med[b]:

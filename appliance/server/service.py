@@ -5,6 +5,7 @@ to every peer, and the periodic work (expiry, touches, digests).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Dict, Optional
 
@@ -88,6 +89,7 @@ class SessionServerService(service.Service):
     def health(self) -> dict:
         return {
             "node": self.name,
+            "pid": os.getpid(),
             "status": "ok",
             "sessions": len(self.node.store),
             "primaries": sum(1 for s in self.node.store.sessions.values() if s.primary == self.name),
