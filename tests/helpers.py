@@ -155,3 +155,47 @@ def set_cookie_value(headers, name="APPSESSION"):
         if value.startswith(name + "="):
             return value.split(";", 1)[0][len(name) + 1 :]
     return None
+
+
+class RealNodes:
+    """
+    Session servers as real processes (one per node, as a multi-host
+    deployment runs them), on free loopback ports.
+    """
+
+    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync", extra=""):
+        self.case = case
+        self.text, self.ports = cluster_ini(names, replication, extra)
+        self.dir = os.path.abspath(case.mktemp())
+        os.makedirs(self.dir)
+        self.config = write(os.path.join(self.dir, "cluster.ini"), self.text)
+        self.procs = {}
+        for name in names:
+            self.start(name)
+        for name in names:
+            self.wait_linked(name)
+
+    def start(self, name):
+        argv = twistd("--config", self.config, "--node", name, "--roles", "server")
+        self.procs[name] = spawn(self.case, argv, os.path.join(self.dir, f"{name}.log"))
+
+    def wait_linked(self, name, timeout=30.0):
+        others = [n for n in self.ports if n != name and self.procs[n].poll() is None]
+
+        def linked():
+            h = health(self.ports[name][0])
+            return h is not None and all(h["peers"].get(o) for o in others)
+
+        wait_for(linked, timeout, f"{name} to link to {others}")
+
+    def url(self, name, path):
+        return f"http://127.0.0.1:{self.ports[name][0]}{path}"
+
+    def kill(self, name):
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait(10)
+
+    def log(self, name):
+        with open(os.path.join(self.dir, f"{name}.log"), errors="replace") as f:
+            return f.read()
