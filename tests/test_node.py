@@ -238,3 +238,18 @@ class FailoverTests(SynchronousTestCase):
         self.c.clock.advance(0)
         self.assertEqual(resent, 1)
         self.assertEqual(self.c.nodes["s3"].store.get(self.route.sid).version, 1)
+
+
+class MonotonicExpiryTests(SynchronousTestCase):
+    def test_wall_clock_jump_expires_nothing(self):
+        """Expiry follows the monotonic clock: a jump of the reactor's wall clock expires nothing."""
+        c = Cluster(extra="session_timeout = 60s")
+        monotonic = [0.0]
+        node = c.nodes["s1"]
+        node.now = lambda: monotonic[0]
+        _, d = c.request(self, "s1", cookie.NO_ROUTE, add("a"))
+        self.successResultOf(d)
+        c.clock.advance(10**6)
+        self.assertEqual(node.expire(), [])
+        monotonic[0] = 61.0
+        self.assertEqual(len(node.expire()), 1)

@@ -1,0 +1,119 @@
+"""
+Peer links in memory with a fake clock: login, heartbeats, a peer that goes
+silent is cut, reconnection, call timeouts.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from appliance.replication import peer
+from appliance.replication.link import PeerLink, PeerUnavailable
+
+from .test_peer import make_node
+
+
+class Net:
+    """
+    Connects a link to a node's PB server through iosim pumps.
+    """
+
+    def __init__(self):
+        self.node, self.cluster = make_node("s2")
+        self.server_factory = peer.server_factory(self.node, self.cluster.node_names, "test-secret-123", 10**7)
+        self.pumps = []
+        self.refuse = False
+
+    def connect(self, factory):
+        if self.refuse:
+            from twisted.internet.error import ConnectionRefusedError
+
+            return defer.fail(ConnectionRefusedError())
+        server = self.server_factory.buildProtocol(None)
+        client = factory.buildProtocol(None)
+        pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), greet=False)
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+    def flush(self):
+        for pump in self.pumps:
+            pump.flush()
+
+
+class LinkTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.net = Net()
+        self.events = []
+        self.link = PeerLink(
+            self.clock, self.net.connect, "s1", "s2", "test-secret-123", heartbeat_interval=1.0, misses=3,
+            call_timeout=2.0, on_up=lambda p: self.events.append(("up", p)), on_down=lambda p: self.events.append(("down", p)),
+        )
+        self.addCleanup(self.link.stop)
+
+    def up(self):
+        self.link.start()
+        self.net.flush()
+        self.assertTrue(self.link.connected)
+
+    def test_login_reports_up(self):
+        """A link logs in with the secret and reports the peer up."""
+        self.up()
+        self.assertEqual(self.events, [("up", "s2")])
+
+    def test_heartbeat_reports_load(self):
+        """Heartbeats carry the peer's session count back."""
+        self.up()
+        self.net.node.store.sessions["x"] = object()
+        self.clock.advance(1.0)
+        self.net.flush()
+        self.assertEqual(self.link.load, 1)
+
+    def test_silent_peer_is_cut(self):
+        """A peer that misses its heartbeats is cut and reported down."""
+        self.up()
+        for _ in range(3):
+            self.clock.advance(1.0)
+        self.assertTrue(self.link.connected)
+        self.clock.advance(1.0)
+        self.assertFalse(self.link.connected)
+        self.assertEqual(self.events, [("up", "s2"), ("down", "s2")])
+
+    def test_reconnects(self):
+        """After a cut the link reconnects with backoff and comes up again."""
+        self.up()
+        self.net.refuse = True
+        for _ in range(4):
+            self.clock.advance(1.0)
+        self.assertFalse(self.link.connected)
+        self.clock.advance(0.1)
+        self.assertFalse(self.link.connected)
+        self.net.refuse = False
+        self.clock.advance(0.2)
+        self.net.flush()
+        self.assertTrue(self.link.connected)
+        self.assertEqual(self.events, [("up", "s2"), ("down", "s2"), ("up", "s2")])
+
+    def test_call_when_down(self):
+        """A call on a down link fails at once with PeerUnavailable."""
+        self.failureResultOf(self.link.call("ping")).trap(PeerUnavailable)
+
+    def test_call_timeout_cuts(self):
+        """A call not answered in time fails and cuts the link, keeping calls ordered."""
+        self.up()
+        d = self.link.call("ping")
+        self.clock.advance(2.0)
+        self.failureResultOf(d).trap(PeerUnavailable)
+        self.assertFalse(self.link.connected)
+
+    def test_wrong_secret_never_up(self):
+        """A link with the wrong secret never comes up and keeps retrying quietly."""
+        self.link.secret = "not-the-secret"
+        self.link.start()
+        self.net.flush()
+        self.assertFalse(self.link.connected)
+        self.assertEqual(self.events, [])
+        self.flushLoggedErrors()
