@@ -14,7 +14,15 @@ baseline a little cheaper than a correct one.
 The cookie has the appliance's shape, C{<sid>!<server>!}, so the same wrk
 script drives both.
 
-    python3 bench/redis_session_app.py --port 8090 --redis-port 6390
+    python3 bench/redis_session_app.py --port 8090 --redis-port 6390 [--container onehop]
+
+Two hosts: C{wsgiresource} (default) is twisted.web's own
+L{twisted.web.wsgi.WSGIResource}, which crosses threads several times per
+request (C{blockingCallFromThread} for the response head, each body write
+and the finish).  C{onehop} hosts the application the way the session
+server does (L{appliance.server.hosting.wsgi_environ} and C{run_wsgi}: one
+hop to a worker thread and one back), so comparing against it isolates the
+session storage design from the WSGI container.
 """
 
 from __future__ import annotations
@@ -128,11 +136,61 @@ def session_middleware(app, client, timeout: int = 1800):
     return wrapped
 
 
+def _one_hop_class():
+    from twisted.internet import threads
+    from twisted.logger import Logger
+    from twisted.web import resource, server
+
+    from appliance.server.hosting import run_wsgi, wsgi_environ
+
+    log = Logger()
+
+    class OneHop(resource.Resource):
+        """
+        Run a WSGI application in the reactor's thread pool and write its
+        buffered response from the reactor thread: the session server's
+        hosting, without the session node.
+        """
+
+        isLeaf = True
+
+        def __init__(self, reactor, app, mount: str):
+            super().__init__()
+            self.reactor = reactor
+            self.app = app
+            self.mount = mount
+
+        def render(self, request):
+            environ = wsgi_environ(request, self.mount, None)
+            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, self.app, environ)
+            d.addCallbacks(self._done, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+            return server.NOT_DONE_YET
+
+        def _done(self, response, request) -> None:
+            status, headers, body = response
+            code, _, message = status.partition(" ")
+            request.setResponseCode(int(code), message.encode("latin-1"))
+            for name, value in headers:
+                request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+            for chunk in body:
+                request.write(chunk)
+            request.finish()
+
+        def _failed(self, failure, request) -> None:
+            log.failure("application failed", failure)
+            request.setResponseCode(500)
+            request.write(b'{"error": "internal error"}')
+            request.finish()
+
+    return OneHop
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-port", type=int, required=True)
+    parser.add_argument("--container", choices=("wsgiresource", "onehop"), default="wsgiresource")
     args = parser.parse_args(argv)
 
     import redis
@@ -141,6 +199,8 @@ def main(argv=None) -> None:
     from twisted.web import resource, server, wsgi
 
     from appliance.demo.cart import app
+
+    OneHop = _one_hop_class()
 
     # Log like "twistd -n" does for the session servers (access log lines
     # to stdout), so both hosts pay for the same logging.
@@ -159,9 +219,11 @@ def main(argv=None) -> None:
     appliance_root = resource.Resource()
     appliance_root.putChild(b"health", Health())
     root.putChild(b"_appliance", appliance_root)
-    root.putChild(
-        b"cart", wsgi.WSGIResource(reactor, reactor.getThreadPool(), session_middleware(app, client))
-    )
+    wrapped = session_middleware(app, client)
+    if args.container == "onehop":
+        root.putChild(b"cart", OneHop(reactor, wrapped, "/cart"))
+    else:
+        root.putChild(b"cart", wsgi.WSGIResource(reactor, reactor.getThreadPool(), wrapped))
     site = server.Site(root)
     site.displayTracebacks = False
     reactor.listenTCP(args.port, site, interface=args.host)

@@ -9,7 +9,10 @@ The replication benchmark: what keeping a session on a secondary costs.
    primary session server: replication off (a single-node cluster), sync,
    async and batched (s1 primary, s2 secondary on another machine and
    rack), and a Redis-backed baseline (the same demo app in plain
-   twisted.web, a JSON blob per session in a redis-server started here).
+   twisted.web, a JSON blob per session in a redis-server started here),
+   hosted twice: by twisted.web's WSGIResource (C{redis}) and by the
+   session server's own one-thread-hop WSGI hosting (C{redis-1hop}), which
+   isolates the session storage design from the WSGI container.
    Configurations alternate within each round; every run starts fresh
    processes so carts stay small.
 2. Bytes on the wire for a 100 KB session that changes one small key: the
@@ -47,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-MODES = ("off", "sync", "async", "batched", "redis")
+MODES = ("off", "sync", "async", "batched", "redis", "redis-1hop")
 SECRET = "bench-secret-123"
 
 
@@ -222,7 +225,7 @@ def start_appliance(children: Children, workdir: str, mode: str, args, run_id: s
     )
 
 
-def start_redis(children: Children, workdir: str, run_id: str) -> Setup:
+def start_redis(children: Children, workdir: str, run_id: str, host: str = "wsgiresource") -> Setup:
     redis_port = free_port()
     redis_proc = children.start(
         ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -233,11 +236,11 @@ def start_redis(children: Children, workdir: str, run_id: str) -> Setup:
     port = free_port()
     app_proc = children.start(
         [sys.executable, os.path.join(ROOT, "bench", "redis_session_app.py"), "--port", str(port),
-         "--redis-port", str(redis_port)],
+         "--redis-port", str(redis_port), "--container", host],
         os.path.join(workdir, f"{run_id}-redis-app.log"),
     )
     wait_for(lambda: get_json(port, "/_appliance/health") is not None, 20, "redis app", [app_proc, redis_proc])
-    return Setup("redis", port, {"app": app_proc.pid, "redis": redis_proc.pid}, [app_proc, redis_proc])
+    return Setup("redis" if host == "wsgiresource" else "redis-1hop", port, {"app": app_proc.pid, "redis": redis_proc.pid}, [app_proc, redis_proc])
 
 
 def _redis_ping(port: int) -> bool:
@@ -323,9 +326,10 @@ def run_wrk(port: int, script: str, duration: float, connections: int, timeout_s
 
 
 def one_run(children: Children, workdir: str, mode: str, args, run_id: str, profile: Optional[str] = None) -> dict:
-    setup = start_appliance(children, workdir, mode, args, run_id) if mode != "redis" else start_redis(
-        children, workdir, run_id
-    )
+    if mode.startswith("redis"):
+        setup = start_redis(children, workdir, run_id, "onehop" if mode == "redis-1hop" else "wsgiresource")
+    else:
+        setup = start_appliance(children, workdir, mode, args, run_id)
     try:
         cookies = create_sessions(setup.port, args.sessions)
         if mode in ("sync", "async", "batched"):
@@ -675,7 +679,7 @@ def main(argv=None) -> int:
                     extra = ""
                     if "unreplicated_at_end" in r:
                         extra = f" unreplicated={r['unreplicated_at_end']}"
-                    print(f"  round {rnd} {mode:8s} {r['rps']:9.1f} req/s  latency avg {r['latency_avg']:>8s}  "
+                    print(f"  round {rnd} {mode:10s} {r['rps']:9.1f} req/s  latency avg {r['latency_avg']:>8s}  "
                           f"non-2xx {r['non2xx']}  cpu ms/req {cpu}{extra}  cart {r['sample_cart_items']}"
                           + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
             med = {m: median([r["rps"] for r in results[m]]) for m in modes}
@@ -700,7 +704,7 @@ def main(argv=None) -> int:
                 print("           one session, sys.getsizeof: " + ", ".join(f"{k} {v}" for k, v in r["parts"].items()))
         if args.profile > 0:
             for mode in [m.strip() for m in args.profile_modes.split(",") if m.strip()]:
-                pid_name = "app" if mode == "redis" else "s1"
+                pid_name = "app" if mode.startswith("redis") else "s1"
                 print(f"\n4. profile: {mode}, {pid_name} under py-spy for {args.profile:g} s", flush=True)
                 saved = args.duration
                 args.duration = args.profile
@@ -731,7 +735,7 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
         for m in modes:
             runs = ", ".join(f"{r['rps']:.0f}" for r in results[m])
             cpu = ", ".join(f"{k} {v:.3f}" for k, v in summary["cpu"][m].items())
-            print(f"  {m:8s} {med[m]:9.1f} req/s (median; runs {runs})  CPU ms/request: {cpu}")
+            print(f"  {m:10s} {med[m]:9.1f} req/s (median; runs {runs})  CPU ms/request: {cpu}")
 
         def ratio(a: str, b: str, target: Optional[float] = None) -> None:
             if a in med and b in med and med[b]:
@@ -740,12 +744,13 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
                 if target is not None:
                     verdict = f"   target >= {target:g}: " + (
                         "met" if value >= target else f"MISSED by {100 * (1 - value / target):.0f}%")
-                print(f"  {a}/{b:8s} {value:6.2f}{verdict}")
+                print(f"  {a + '/' + b:16s} {value:6.2f}{verdict}")
 
         ratio("sync", "off", 0.7)
         ratio("async", "off")
         ratio("batched", "off")
         ratio("sync", "redis", 2.5)
+        ratio("sync", "redis-1hop")
     w = summary.get("wire")
     if w:
         verdict = "met" if w["percent"] <= 2.0 else "MISSED"
