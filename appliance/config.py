@@ -86,6 +86,7 @@ class ClusterSettings:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
+    access_log: bool = False
 
     @property
     def tls(self) -> bool:
@@ -146,6 +147,7 @@ class AppConfig:
     mount: str
     wsgi: Optional[str] = None
     resource: Optional[str] = None
+    threads: bool = True
 
 
 @frozen
@@ -447,6 +449,7 @@ class _Loader:
             heartbeat_interval=s.get("heartbeat_interval", _positive_duration, 1.0),
             heartbeat_misses=s.get("heartbeat_misses", _count, 3),
             max_session_bytes=s.get("max_session_bytes", _size, 16 * 1024 * 1024),
+            access_log=s.get("access_log", _boolean, False),
             **tls,
         )
         if len(settings.secret) < 8:
@@ -536,8 +539,11 @@ class _Loader:
         resource = s.get("resource", _import_path)
         if (wsgi is None) == (resource is None):
             raise s.error("wsgi", "give exactly one of wsgi = module:app or resource = module:resource")
+        threads = s.get("threads", _boolean, True)
+        if resource is not None and not threads:
+            raise s.error("threads", "twisted.web resources always render in the reactor thread")
         s.done()
-        return AppConfig(name=name, mount=mount, wsgi=wsgi, resource=resource)
+        return AppConfig(name=name, mount=mount, wsgi=wsgi, resource=resource, threads=threads)
 
 
 def _ttl(value: str) -> int:

@@ -151,7 +151,9 @@ def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
 # -- configurations -------------------------------------------------------
 
 
-def cluster_ini(mode: str, nodes: Dict[str, Dict[str, int]], batch_count: int, batch_interval: str) -> str:
+def cluster_ini(
+    mode: str, nodes: Dict[str, Dict[str, int]], batch_count: int, batch_interval: str, app_threads: str = "no"
+) -> str:
     replication = "sync" if mode == "off" else mode
     text = textwrap.dedent(
         f"""\
@@ -168,6 +170,7 @@ def cluster_ini(mode: str, nodes: Dict[str, Dict[str, int]], batch_count: int, b
         [app:cart]
         mount = /cart
         wsgi = appliance.demo.cart:app
+        threads = {app_threads}
         """
     )
     for i, (name, ports) in enumerate(nodes.items(), 1):
@@ -202,7 +205,7 @@ def start_appliance(children: Children, workdir: str, mode: str, args, run_id: s
     nodes = {n: {"http": free_port(), "replication": free_port()} for n in names}
     conf = os.path.join(workdir, f"{run_id}.ini")
     with open(conf, "w") as f:
-        f.write(cluster_ini(mode, nodes, args.batch_count, args.batch_interval))
+        f.write(cluster_ini(mode, nodes, args.batch_count, args.batch_interval, args.app_threads))
     procs = {}
     for name in names:
         argv = TWISTD + ["appliance", "--config", conf, "--node", name, "--roles", "server"]
@@ -644,6 +647,11 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--batch-count", type=int, default=100)
     parser.add_argument("--batch-interval", default="1s")
+    parser.add_argument(
+        "--app-threads", choices=("yes", "no"), default="no",
+        help="threads = for the cart on the session servers (default no, as etc/cluster.ini ships it); "
+        "the Redis baselines always run the app in worker threads, as their Redis calls block",
+    )
     parser.add_argument("--memory-sessions", type=int, default=100_000)
     parser.add_argument("--skip-http", action="store_true", help="only the in-process measurements")
     parser.add_argument("--skip-memory", action="store_true")

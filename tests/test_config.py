@@ -196,3 +196,13 @@ class StartupTests(SynchronousTestCase):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         self.assertEqual(lines, [f"appliance: {path}: [node:s1] colour: unknown key"])
         self.assertNotIn("Traceback", proc.stdout + proc.stderr)
+
+
+class AppOptionTests(SynchronousTestCase):
+    def test_threads_option(self):
+        """A WSGI app may run off the thread pool; a resource may not ask to."""
+        config = load(GOOD + "\n[app:x]\nmount = /x\nwsgi = m:app\nthreads = no\n")
+        self.assertFalse(config.apps[0].threads)
+        with self.assertRaises(ConfigError) as caught:
+            load(GOOD + "\n[app:x]\nmount = /x\nresource = m:r\nthreads = no\n")
+        self.assertEqual((caught.exception.section, caught.exception.key), ("app:x", "threads"))

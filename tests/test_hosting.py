@@ -34,6 +34,11 @@ wsgi = tests.apps:broken
 [app:notjson]
 mount = /notjson
 wsgi = tests.apps:not_json
+
+[app:inline]
+mount = /inline
+wsgi = appliance.demo.cart:app
+threads = no
 """
 
 
@@ -85,6 +90,14 @@ class HostingTests(TestCase):
         self.assertEqual(len(self.node.store), 0)
         code, body, _ = yield self.fetch("GET", "/cart", value)
         self.assertEqual(json.loads(body), {"items": []})
+
+    @defer.inlineCallbacks
+    def test_wsgi_in_reactor_thread(self):
+        """A WSGI app mounted with threads = no runs in the reactor thread with its session."""
+        code, body, set_cookie = yield self.fetch("POST", "/inline/items", data={"item": "fig"})
+        self.assertEqual((code, json.loads(body)), (200, ["fig"]))
+        code, body, _ = yield self.fetch("GET", "/inline", set_cookie.split(";")[0])
+        self.assertEqual(json.loads(body), {"items": ["fig"]})
 
     @defer.inlineCallbacks
     def test_resource_sees_session(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import sys
 from typing import Collection, Iterable, List, Optional, Tuple
 
 from appliance.core.session import Delta, Full, Remove, Touch
@@ -143,10 +144,14 @@ class _Reader:
         return name
 
     def key(self) -> str:
+        """
+        Keys are interned: every backup copy of a session shares its key
+        strings instead of holding one each.
+        """
         (n,) = self.unpack(_U16)
         if n == 0 or n > MAX_KEY:
             raise WireError("bad key length")
-        return self.text(n)
+        return sys.intern(self.text(n))
 
     def pairs(self, count: int) -> dict:
         if count > MAX_KEYS:

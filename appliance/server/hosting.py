@@ -220,7 +220,10 @@ class NodeResource(resource.Resource):
         request.hold(lambda req: self._commit(req, handle, route))
         if app.wsgi is not None:
             environ = wsgi_environ(request, app.mount, handle.data)
-            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, target, environ)
+            if app.threads:
+                d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, target, environ)
+            else:
+                d = defer.maybeDeferred(run_wsgi, target, environ)
             d.addCallback(self._wsgi_done, request)
             d.addErrback(self._app_failed, request, handle)
         else:
@@ -277,8 +280,27 @@ class NodeResource(resource.Resource):
         server.Request.finish(request)
 
 
+class NodeSite(server.Site):
+    """
+    The session server's site.  Access logging is optional (one line per
+    request costs a few percent of the reactor thread), and form bodies are
+    parsed into C{request.args} only when a twisted.web resource is mounted:
+    WSGI applications read the body themselves.
+    """
+
+    requestFactory = HeldRequest
+    displayTracebacks = False
+    access_log = False
+
+    def log(self, request) -> None:
+        if self.access_log:
+            server.Site.log(self, request)
+
+
 def site(reactor, cluster: ClusterConfig, node: SessionNode, health) -> server.Site:
-    s = server.Site(NodeResource(reactor, cluster, node, health))
-    s.requestFactory = HeldRequest
-    s.displayTracebacks = False
+    s = NodeSite(
+        NodeResource(reactor, cluster, node, health),
+        parsePOSTFormSubmission=any(app.resource is not None for app in cluster.apps),
+    )
+    s.access_log = cluster.cluster.access_log
     return s

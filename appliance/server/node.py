@@ -113,15 +113,22 @@ class SessionNode:
 
     # -- the request path --------------------------------------------------
 
-    @defer.inlineCallbacks
-    def open(self, route: cookie.Route):
+    def open(self, route: cookie.Route) -> defer.Deferred:
         """
         The session a request with this cookie route works on, locked for
         the request; L{close} releases it.
         """
         sid = route.sid
         if sid is None:
-            return Handle(SessionData())
+            return defer.succeed(Handle(SessionData()))
+        local = self.store.get(sid)
+        if local is not None and local.primary == self.name and sid not in self._locks:
+            self._locks[sid] = []
+            return defer.succeed(Handle(SessionData(local.values), local))
+        return self._open(sid, route)
+
+    @defer.inlineCallbacks
+    def _open(self, sid: str, route: cookie.Route):
         yield self._lock(sid)
         try:
             session = yield self._resolve(sid, route)
@@ -207,8 +214,11 @@ class SessionNode:
             for d in handle.waits:
                 d.addErrback(lambda f: None)
             return defer.succeed(self._final(handle, outcome))
-        done = defer.gatherResults(handle.waits, consumeErrors=True)
-        done.addErrback(lambda f: f.value.subFailure)
+        if len(handle.waits) == 1:
+            done = handle.waits[0]
+        else:
+            done = defer.gatherResults(handle.waits, consumeErrors=True)
+            done.addErrback(lambda f: f.value.subFailure)
         return done.addCallback(lambda _: self._final(handle, outcome))
 
     def _final(self, handle: Handle, outcome: Outcome) -> Outcome:
@@ -286,7 +296,6 @@ class SessionNode:
     def _reprotect(self, session: Session, exclude: tuple = ()) -> defer.Deferred:
         secondary = self.pick_secondary(exclude)
         self.store.set_secondary(session, secondary, self.now())
-        log.info("re-protected {sid} on {secondary}", sid=session.sid, secondary=secondary)
         return self._protect(session)
 
     # -- link events -------------------------------------------------------
@@ -294,8 +303,14 @@ class SessionNode:
     def peer_down(self, peer: str) -> None:
         if self.settings.reprotect != "eager":
             return
-        for session in self.store.backed_by(peer):
+        sessions = self.store.backed_by(peer)
+        for session in sessions:
             self._reprotect(session, exclude=(peer,)).addErrback(self._background_failure)
+        if sessions:
+            log.info(
+                "{peer} lost: re-protected {n} sessions ({unprotected} without a secondary)",
+                peer=peer, n=len(sessions), unprotected=sum(1 for s in sessions if s.secondary is None),
+            )
 
     def peer_up(self, peer: str) -> defer.Deferred:
         """
