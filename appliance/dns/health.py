@@ -179,7 +179,14 @@ def http_health_check(reactor, front: Frontend, timeout: float) -> "Deferred[boo
     seconds (connecting included).  Never fails: any error is False.
     """
     connectors = []
-    result: Deferred = Deferred(lambda d: connectors[0].disconnect())
+
+    def cancel(d: Deferred) -> None:
+        if probe.transport is not None:
+            probe.transport.abortConnection()
+        else:
+            connectors[0].disconnect()
+
+    result: Deferred = Deferred(cancel)
     probe = _StatusProbe(front.host, result)
     connectors.append(
         reactor.connectTCP(front.host, front.port, _ProbeFactory(probe), timeout=timeout)
