@@ -11,6 +11,7 @@ from typing import List, Tuple
 import attrs
 from twisted.application.service import IService
 from twisted.internet.defer import succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
@@ -279,6 +280,18 @@ class ServiceTests(SynchronousTestCase):
         proto.datagramReceived(query(NAME), ("127.0.0.1", 1))
         self.assertEqual(sorted(answers(parse(transport.written[-1][0]))), ["192.0.2.1", "192.0.2.2"])
         self.assertTrue(any("fail open" in e.get("log_format", "") for e in events))
+
+    def test_tcp_listen_failure_closes_udp(self):
+        """If TCP cannot listen, the UDP port is closed again and the error raised."""
+        reactor, service, _ = self.make()
+
+        def refuse(*args, **kwargs):
+            raise CannotListenError("127.0.0.1", 5353, OSError("in use"))
+
+        reactor.listenTCP = refuse
+        self.assertRaises(CannotListenError, service.startService)
+        self.assertTrue(reactor.udpPorts[0].stopped)
+        self.assertFalse(service.running)
 
     def test_needs_dns_section(self):
         """A config without [dns] is refused at construction."""

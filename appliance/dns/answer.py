@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from attrs import frozen
-from dnslib import EDNS0, QTYPE, RCODE, RD, RR, DNSHeader, DNSLabel, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RD, RR, DNSError, DNSHeader, DNSLabel, DNSRecord
 
 from appliance.dns.zone import TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_SOA, TYPE_SRV, Zone
 
@@ -114,7 +114,10 @@ def respond(zone: Zone, query: bytes, rotation: int = 0, tcp: bool = False) -> O
         return Reply(_header_only(query, RCODE.FORMERR))
     try:
         request = DNSRecord.parse(query)
-    except (Exception, RecursionError):
+    except (DNSError, RecursionError, Exception):
+        # DNSError for what dnslib recognises as malformed, RecursionError
+        # for long compression-pointer chains, and anything else a hostile
+        # packet provokes: all are the sender's format error.
         return Reply(_header_only(query, RCODE.FORMERR))
     question = request.q
     if _wire_length(question.qname) > 255 or any(len(p) > 63 for p in question.qname.label):

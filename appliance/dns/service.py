@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-import time
 from typing import Callable, FrozenSet, List, Optional
 
 from twisted.application.service import Service
@@ -68,7 +67,7 @@ class DnsService(Service):
             name=cluster.cluster.name,
             ttl=dns.ttl,
             ns_address=_ns_address(dns.listen.host),
-            serial=int(time.time()) & 0xFFFFFFFF,
+            serial=int(reactor.seconds()) & 0xFFFFFFFF,
         )
         everyone = frozenset(f.name for f in self._fronts)
         self.responder = Responder(
@@ -101,10 +100,16 @@ class DnsService(Service):
         listen = self._dns.listen
         udp = DnsDatagramProtocol(self.responder, self._reactor)
         tcp = DnsStreamFactory(self.responder, self._reactor)
-        self._ports.append(
-            self._reactor.listenUDP(listen.port, udp, interface=listen.host, maxPacketSize=65535)
+        udp_port = self._reactor.listenUDP(
+            listen.port, udp, interface=listen.host, maxPacketSize=65535
         )
-        self._ports.append(self._reactor.listenTCP(listen.port, tcp, interface=listen.host))
+        try:
+            tcp_port = self._reactor.listenTCP(listen.port, tcp, interface=listen.host)
+        except BaseException:
+            udp_port.stopListening()
+            super().stopService()
+            raise
+        self._ports = [udp_port, tcp_port]
         self.log.info("DNS responder for {name} listening on {listen}", name=self._settings.name, listen=str(listen))
         self._checker.start()
 
