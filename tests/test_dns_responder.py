@@ -6,12 +6,16 @@ and L{appliance.dns.rrl}.
 from __future__ import annotations
 
 import dnslib
+from dnslib import EDNS0, DNSRecord, EDNSOption
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from appliance.dns.answer import cache_key, respond
 from appliance.dns.responder import Responder
 from appliance.dns.rrl import RateLimiter, Verdict, client_network
 
-from tests.test_dns_support import NAME, answers, parse, query, zone
+from tests.test_dns_support import NAME, ZONE, answers, parse, query, zone
 
 
 class ResponderTests(SynchronousTestCase):
@@ -43,6 +47,31 @@ class ResponderTests(SynchronousTestCase):
         self.assertEqual(parse(r.udp(query(NAME), "10.0.0.1", 0.0)).header.tc, 1)
         self.assertEqual(len(parse(r.tcp(query(NAME))).rr), 40)
         self.assertEqual(parse(r.udp(query(NAME), "10.0.0.1", 0.0)).header.tc, 1)
+
+    def test_edns_options_share_cache(self):
+        """Queries differing only in EDNS option data (cookies) share a cache entry."""
+        r = Responder(zone())
+        for i in range(5):
+            q = DNSRecord.question(NAME)
+            q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(10, bytes([i]) * 8)]))
+            reply = parse(r.udp(bytes(q.pack()), "10.0.0.1", 0.0))
+            self.assertEqual(reply.header.id, q.header.id)
+        self.assertEqual(len(r._udp_cache), 1)
+
+    def test_cache_key_shapes(self):
+        """Only a well-framed trailing OPT is stripped; other shapes key on all bytes."""
+        plain = query(NAME)
+        self.assertEqual(cache_key(plain), plain[2:])
+        with_opt = query(NAME, edns=1232)
+        self.assertIsInstance(cache_key(with_opt), tuple)
+        self.assertEqual(cache_key(with_opt[:-1]), with_opt[:-1][2:])
+        self.assertEqual(cache_key(with_opt + b"\x00"), (with_opt + b"\x00")[2:])
+        bad_option = with_opt[:-2] + b"\x00\x05" + b"\x00\x0a\x00\x09x"
+        self.assertEqual(cache_key(bad_option), bad_option[2:])
+        self.assertEqual(
+            parse(Responder(zone()).udp(bad_option, "10.0.0.1", 0)).header.rcode,
+            dnslib.RCODE.FORMERR,
+        )
 
     def test_cache_bounded(self):
         """The cache never holds more than its size."""
@@ -84,6 +113,32 @@ class ResponderTests(SynchronousTestCase):
         r = Responder(zone())
         reply = parse(r.udp(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03ab", "10.0.0.1", 0))
         self.assertEqual(reply.header.rcode, dnslib.RCODE.FORMERR)
+
+
+class CachePropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [(NAME, "AAAA"), ("nope." + NAME, "A"), (ZONE, "SOA"), (NAME.upper(), "MX")]
+                ),
+                st.integers(0, 65535),
+                st.one_of(st.none(), st.binary(max_size=40)),
+            ),
+            max_size=20,
+        )
+    )
+    def test_cached_equals_uncached(self, asked):
+        """Whatever was cached before, each answer equals a fresh respond() but for the ID."""
+        r = Responder(zone())
+        for (name, qtype), qid, option in asked:
+            q = DNSRecord.question(name, qtype)
+            q.header.id = qid
+            if option is not None:
+                q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(65001, option)]))
+            data = bytes(q.pack())
+            self.assertEqual(r.udp(data, "10.0.0.1", 0.0), respond(zone(), data).data)
 
 
 class RateLimiterTests(SynchronousTestCase):

@@ -93,6 +93,35 @@ def truncated(query: bytes) -> bytes:
     return query[:2] + bytes((flags1, 0)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]
 
 
+def cache_key(query: bytes):
+    """
+    What the response to C{query} depends on, besides zone, rotation and
+    transport: the query past its ID, minus the EDNS option data when the
+    query is one plain question followed by one well-framed OPT record.
+
+    Options (a client cookie, padding) differ from query to query but do
+    not change our response, so leaving them out of the key lets a resolver
+    that sends cookies hit the cache too.  Any other shape keys on all the
+    bytes (a different type, so the two kinds never collide).
+    """
+    if query[6:12] != b"\x00\x00\x00\x00\x00\x01" or query[4:6] != b"\x00\x01":
+        return query[2:]
+    end = _question_end(query)
+    if end is None or query[end : end + 3] != b"\x00\x00\x29":
+        return query[2:]
+    options = end + 11
+    size = len(query)
+    if options > size or int.from_bytes(query[end + 9 : options], "big") != size - options:
+        return query[2:]
+    while options < size:
+        if options + 4 > size:
+            return query[2:]
+        options += 4 + int.from_bytes(query[options + 2 : options + 4], "big")
+    if options != size:
+        return query[2:]
+    return (query[2 : end + 9],)
+
+
 def _in_zone(qname: str, zone: str) -> bool:
     return qname == zone or qname.endswith("." + zone)
 

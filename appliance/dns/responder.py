@@ -2,10 +2,10 @@
 The responder's state: the current zone, round-robin positions, the answer
 cache and the rate limiter.  No I/O; time is passed in.
 
-A response depends only on the query minus its 2-byte ID, the zone, the
-rotation and the transport (see L{appliance.dns.answer.respond}), so the
-encoded response is cached under the query bytes past the ID and the ID is
-patched in.  Each cached query keeps its own rotation counter, so every
+A response depends only on the query minus its 2-byte ID (and minus its
+EDNS option data), the zone, the rotation and the transport (see
+L{appliance.dns.answer.respond} and L{appliance.dns.answer.cache_key}), so
+the encoded response is cached under that key and the ID is patched in.  Each cached query keeps its own rotation counter, so every
 repetition of a question gets the next order of the balancers.  Replacing
 the zone (a balancer came or went) empties the cache.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from appliance.dns.answer import respond, truncated
+from appliance.dns.answer import cache_key, respond, truncated
 from appliance.dns.rrl import RateLimiter, Verdict
 from appliance.dns.zone import Zone
 
@@ -35,9 +35,9 @@ class Responder:
         self._zone = zone
         self._limiter = limiter
         self._cache_size = cache_size
-        # query[2:] -> [period, next rotation, responses by rotation]
-        self._udp_cache: Dict[bytes, List] = {}
-        self._tcp_cache: Dict[bytes, List] = {}
+        # cache_key(query) -> [period, next rotation, responses by rotation]
+        self._udp_cache: Dict[object, List] = {}
+        self._tcp_cache: Dict[object, List] = {}
 
     @property
     def zone(self) -> Zone:
@@ -72,8 +72,8 @@ class Responder:
         """
         return self._answer(self._tcp_cache, query, True)
 
-    def _answer(self, cache: Dict[bytes, List], query: bytes, tcp: bool) -> Optional[bytes]:
-        key = query[2:]
+    def _answer(self, cache: Dict[object, List], query: bytes, tcp: bool) -> Optional[bytes]:
+        key = cache_key(query)
         entry = cache.get(key)
         if entry is not None:
             rotation = entry[1]
