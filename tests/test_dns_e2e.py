@@ -33,7 +33,9 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+
+from appliance.dns.health import check_timeout
 
 from tests.test_dns_support import MALFORMED, pointer_chain_query
 
@@ -63,13 +65,33 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class _Health(Resource):
+    """
+    The health URL; C{mode} makes it answer 200 ("ok"), 503 ("sick") or
+    never ("hang").
+    """
+
     isLeaf = True
 
+    def __init__(self):
+        super().__init__()
+        self.mode = "ok"
+        self.hung: List = []
+
     def render_GET(self, request):
-        if request.path == b"/_appliance/lb-health":
-            return b"ok"
-        request.setResponseCode(404)
-        return b""
+        if request.path != b"/_appliance/lb-health":
+            request.setResponseCode(404)
+            return b""
+        if self.mode == "hang":
+            self.hung.append(request)
+            return NOT_DONE_YET
+        if self.mode == "sick":
+            request.setResponseCode(503)
+        return b"ok"
+
+    def release(self) -> None:
+        hung, self.hung = self.hung, []
+        for request in hung:
+            request.transport.abortConnection()
 
 
 class StandInBalancer:
@@ -83,13 +105,15 @@ class StandInBalancer:
         self.host = host
         self.port_number = free_port(host)
         self.port = None
+        self.health = _Health()
 
     def start(self) -> None:
-        site = Site(_Health())
+        site = Site(self.health)
         site.noisy = False
         self.port = reactor.listenTCP(self.port_number, site, interface=self.host)
 
     def stop(self) -> defer.Deferred:
+        self.health.release()
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
 
@@ -271,6 +295,20 @@ class EndToEndTests(TestCase):
         started = time.monotonic()
         back = yield self.wait_for(lambda: len(self.a_records()) == 2, "lb2 to return")
         self.assertLess(back - started, CHECK_INTERVAL + SLACK)
+
+    @defer.inlineCallbacks
+    def test_hung_or_sick_balancer_leaves(self):
+        """A balancer that hangs or answers 503 leaves (within interval + check timeout) and returns."""
+        timeout = check_timeout(CHECK_INTERVAL)
+        for mode in ("hang", "sick"):
+            health = self.balancers["lb1"].health
+            health.mode = mode
+            changed = time.monotonic()
+            left = yield self.wait_for(lambda: self.a_records() == ["127.0.0.2"], f"lb1 {mode}")
+            self.assertLess(left - changed, CHECK_INTERVAL + timeout + SLACK, mode)
+            health.mode = "ok"
+            health.release()
+            yield self.wait_for(lambda: len(self.a_records()) == 2, f"lb1 back from {mode}")
 
     @defer.inlineCallbacks
     def test_fail_open(self):
