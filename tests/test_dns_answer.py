@@ -165,6 +165,13 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual([rr.rtype for rr in reply(query(NAME, edns=4096)).ar], [dnslib.QTYPE.OPT])
         self.assertEqual(reply(query(NAME)).ar, [])
 
+    def test_edns_do_bit_and_size(self):
+        """The DO bit is copied back and we advertise a 1232-byte payload."""
+        q = DNSRecord.question(NAME)
+        q.add_ar(EDNS0(udp_len=4096, flags="do"))
+        opt = reply(bytes(q.pack())).ar[0]
+        self.assertEqual((opt.rclass, (opt.ttl >> 15) & 1), (1232, 1))
+
     def test_edns_bad_version(self):
         """EDNS version 1 is answered BADVERS."""
         q = DNSRecord.question(NAME)
