@@ -108,7 +108,7 @@ def dnslib_server(port: int) -> None:
     Serve the same records with dnslib.server.DNSServer (threaded UDP)
     until killed.
     """
-    from dnslib import AAAA, QTYPE, RCODE, RR, SOA, SRV, A
+    from dnslib import QTYPE, RCODE, RR, SOA, SRV, A
     from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
     class StaticResolver(BaseResolver):

@@ -14,7 +14,7 @@ from typing import List, Optional
 from attrs import frozen
 from dnslib import EDNS0, QTYPE, RCODE, RD, RR, DNSError, DNSHeader, DNSLabel, DNSRecord
 
-from appliance.dns.zone import TYPE_A, TYPE_AAAA, TYPE_NS, TYPE_SOA, TYPE_SRV, Zone
+from appliance.dns.zone import TYPE_NS, TYPE_SOA, TYPE_SRV, Zone
 
 CLASS_IN = 1
 TYPE_OPT = 41

@@ -5,8 +5,9 @@ cache and the rate limiter.  No I/O; time is passed in.
 A response depends only on the query minus its 2-byte ID (and minus its
 EDNS option data), the zone, the rotation and the transport (see
 L{appliance.dns.answer.respond} and L{appliance.dns.answer.cache_key}), so
-the encoded response is cached under that key and the ID is patched in.  Each cached query keeps its own rotation counter, so every
-repetition of a question gets the next order of the balancers.  Replacing
+the encoded response is cached under that key and the ID is patched in.
+Each cached query keeps its own rotation counter, so every repetition of a
+question gets the next order of the balancers.  Replacing
 the zone (a balancer came or went) empties the cache.
 """
 

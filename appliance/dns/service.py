@@ -110,7 +110,11 @@ class DnsService(Service):
             super().stopService()
             raise
         self._ports = [udp_port, tcp_port]
-        self.log.info("DNS responder for {name} listening on {listen}", name=self._settings.name, listen=str(listen))
+        self.log.info(
+            "DNS responder for {name} listening on {listen}",
+            name=self._settings.name,
+            listen=str(listen),
+        )
         self._checker.start()
 
     def stopService(self) -> Deferred:
