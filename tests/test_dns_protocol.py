@@ -153,6 +153,12 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(answers(replies[1], "AAAA"), ["2001:db8::3"])
         self.assertFalse(transport.disconnecting)
 
+    def test_backpressure(self):
+        """The transport is its own producer, so a full send buffer pauses reading."""
+        _, _, transport, _ = tcp()
+        self.assertIs(transport.producer, transport)
+        self.assertTrue(transport.streaming)
+
     def test_not_rate_limited(self):
         """TCP answers ignore the UDP rate limit."""
         _, protocol, transport, _ = tcp()

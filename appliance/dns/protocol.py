@@ -67,6 +67,9 @@ class DnsStreamProtocol(Int16StringReceiver, TimeoutMixin):
             return
         self._counted = True
         self.factory.connections += 1
+        # A client that pipelines queries without reading the answers stops
+        # being read once our send buffer is full, instead of growing it.
+        self.transport.registerProducer(self.transport, True)
         self.setTimeout(TCP_IDLE_TIMEOUT)
 
     def stringReceived(self, query: bytes) -> None:
