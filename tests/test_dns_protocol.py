@@ -5,6 +5,7 @@ L{appliance.dns.service.DnsService} on a fake reactor.
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import List, Tuple
 
@@ -26,7 +27,7 @@ from appliance.dns.protocol import (
 )
 from appliance.dns.responder import Responder
 from appliance.dns.rrl import RateLimiter
-from appliance.dns.service import DnsService
+from appliance.dns.service import UDP_RECEIVE_BUFFER, DnsService, _enlarge_receive_buffer
 
 from tests.test_dns_support import MALFORMED, NAME, answers, cluster, parse, query, zone
 
@@ -298,6 +299,21 @@ class ServiceTests(SynchronousTestCase):
         self.assertRaises(CannotListenError, service.startService)
         self.assertTrue(reactor.udpPorts[0].stopped)
         self.assertFalse(service.running)
+
+    def test_udp_receive_buffer(self):
+        """The UDP socket is asked for a larger receive buffer; failure is harmless."""
+        calls = []
+
+        class FakeSocket:
+            def setsockopt(self, level, option, value):
+                calls.append((level, option, value))
+                raise OSError("not allowed")
+
+        port = FakeUDPPort(5353, None, "", 0)
+        port.socket = FakeSocket()
+        _enlarge_receive_buffer(port)
+        self.assertEqual(calls, [(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)])
+        _enlarge_receive_buffer(FakeUDPPort(5353, None, "", 0))
 
     def test_needs_dns_section(self):
         """A config without [dns] is refused at construction."""

@@ -10,6 +10,7 @@ listens.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 from typing import Callable, FrozenSet, List, Optional
 
@@ -31,6 +32,25 @@ def _ns_address(host: str) -> Optional[str]:
     except ValueError:
         return None
     return None if ip.is_unspecified else ip.compressed
+
+
+#: Bytes of kernel receive buffer asked for on the UDP socket: room for a
+#: burst of a few thousand queries (the default, ~208 KiB, holds ~250).
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _enlarge_receive_buffer(port) -> None:
+    """
+    Ask for a larger receive buffer so that bursts are not dropped by the
+    kernel before we read them (capped by net.core.rmem_max; best effort).
+    """
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+    except OSError:
+        pass
 
 
 class DnsService(Service):
@@ -103,6 +123,7 @@ class DnsService(Service):
         udp_port = self._reactor.listenUDP(
             listen.port, udp, interface=listen.host, maxPacketSize=65535
         )
+        _enlarge_receive_buffer(udp_port)
         try:
             tcp_port = self._reactor.listenTCP(listen.port, tcp, interface=listen.host)
         except BaseException:
