@@ -18,7 +18,7 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import dns.flags
 import dns.message
@@ -148,7 +148,12 @@ class ResponderProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-def write_config(directory: str, dns_port: int, balancers: List[StandInBalancer]) -> str:
+def write_config(
+    directory: str, dns_port: int, balancers: List[Tuple[str, str]], rrl_rate: int = 100000
+) -> str:
+    """
+    A cluster config for the child: C{balancers} are (name, listen) pairs.
+    """
     lines = [
         "[cluster]",
         f"name = {NAME}",
@@ -157,11 +162,11 @@ def write_config(directory: str, dns_port: int, balancers: List[StandInBalancer]
         f"listen = 127.0.0.1:{dns_port}",
         "ttl = 3",
         f"check_interval = {int(CHECK_INTERVAL * 1000)}ms",
-        "rrl_rate = 100000",
+        f"rrl_rate = {rrl_rate}",
         "rrl_slip = 2",
     ]
-    for b in balancers:
-        lines += [f"[balancer:{b.name}]", f"listen = {b.listen}"]
+    for name, listen in balancers:
+        lines += [f"[balancer:{name}]", f"listen = {listen}"]
     lines += ["[node:s1]", "http = 127.0.0.1:1", "replication = 127.0.0.1:2", "machine = m", "rack = r"]
     path = os.path.join(directory, "cluster.ini")
     with open(path, "w") as f:
@@ -169,26 +174,18 @@ def write_config(directory: str, dns_port: int, balancers: List[StandInBalancer]
     return path
 
 
-class EndToEndTests(TestCase):
-    timeout = 60
+class ResponderMixin:
+    """
+    Start the responder child from a config and stop it in cleanup.
+    """
 
-    @defer.inlineCallbacks
-    def setUp(self):
-        for tool in ("dig",):
-            if shutil.which(tool) is None:
-                self.fail(f"{tool} is not installed (apt-get install dnsutils): required, not skipped")
-        self.balancers: Dict[str, StandInBalancer] = {
-            "lb1": StandInBalancer("lb1", "127.0.0.1"),
-            "lb2": StandInBalancer("lb2", "127.0.0.2"),
-            "lb3": StandInBalancer("lb3", "::1"),
-        }
-        for b in self.balancers.values():
-            b.start()
-            self.addCleanup(b.stop)
+    def start_responder(self, balancers: List[Tuple[str, str]], **options) -> defer.Deferred:
+        if shutil.which("dig") is None:
+            self.fail("dig is not installed (apt-get install dnsutils): required, not skipped")
         tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, tmp, True)
         self.dns_port = free_port()
-        config = write_config(tmp, self.dns_port, list(self.balancers.values()))
+        config = write_config(tmp, self.dns_port, balancers, **options)
         self.child = ResponderProcess()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         transport = reactor.spawnProcess(
@@ -199,15 +196,41 @@ class EndToEndTests(TestCase):
             path=ROOT,
         )
         self.addCleanup(self._stop_child, transport)
-        yield self.child.ready
-        # Answers are complete from the start (all balancers count as live
-        # until checked); let the first round finish all the same.
-        yield self.wait_for(lambda: len(self.a_records()) == 2, "first answers")
+        return self.child.ready
 
     def _stop_child(self, transport) -> defer.Deferred:
         if not self.child.ended.called:
             transport.signalProcess("TERM")
         return self.child.ended
+
+    @defer.inlineCallbacks
+    def dig(self, *args: str) -> defer.Deferred:
+        out, err, code = yield getProcessOutputAndValue(
+            shutil.which("dig"),
+            ["-p", str(self.dns_port), "@127.0.0.1", "+time=2", "+tries=1", *args],
+            env=os.environ,
+        )
+        self.assertEqual(code, 0, err)
+        return out.decode()
+
+
+class EndToEndTests(ResponderMixin, TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.balancers: Dict[str, StandInBalancer] = {
+            "lb1": StandInBalancer("lb1", "127.0.0.1"),
+            "lb2": StandInBalancer("lb2", "127.0.0.2"),
+            "lb3": StandInBalancer("lb3", "::1"),
+        }
+        for b in self.balancers.values():
+            b.start()
+            self.addCleanup(b.stop)
+        yield self.start_responder([(b.name, b.listen) for b in self.balancers.values()])
+        # Answers are complete from the start (all balancers count as live
+        # until checked); let the first round finish all the same.
+        yield self.wait_for(lambda: len(self.a_records()) == 2, "first answers")
 
     def resolver(self, tcp: bool = False) -> dns.resolver.Resolver:
         r = dns.resolver.Resolver(configure=False)
@@ -232,16 +255,6 @@ class EndToEndTests(TestCase):
                 self.fail(f"timed out waiting for {what}; responder stderr:\n"
                           + self.child.stderr.decode(errors="replace")[-3000:])
             yield deferLater(reactor, 0.05, lambda: None)
-
-    @defer.inlineCallbacks
-    def dig(self, *args: str) -> defer.Deferred:
-        out, err, code = yield getProcessOutputAndValue(
-            shutil.which("dig"),
-            ["-p", str(self.dns_port), "@127.0.0.1", "+time=2", "+tries=1", *args],
-            env=os.environ,
-        )
-        self.assertEqual(code, 0, err)
-        return out.decode()
 
     def test_udp_and_tcp_answers(self):
         """dnspython gets the live balancers' A and AAAA records over UDP and TCP."""
@@ -348,3 +361,53 @@ class EndToEndTests(TestCase):
         yield deferLater(reactor, 0.2, lambda: None)  # collect the child's stderr
         self.assertNotIn(b"Traceback", self.child.stderr)
         self.assertNotIn(b"Unhandled", self.child.stderr)
+
+
+class LargeAnswerAndRateLimitTests(ResponderMixin, TestCase):
+    """
+    A responder with 40 balancers that are all down (so all are answered,
+    fail open): the A answer does not fit 512 bytes.  RRL at 2 per second.
+    """
+
+    timeout = 60
+    COUNT = 40
+
+    def setUp(self):
+        balancers = [(f"lb{i}", f"127.0.1.{i}:{free_port()}") for i in range(1, self.COUNT + 1)]
+        return self.start_responder(balancers, rrl_rate=2)
+
+    @defer.inlineCallbacks
+    def test_truncated_then_tcp(self):
+        """Over UDP without EDNS the answer is truncated (TC); TCP brings all of it."""
+        out = yield self.dig("+noedns", "+ignore", "+noall", "+comments", NAME, "A")
+        self.assertIn(" tc", out.split("flags:")[1].split(";")[0])
+        out = yield self.dig("+short", "+tcp", NAME, "A")
+        self.assertEqual(len(out.split()), self.COUNT)
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers, r.port, r.lifetime, r.cache = ["127.0.0.1"], self.dns_port, 3.0, None
+        answer = r.resolve(NAME, "A", tcp=True)
+        self.assertEqual(len(answer), self.COUNT)
+
+    def test_rate_limited_with_slip(self):
+        """A burst over the UDP rate limit is partly dropped, partly answered TC and empty."""
+        query = dns.message.make_query(NAME, "SOA")
+        replies = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            for i in range(10):
+                query.id = i
+                s.sendto(query.to_wire(), ("127.0.0.1", self.dns_port))
+            try:
+                while True:
+                    replies.append(dns.message.from_wire(s.recv(4096)))
+            except socket.timeout:
+                pass
+        full = [r for r in replies if not r.flags & dns.flags.TC]
+        slipped = [r for r in replies if r.flags & dns.flags.TC]
+        self.assertLess(len(replies), 10)
+        self.assertGreaterEqual(len(full), 2)
+        self.assertLessEqual(len(full), 4)
+        self.assertGreaterEqual(len(slipped), 3)
+        self.assertTrue(all(not r.answer for r in slipped))
+        answer = dns.query.tcp(query, "127.0.0.1", port=self.dns_port, timeout=2)
+        self.assertEqual(len(answer.answer), 1)
