@@ -1,0 +1,3 @@
+"""
+The DNS round-robin responder: L{appliance.dns.service.DnsService}.
+"""

@@ -1,0 +1,273 @@
+"""
+Queries per second of the appliance DNS responder against dnslib's own
+threaded DNSServer serving the same records, measured with dnsperf in one
+run, alternating servers.
+
+    python3 bench/dns.py [--seconds 10] [--rounds 2]
+
+Each run is `dnsperf -l SECONDS -n 1000000 -c 4 -q 200 -t 2`.
+
+Both servers run as child processes on free 127.0.0.1 ports.  Ours is
+C{python -m appliance.dns.service} with a generated config: three balancers
+on 127.0.0.1-3, kept healthy by tiny HTTP responders in this process, and an
+RRL limit high enough not to throttle dnsperf (which queries from one
+address).  Prints each run, the mean qps of each server and ours/dnslib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Tuple
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+NAME = "app.bench.test"
+BALANCERS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+#: dnsperf -n: at most this many passes over QUERIES per run (a count bound
+#: besides the time bound; far more than 10 s allows).
+MAX_RUNS = 1_000_000
+QUERIES = [
+    f"{NAME} A",
+    f"{NAME} A",
+    f"{NAME} A",
+    f"{NAME} A",
+    f"{NAME} AAAA",
+    f"_http._tcp.{NAME} SRV",
+    f"nothere.{NAME} A",
+    f"{NAME} SOA",
+]
+
+
+def free_port() -> int:
+    """
+    A port free for both TCP and UDP on 127.0.0.1.
+    """
+    while True:
+        with socket.socket() as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+class _Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/_appliance/lb-health"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_health(host: str, port: int) -> HTTPServer:
+    server = HTTPServer((host, port), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def write_config(directory: str, dns_port: int, lb_port: int) -> str:
+    lines = [
+        "[cluster]",
+        f"name = {NAME}",
+        "secret = bench-secret",
+        "[dns]",
+        f"listen = 127.0.0.1:{dns_port}",
+        "ttl = 5",
+        "check_interval = 1s",
+        "rrl_rate = 100000000",
+        "rrl_slip = 2",
+    ]
+    for i, host in enumerate(BALANCERS, 1):
+        lines += [f"[balancer:lb{i}]", f"listen = {host}:{lb_port}"]
+    lines += [
+        "[node:s1]",
+        "http = 127.0.0.1:1",
+        "replication = 127.0.0.1:2",
+        "machine = m1",
+        "rack = r1",
+    ]
+    path = os.path.join(directory, "cluster.ini")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def dnslib_server(port: int) -> None:
+    """
+    Serve the same records with dnslib.server.DNSServer (threaded UDP)
+    until killed.
+    """
+    from dnslib import QTYPE, RCODE, RR, SOA, SRV, A
+    from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+    class StaticResolver(BaseResolver):
+        def __init__(self):
+            self.rotation = 0
+            self.soa = SOA(
+                f"ns1.{NAME}.", f"hostmaster.{NAME}.", (1, 3600, 600, 86400, 5)
+            )
+
+        def resolve(self, request, handler):
+            reply = request.reply()
+            reply.header.aa = 1
+            qname = str(request.q.qname).rstrip(".").lower()
+            qtype = request.q.qtype
+            self.rotation += 1
+            r = self.rotation % len(BALANCERS)
+            hosts = BALANCERS[r:] + BALANCERS[:r]
+            if qname == NAME and qtype == QTYPE.A:
+                for h in hosts:
+                    reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=5, rdata=A(h)))
+            elif qname == NAME and qtype == QTYPE.SOA:
+                reply.add_answer(RR(request.q.qname, QTYPE.SOA, ttl=5, rdata=self.soa))
+            elif qname == f"_http._tcp.{NAME}" and qtype == QTYPE.SRV:
+                for i, h in enumerate(hosts):
+                    target = f"lb{BALANCERS.index(h) + 1}.{NAME}."
+                    reply.add_answer(
+                        RR(request.q.qname, QTYPE.SRV, ttl=5, rdata=SRV(10, 10, 8080, target))
+                    )
+                    reply.add_ar(RR(target, QTYPE.A, ttl=5, rdata=A(h)))
+            elif qname == NAME:
+                reply.add_auth(RR(NAME + ".", QTYPE.SOA, ttl=5, rdata=self.soa))
+            else:
+                reply.header.rcode = RCODE.NXDOMAIN
+                reply.add_auth(RR(NAME + ".", QTYPE.SOA, ttl=5, rdata=self.soa))
+            return reply
+
+    quiet = DNSLogger(logf=lambda s: None)  # ours logs nothing per query either
+    server = DNSServer(StaticResolver(), port=port, address="127.0.0.1", logger=quiet)
+    sys.stdout.write(f"ready 127.0.0.1 {port}\n")
+    sys.stdout.flush()
+    server.start()
+
+
+def wait_ready(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """
+    Wait (bounded) for the child's "ready" line.
+    """
+    readable, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if readable else ""
+    if not line.startswith("ready"):
+        raise SystemExit(f"server did not start within {timeout}s: {line!r}")
+    # Keep draining stdout so a chatty child never blocks on a full pipe.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+
+
+def wait_answering(port: int, timeout: float = 10.0) -> None:
+    """
+    Wait until the server answers a query (and, for ours, health checks
+    have run) before measuring.
+    """
+    query = bytes.fromhex("abcd01000001000000000000") + b"".join(
+        bytes([len(p)]) + p.encode() for p in NAME.split(".")
+    ) + b"\x00\x00\x01\x00\x01"
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(query, ("127.0.0.1", port))
+            try:
+                s.recv(4096)
+                return
+            except socket.timeout:
+                continue
+    raise SystemExit(f"no answer on port {port}")
+
+
+def run_dnsperf(port: int, datafile: str, seconds: int) -> Tuple[float, int]:
+    out = subprocess.run(
+        [
+            "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", datafile,
+            "-l", str(seconds), "-n", str(MAX_RUNS), "-c", "4", "-q", "200", "-t", "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    m = re.search(r"Queries per second:\s+([\d.]+)", out.stdout)
+    lost = re.search(r"Queries lost:\s+(\d+)", out.stdout)
+    if m is None:
+        raise SystemExit(f"dnsperf failed:\n{out.stdout}\n{out.stderr}")
+    return float(m.group(1)), int(lost.group(1)) if lost else -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="dnsperf -l per run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each server")
+    parser.add_argument("--dnslib-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.dnslib_server:
+        dnslib_server(args.dnslib_server)
+        return
+    if shutil.which("dnsperf") is None:
+        raise SystemExit("dnsperf is not installed (apt-get install dnsperf)")
+
+    lb_port = free_port()
+    healths = [start_health(h, lb_port) for h in BALANCERS]
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            ours_port, theirs_port = free_port(), free_port()
+            config = write_config(tmp, ours_port, lb_port)
+            env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            ours = subprocess.Popen(
+                [sys.executable, "-m", "appliance.dns.service", config],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+            procs.append(ours)
+            theirs = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--dnslib-server", str(theirs_port)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+            procs.append(theirs)
+            wait_ready(ours)
+            wait_ready(theirs)
+            wait_answering(ours_port)
+            wait_answering(theirs_port)
+            time.sleep(1.5)  # let the first health round settle
+            datafile = os.path.join(tmp, "queries.txt")
+            with open(datafile, "w") as f:
+                f.write("\n".join(QUERIES) + "\n")
+
+            results = {"appliance": [], "dnslib": []}
+            for r in range(args.rounds):
+                for label, port in (("appliance", ours_port), ("dnslib", theirs_port)):
+                    qps, lost = run_dnsperf(port, datafile, args.seconds)
+                    results[label].append(qps)
+                    print(f"round {r + 1} {label:9s} {qps:10.0f} qps  (lost {lost})", flush=True)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            for h in healths:
+                h.shutdown()
+    ours_qps = sum(results["appliance"]) / len(results["appliance"])
+    theirs_qps = sum(results["dnslib"]) / len(results["dnslib"])
+    print(f"appliance {ours_qps:.0f} qps, dnslib DNSServer {theirs_qps:.0f} qps, "
+          f"ratio ours/dnslib {ours_qps / theirs_qps:.2f} (target >= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
