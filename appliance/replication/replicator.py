@@ -147,6 +147,12 @@ class Replicator:
 
     def _answered(self, answer, q: _Queue, batch) -> None:
         q.in_flight = 0
+        if q.pending and batch_limits(self.settings, self._minute()) is None:
+            # Group commit: what accumulated behind this batch leaves before
+            # the answered requests are written out, so the next round trip
+            # overlaps that work.
+            q.due = True
+            self._arrange(q)
         try:
             results = wire.decode_results(answer, len(batch))
         except wire.WireError as e:
