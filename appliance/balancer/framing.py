@@ -1,0 +1,433 @@
+"""
+HTTP/1.x framing for the proxy, without I/O.
+
+Only what a forwarding proxy needs: the request head is validated and
+rewritten in one pass (hop-by-hop headers out, forwarding headers in) while
+the few headers that matter (Host, Cookie, Content-Length,
+Transfer-Encoding, Connection) are picked up on the way; the response head is
+read for its framing only.  Nothing builds a header dictionary, because the
+hot path must not pay for generality.
+
+Bodies are relayed as they are; L{ChunkedScanner} only finds where a chunked
+body ends (and how large it is), so chunked framing passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Tuple, Union
+
+from attrs import define, frozen
+
+CRLF = b"\r\n"
+HEAD_END = b"\r\n\r\n"
+
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+
+# Body framing of a message.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])\Z")
+_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*?)[ \t]*\Z")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
+_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
+
+# Request headers dropped before forwarding: hop-by-hop (RFC 9110 7.6.1),
+# the forwarding headers we rewrite, and Transfer-Encoding, which is added
+# back when the chunked body is relayed as it came.
+_DROP_REQUEST = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"forwarded",
+    ]
+)
+_DROP_RESPONSE = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+    ]
+)
+
+
+@frozen
+class Limits:
+    """
+    What a client may send before it is refused.
+    """
+
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@frozen
+class Reject:
+    """
+    A request refused before it reaches any server: answer C{status} and
+    close the connection.
+    """
+
+    status: int
+    reason: str
+
+
+@define(slots=True)
+class RequestHead:
+    """
+    What the proxy needs to know about one request, and the head to forward.
+
+    C{forward} is the rewritten head, ending with the blank line; the body
+    (C{length} bytes, or chunked when C{framing} is L{CHUNKED}) follows.
+    """
+
+    method: bytes
+    target: bytes
+    version: int
+    host: Optional[bytes]
+    cookie: Optional[bytes]
+    framing: int
+    length: int
+    keep_alive: bool
+    forward: bytes
+
+
+@define(slots=True)
+class ResponseHead:
+    """
+    What the proxy needs to know about one response, and the head to relay.
+
+    C{reusable} says whether the server connection may carry another
+    request afterwards; C{session} is the value of the session cookie the
+    server set, if any.
+    """
+
+    status: int
+    framing: int
+    length: int
+    reusable: bool
+    session: Optional[bytes]
+    relay: bytes
+
+
+def parse_request_head(
+    head: bytes,
+    limits: Limits,
+    client: bytes,
+    secure: bool,
+) -> Union[RequestHead, Reject]:
+    """
+    Validate and rewrite one request head (without its final blank line).
+
+    C{client} is the peer address for X-Forwarded-For and Forwarded;
+    C{secure} says whether the client connection is TLS.  Anything that could
+    be read two ways (both Content-Length and Transfer-Encoding, a bad or
+    repeated Content-Length, whitespace before a colon, folded lines) is
+    refused with 400, so no server behind us can read a different request
+    boundary than ours.
+    """
+    lines = head.split(CRLF)
+    if len(lines) - 1 > limits.max_headers:
+        return Reject(431, "too many header lines")
+    m = _REQUEST_LINE.match(lines[0])
+    if m is None:
+        return Reject(400, "malformed request line")
+    method, target, minor = m.group(1), m.group(2), m.group(3)
+    version = 11 if minor == b"1" else 10
+    host = cookie = length_value = te = connection = None
+    xff = forwarded = None
+    out = [lines[0]]
+    append = out.append
+    match = _HEADER.match
+    for line in lines[1:]:
+        h = match(line)
+        if h is None:
+            return Reject(400, "malformed header line")
+        name = h.group(1).lower()
+        if name in _DROP_REQUEST:
+            value = h.group(2)
+            if name == b"transfer-encoding":
+                te = value if te is None else te + b"," + value
+            elif name == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            elif name == b"forwarded":
+                forwarded = value if forwarded is None else forwarded + b", " + value
+            continue
+        if name == b"host":
+            if host is not None:
+                return Reject(400, "more than one Host")
+            host = h.group(2)
+        elif name == b"cookie":
+            value = h.group(2)
+            cookie = value if cookie is None else cookie + b"; " + value
+        elif name == b"content-length":
+            if length_value is not None:
+                return Reject(400, "more than one Content-Length")
+            length_value = h.group(2)
+        append(line)
+    if version == 11 and host is None:
+        return Reject(400, "HTTP/1.1 request without Host")
+
+    keep_alive = version == 11
+    if connection is not None:
+        tokens = [t.strip().lower() for t in connection.split(b",")]
+        if b"close" in tokens:
+            keep_alive = False
+        listed = set(tokens) - {b"close", b"keep-alive", b""}
+        if listed & {b"host", b"content-length", b"cookie"}:
+            return Reject(400, "Connection lists an end-to-end header")
+        if listed:
+            out = [out[0]] + [
+                line for line in out[1:] if line.split(b":", 1)[0].strip().lower() not in listed
+            ]
+
+    if te is not None:
+        if length_value is not None:
+            return Reject(400, "both Content-Length and Transfer-Encoding")
+        if version == 10 or te.strip().lower() != b"chunked":
+            return Reject(400, "unsupported Transfer-Encoding")
+        framing, length = CHUNKED, 0
+        out.append(b"Transfer-Encoding: chunked")
+    elif length_value is not None:
+        if _DIGITS.match(length_value) is None:
+            return Reject(400, "invalid Content-Length")
+        length = int(length_value)
+        if length > limits.max_body_bytes:
+            return Reject(413, "request body too large")
+        framing = LENGTH if length else NO_BODY
+    else:
+        framing, length = NO_BODY, 0
+
+    out.append(b"X-Forwarded-For: " + (client if xff is None else xff + b", " + client))
+    proto = b"https" if secure else b"http"
+    out.append(b"X-Forwarded-Proto: " + proto)
+    fwd = b"for=" + _forwarded_node(client) + b";proto=" + proto
+    out.append(b"Forwarded: " + (fwd if forwarded is None else forwarded + b", " + fwd))
+    if version == 10:
+        out.append(b"Connection: close")
+    out.append(b"\r\n")
+    return RequestHead(
+        method=method,
+        target=target,
+        version=version,
+        host=host,
+        cookie=cookie,
+        framing=framing,
+        length=length,
+        keep_alive=keep_alive,
+        forward=CRLF.join(out),
+    )
+
+
+def _forwarded_node(client: bytes) -> bytes:
+    if b":" in client:
+        return b'"[' + client + b']"'
+    return client
+
+
+def parse_response_head(
+    head: bytes,
+    method: bytes,
+    cookie_name: Optional[bytes],
+    secure: bool,
+    client_keep_alive: bool,
+) -> Optional[ResponseHead]:
+    """
+    Read one response head (without its final blank line) for its framing.
+
+    Returns C{None} when the head is not HTTP/1.x the proxy can relay
+    safely; the caller answers 502.  C{cookie_name}, when given, is the
+    session cookie to report (sticky learning) and, when C{secure}, to mark
+    C{Secure}.  The relayed head says C{Connection: close} when the client
+    connection will close after it.
+    """
+    lines = head.split(CRLF)
+    m = _STATUS_LINE.match(lines[0])
+    if m is None:
+        return None
+    status = int(m.group(2))
+    reusable = m.group(1) == b"1"
+    length_value = te = None
+    session = None
+    out = [lines[0]]
+    append = out.append
+    match = _HEADER.match
+    for line in lines[1:]:
+        h = match(line)
+        if h is None:
+            return None
+        name = h.group(1).lower()
+        if name in _DROP_RESPONSE:
+            if name == b"transfer-encoding":
+                te = h.group(2)
+            elif name == b"connection":
+                tokens = h.group(2).lower()
+                if b"close" in tokens:
+                    reusable = False
+                elif b"keep-alive" in tokens:
+                    reusable = True
+            continue
+        if name == b"content-length":
+            if length_value is not None and length_value != h.group(2):
+                return None
+            length_value = h.group(2)
+        elif name == b"set-cookie" and cookie_name is not None:
+            value = h.group(2)
+            if value.startswith(cookie_name) and value[len(cookie_name) : len(cookie_name) + 1] == b"=":
+                end = value.find(b";")
+                session = value[len(cookie_name) + 1 : (None if end < 0 else end)].strip()
+                if secure and b"secure" not in value.lower():
+                    line = line.rstrip() + b"; Secure"
+        append(line)
+
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        framing, length = NO_BODY, 0
+    elif te is not None:
+        if te.strip().lower() != b"chunked":
+            return None
+        framing, length = CHUNKED, 0
+        append(b"Transfer-Encoding: chunked")
+    elif length_value is not None:
+        if _DIGITS.match(length_value) is None:
+            return None
+        length = int(length_value)
+        framing = LENGTH if length else NO_BODY
+    else:
+        framing, length = UNTIL_CLOSE, 0
+        reusable = False
+    if not client_keep_alive or framing == UNTIL_CLOSE:
+        append(b"Connection: close")
+    append(b"\r\n")
+    return ResponseHead(
+        status=status,
+        framing=framing,
+        length=length,
+        reusable=reusable,
+        session=session,
+        relay=CRLF.join(out),
+    )
+
+
+class ChunkedScanner:
+    """
+    Finds the end of a chunked body fed in pieces, counting its payload.
+
+    L{feed} returns how many bytes of the data belong to the body, or C{-1}
+    if all of it does and more is needed.  A malformed body raises
+    L{ValueError}.
+    """
+
+    __slots__ = ("state", "remaining", "line", "size", "max_line", "trailers")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, max_line: int = 4096):
+        self.state = self._SIZE
+        self.remaining = 0
+        self.line = b""
+        self.size = 0
+        self.max_line = max_line
+        self.trailers = 0
+
+    def feed(self, data: bytes) -> int:
+        i, n = 0, len(data)
+        while i < n:
+            state = self.state
+            if state == self._DATA:
+                take = min(self.remaining, n - i)
+                i += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = self._DATA_END
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > self.max_line:
+                    raise ValueError("chunk line too long")
+                return -1
+            line = self.line + data[i:j]
+            self.line = b""
+            i = j + 1
+            if len(line) > self.max_line or not line.endswith(b"\r"):
+                raise ValueError("bad chunk line")
+            line = line[:-1]
+            if state == self._SIZE:
+                size_text = line.split(b";", 1)[0].strip()
+                if not size_text or len(size_text) > 15:
+                    raise ValueError("bad chunk size")
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise ValueError("bad chunk size") from None
+                if size_text.startswith((b"-", b"+", b"0x", b"0X")) or b"_" in size_text:
+                    raise ValueError("bad chunk size")
+                self.size += size
+                if size == 0:
+                    self.state = self._TRAILER
+                else:
+                    self.remaining = size
+                    self.state = self._DATA
+            elif state == self._DATA_END:
+                if line:
+                    raise ValueError("chunk data longer than its size")
+                self.state = self._SIZE
+            else:
+                if not line:
+                    return i
+                self.trailers += 1
+                if self.trailers > 100:
+                    raise ValueError("too many trailer lines")
+        return -1
+
+
+def simple_response(status: int, reason: str, body: bytes = b"", extra: Tuple[bytes, ...] = (), close: bool = True) -> bytes:
+    """
+    A complete small response generated by the balancer itself.
+    """
+    lines: List[bytes] = [b"HTTP/1.1 %d %s" % (status, reason.encode("ascii"))]
+    lines.extend(extra)
+    lines.append(b"Content-Type: text/plain; charset=utf-8")
+    lines.append(b"Content-Length: %d" % len(body))
+    if close:
+        lines.append(b"Connection: close")
+    return CRLF.join(lines) + HEAD_END + body
+
+
+REASONS = {
+    200: "OK",
+    301: "Moved Permanently",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def error_response(status: int, close: bool = True) -> bytes:
+    reason = REASONS.get(status, "Error")
+    return simple_response(status, reason, reason.encode("ascii") + b"\n", close=close)
