@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
+from twisted.internet import tcp
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,36 @@ if TYPE_CHECKING:  # pragma: no cover
     from .frontend import FrontendProtocol
 
 MAX_RESPONSE_HEAD = 64 * 1024
+
+
+def send_now(transport, data: bytes) -> None:
+    """
+    C{transport.write(data)}, but sent at once when nothing is queued.
+
+    Twisted queues every write until the next reactor turn, which costs two
+    C{epoll_ctl} calls and a dispatch per write; on the proxy's hot path
+    (two writes per request) that was a large share of the CPU.  Only plain
+    TCP transports are sent to directly (a TLS wrapper must encrypt), and
+    anything left over or any error goes the ordinary way.
+    """
+    if (
+        type(transport) in _TCP_TYPES
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+_TCP_TYPES = (tcp.Server, tcp.Client)
 
 
 class Throttle:
@@ -136,7 +167,7 @@ class BackendProtocol(Protocol):
             if head.status == 101:
                 self._fail(BadResponse("unexpected protocol switch"))
                 return
-            fe.transport.write(head.relay)
+            send_now(fe.transport, head.relay)
             buf = rest
         self._buf = b""
         self.deadline = None
@@ -145,7 +176,7 @@ class BackendProtocol(Protocol):
         framing = head.framing
         self._framing = framing
         if framing == NO_BODY:
-            fe.transport.write(head.relay)
+            send_now(fe.transport, head.relay)
             if rest:
                 self._reusable = False
             self._finish()
@@ -155,15 +186,15 @@ class BackendProtocol(Protocol):
                 if len(rest) > n:
                     self._reusable = False
                     rest = rest[:n]
-                fe.transport.write(head.relay + rest)
+                send_now(fe.transport, head.relay + rest)
                 self._finish()
             else:
-                fe.transport.write(head.relay + rest)
+                send_now(fe.transport, head.relay + rest)
                 self._left = n - len(rest)
                 self._state = _BODY
                 self._produce(fe)
         else:
-            fe.transport.write(head.relay)
+            send_now(fe.transport, head.relay)
             self._state = _BODY
             if framing == CHUNKED:
                 self._scanner = ChunkedScanner()
@@ -179,11 +210,11 @@ class BackendProtocol(Protocol):
                 if len(data) > n:
                     self._reusable = False
                     data = data[:n]
-                fe.transport.write(data)
+                send_now(fe.transport, data)
                 self._finish()
             else:
                 self._left = n - len(data)
-                fe.transport.write(data)
+                send_now(fe.transport, data)
         elif framing == CHUNKED:
             try:
                 k = self._scanner.feed(data)
@@ -191,14 +222,14 @@ class BackendProtocol(Protocol):
                 self._fail(BadResponse(str(e)))
                 return
             if k < 0:
-                fe.transport.write(data)
+                send_now(fe.transport, data)
             else:
                 if k < len(data):
                     self._reusable = False
-                fe.transport.write(data[:k])
+                send_now(fe.transport, data[:k])
                 self._finish()
         else:
-            fe.transport.write(data)
+            send_now(fe.transport, data)
 
     def _produce(self, fe: "FrontendProtocol") -> None:
         """
@@ -270,7 +301,7 @@ class _ConnectFactory(ClientFactory):
     def clientConnectionFailed(self, connector, reason: Failure) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
-            waiter.connect_failed(self.node, reason)
+            waiter.server_connect_failed(self.node, reason)
 
 
 class _PoolProtocol(BackendProtocol):
@@ -282,7 +313,7 @@ class _PoolProtocol(BackendProtocol):
         if waiter is None:
             self.pool.release(self)
         else:
-            waiter.connected(self)
+            waiter.server_connected(self)
 
 
 class BackendPool:

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendProtocol, ResponseTimeout, Throttle
+from .backend import BackendProtocol, ResponseTimeout, Throttle, send_now
 from .framing import (
     CHUNKED,
     CRLF,
@@ -234,7 +234,7 @@ class FrontendProtocol(Protocol):
                 body, extra, done = data[:k], data[k:], True
         if body:
             if self._streaming:
-                self._conn.transport.write(body)
+                send_now(self._conn.transport, body)
                 self._conn.deadline = self._response_deadline()
             else:
                 self._body.append(body)
@@ -272,11 +272,11 @@ class FrontendProtocol(Protocol):
         self._sent = False
         conn = self.balancer.pool.take(node)
         if conn is not None:
-            self.connected(conn)
+            self.server_connected(conn)
         else:
             self._connecting = self.balancer.pool.connect(node, self)
 
-    def connect_failed(self, node: str, reason: Failure) -> None:
+    def server_connect_failed(self, node: str, reason: Failure) -> None:
         """
         Nothing was sent: passively mark the server down and try the next.
         """
@@ -289,7 +289,7 @@ class FrontendProtocol(Protocol):
         self.balancer.nodes.refused(node, self.balancer.clock.seconds())
         self._try_next()
 
-    def connected(self, conn: BackendProtocol) -> None:
+    def server_connected(self, conn: BackendProtocol) -> None:
         self._connecting = None
         if self._state != _BUSY:
             self.balancer.pool.release(conn)
@@ -302,9 +302,9 @@ class FrontendProtocol(Protocol):
         conn.deadline = self._started + b.config.response_timeout
         body = self._body
         if body:
-            conn.transport.write(self._head.forward + b"".join(body))
+            send_now(conn.transport, self._head.forward + b"".join(body))
         else:
-            conn.transport.write(self._head.forward)
+            send_now(conn.transport, self._head.forward)
         self._sent = True
         if not self._body_done:
             self._streaming = True
