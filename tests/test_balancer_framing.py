@@ -170,6 +170,24 @@ class RequestHeadTests(SynchronousTestCase):
         """A Content-Length over max_body_bytes gets 413."""
         self.assertRejected(413, b"POST / HTTP/1.1", b"Host: x", b"Content-Length: 1001")
 
+    def test_hostile_whitespace_is_fast(self):
+        """Long runs of whitespace in header values are parsed in linear time."""
+        import time
+
+        spaces = b" " * 8000
+        lines = [b"GET / HTTP/1.1", b"Host: x"] + [b"X-%d:%s%s" % (i, spaces, b"a" + spaces) for i in range(2)]
+        started = time.perf_counter()
+        request(*lines, b"Bad Header: 1", limits=Limits(65536, 100, 10))
+        request(*lines, b"Connection: x", limits=Limits(65536, 100, 10))
+        self.assertLess(time.perf_counter() - started, 0.5)
+
+    def test_values_trimmed(self):
+        """Header values are read without surrounding whitespace on both paths."""
+        fast = request(b"POST / HTTP/1.1", b"Host:  x \t", b"Content-Length:\t5 ", b"Cookie:  a=1  ")
+        slow = request(b"POST / HTTP/1.1", b"Host:  x \t", b"Content-Length:\t5 ", b"Cookie:  a=1  ", b"Connection: keep-alive")
+        for head in (fast, slow):
+            self.assertEqual((head.host, head.length, head.cookie), (b"x", 5, b"a=1"))
+
     def test_connection_naming_framing(self):
         """Connection may not name Content-Length or Host (it would drop framing)."""
         self.assertRejected(400, b"POST / HTTP/1.1", b"Host: x", b"Connection: content-length", b"Content-Length: 3")

@@ -31,7 +31,22 @@ CHUNKED = 2
 UNTIL_CLOSE = 3
 
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])\Z")
-_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*?)[ \t]*\Z")
+_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00\r\n]*)\Z")
+# Every header line of a head after its first line, each starting with CRLF.
+# Unambiguous (no two quantifiers can share a character), so it cannot
+# backtrack badly on hostile input.
+_HEADER_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z")
+# Lower-cased names that need the line-by-line path.
+_REQUEST_SPECIAL = re.compile(
+    rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[^:]*"
+    rb"|x-forwarded-for|x-forwarded-proto|forwarded):"
+)
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
+    rb"|proxy-authenticate):"
+)
+_REQUEST_INTEREST = re.compile(rb"\r\n(host|cookie|content-length):")
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
@@ -144,14 +159,45 @@ def parse_request_head(
     refused with 400, so no server behind us can read a different request
     boundary than ours.
     """
-    lines = head.split(CRLF)
-    if len(lines) - 1 > limits.max_headers:
+    i = head.find(CRLF)
+    if i < 0:
+        first, block = head, b""
+    else:
+        first, block = head[:i], head[i:]
+    if block.count(CRLF) > limits.max_headers:
         return Reject(431, "too many header lines")
-    m = _REQUEST_LINE.match(lines[0])
+    m = _REQUEST_LINE.match(first)
     if m is None:
         return Reject(400, "malformed request line")
     method, target, minor = m.group(1), m.group(2), m.group(3)
     version = 11 if minor == b"1" else 10
+    if _HEADER_BLOCK.match(block) is None:
+        return Reject(400, "malformed header line")
+    lower = block.lower()
+    if _REQUEST_SPECIAL.search(lower) is None:
+        # The common case: nothing to remove, so the head is forwarded as
+        # it came and only Host, Cookie and Content-Length are looked at.
+        host = cookie = length_value = None
+        for h in _REQUEST_INTEREST.finditer(lower):
+            start = h.end()
+            end = block.find(CRLF, start)
+            value = block[start : (None if end < 0 else end)].strip(b" \t")
+            name = h.group(1)
+            if name == b"host":
+                if host is not None:
+                    return Reject(400, "more than one Host")
+                host = value
+            elif name == b"cookie":
+                cookie = value if cookie is None else cookie + b"; " + value
+            else:
+                if length_value is not None:
+                    return Reject(400, "more than one Content-Length")
+                length_value = value
+        return _finish_request(
+            [first + block], method, target, version, host, cookie, length_value,
+            None, None, None, None, limits, client, secure,
+        )
+    lines = head.split(CRLF)
     host = cookie = length_value = te = connection = None
     xff = forwarded = None
     out = [lines[0]]
@@ -163,7 +209,7 @@ def parse_request_head(
             return Reject(400, "malformed header line")
         name = h.group(1).lower()
         if name in _DROP_REQUEST:
-            value = h.group(2)
+            value = h.group(2).strip(b" \t")
             if name == b"transfer-encoding":
                 te = value if te is None else te + b"," + value
             elif name == b"connection":
@@ -176,15 +222,23 @@ def parse_request_head(
         if name == b"host":
             if host is not None:
                 return Reject(400, "more than one Host")
-            host = h.group(2)
+            host = h.group(2).strip(b" \t")
         elif name == b"cookie":
-            value = h.group(2)
+            value = h.group(2).strip(b" \t")
             cookie = value if cookie is None else cookie + b"; " + value
         elif name == b"content-length":
             if length_value is not None:
                 return Reject(400, "more than one Content-Length")
-            length_value = h.group(2)
+            length_value = h.group(2).strip(b" \t")
         append(line)
+    return _finish_request(
+        out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure
+    )
+
+
+def _finish_request(
+    out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure
+) -> Union[RequestHead, Reject]:
     if version == 11 and host is None:
         return Reject(400, "HTTP/1.1 request without Host")
 
@@ -261,14 +315,34 @@ def parse_response_head(
     C{Secure}.  The relayed head says C{Connection: close} when the client
     connection will close after it.
     """
-    lines = head.split(CRLF)
-    m = _STATUS_LINE.match(lines[0])
+    i = head.find(CRLF)
+    if i < 0:
+        first, block = head, b""
+    else:
+        first, block = head[:i], head[i:]
+    m = _STATUS_LINE.match(first)
     if m is None:
         return None
     status = int(m.group(2))
     reusable = m.group(1) == b"1"
     length_value = te = None
     session = None
+    if _HEADER_BLOCK.match(block) is None:
+        return None
+    lower = block.lower()
+    if cookie_name is None and _RESPONSE_SPECIAL.search(lower) is None:
+        # The common case: relay the head as it came; only the length matters.
+        out = [first + block]
+        append = out.append
+        for h in _CONTENT_LENGTH.finditer(lower):
+            start = h.end()
+            end = block.find(CRLF, start)
+            value = block[start : (None if end < 0 else end)].strip(b" \t")
+            if length_value is not None and length_value != value:
+                return None
+            length_value = value
+        return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive)
+    lines = head.split(CRLF)
     out = [lines[0]]
     append = out.append
     match = _HEADER.match
@@ -279,7 +353,7 @@ def parse_response_head(
         name = h.group(1).lower()
         if name in _DROP_RESPONSE:
             if name == b"transfer-encoding":
-                te = h.group(2)
+                te = h.group(2).strip(b" \t")
             elif name == b"connection":
                 tokens = h.group(2).lower()
                 if b"close" in tokens:
@@ -288,18 +362,23 @@ def parse_response_head(
                     reusable = True
             continue
         if name == b"content-length":
-            if length_value is not None and length_value != h.group(2):
+            value = h.group(2).strip(b" \t")
+            if length_value is not None and length_value != value:
                 return None
-            length_value = h.group(2)
+            length_value = value
         elif name == b"set-cookie" and cookie_name is not None:
-            value = h.group(2)
+            value = h.group(2).strip(b" \t")
             if value.startswith(cookie_name) and value[len(cookie_name) : len(cookie_name) + 1] == b"=":
                 end = value.find(b";")
                 session = value[len(cookie_name) + 1 : (None if end < 0 else end)].strip()
                 if secure and b"secure" not in value.lower():
                     line = line.rstrip() + b"; Secure"
         append(line)
+    return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive)
 
+
+def _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive):
+    append = out.append
     if method == b"HEAD" or status < 200 or status in (204, 304):
         framing, length = NO_BODY, 0
     elif te is not None:
