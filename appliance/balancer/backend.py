@@ -299,6 +299,7 @@ class _ConnectFactory(ClientFactory):
         return proto
 
     def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        self.pool.connecting.discard(connector)
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
             waiter.server_connect_failed(self.node, reason)
@@ -307,6 +308,7 @@ class _ConnectFactory(ClientFactory):
 class _PoolProtocol(BackendProtocol):
     def connectionMade(self) -> None:
         BackendProtocol.connectionMade(self)
+        self.pool.connecting.discard(getattr(self.transport, "connector", None))
         self.pool.opened(self)
         factory = self.factory
         waiter, factory.waiter = factory.waiter, None
@@ -338,6 +340,7 @@ class BackendPool:
         self.idle_time = idle_time
         self.idle: Dict[str, List[BackendProtocol]] = {name: [] for name in addresses}
         self.all: Set[BackendProtocol] = set()
+        self.connecting: Set = set()
 
     def take(self, node: str) -> Optional[BackendProtocol]:
         idle = self.idle[node]
@@ -350,7 +353,8 @@ class BackendPool:
     def connect(self, node: str, waiter: "FrontendProtocol") -> _ConnectFactory:
         address = self.addresses[node]
         factory = _ConnectFactory(self, node, waiter)
-        self.reactor.connectTCP(address.host, address.port, factory, timeout=self.connect_timeout)
+        connector = self.reactor.connectTCP(address.host, address.port, factory, timeout=self.connect_timeout)
+        self.connecting.add(connector)
         return factory
 
     def opened(self, conn: BackendProtocol) -> None:
@@ -388,6 +392,9 @@ class BackendPool:
                 conn.transport.abortConnection()
 
     def close(self) -> None:
+        for connector in list(self.connecting):
+            connector.stopConnecting()
+        self.connecting.clear()
         for conn in list(self.all):
             conn.transport.abortConnection()
         for idle in self.idle.values():

@@ -69,28 +69,28 @@ class _ProbeFactory(ClientFactory):
             self.done.callback(False)
 
 
-def probe(reactor, address: Address, timeout: float) -> Deferred:
+class Probe:
     """
-    One health check of C{address}: fires with C{True} or C{False}, never
-    fails, within C{timeout} seconds.
+    One health check of C{address}: C{done} fires with C{True} or C{False},
+    never fails, within C{timeout} seconds; L{cancel} abandons it.
     """
-    done: Deferred = Deferred()
-    factory = _ProbeFactory(str(address).encode("ascii"), done)
-    connector = reactor.connectTCP(address.host, address.port, factory, timeout=timeout)
 
-    def expire() -> None:
-        if not done.called:
-            done.callback(False)
-            connector.disconnect()
+    def __init__(self, reactor, address: Address, timeout: float):
+        self.done: Deferred = Deferred()
+        factory = _ProbeFactory(str(address).encode("ascii"), self.done)
+        self._connector = reactor.connectTCP(address.host, address.port, factory, timeout=timeout)
+        self._timer = reactor.callLater(timeout, self.cancel)
+        self.done.addBoth(self._stop_timer)
 
-    timer = reactor.callLater(timeout, expire)
-
-    def cancel(ok: bool) -> bool:
-        if timer.active():
-            timer.cancel()
+    def _stop_timer(self, ok):
+        if self._timer.active():
+            self._timer.cancel()
         return ok
 
-    return done.addCallback(cancel)
+    def cancel(self) -> None:
+        if not self.done.called:
+            self.done.callback(False)
+        self._connector.disconnect()
 
 
 class HealthChecker:
@@ -108,7 +108,7 @@ class HealthChecker:
         self.timeout = min(timeout, interval)
         self._loop = LoopingCall(self.check_all)
         self._loop.clock = reactor
-        self._pending: Dict[str, Deferred] = {}
+        self._pending: Dict[str, Probe] = {}
 
     def start(self) -> None:
         self._loop.start(self.interval, now=True)
@@ -116,17 +116,21 @@ class HealthChecker:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        for probe in list(self._pending.values()):
+            probe.cancel()
 
     def check_all(self) -> None:
         for name, address in self.addresses.items():
             if name in self._pending:
                 continue
-            d = probe(self.reactor, address, self.timeout)
-            self._pending[name] = d
-            d.addCallback(self._result, name)
+            probe = Probe(self.reactor, address, self.timeout)
+            self._pending[name] = probe
+            probe.done.addCallback(self._result, name)
 
     def _result(self, ok: bool, name: str) -> None:
         self._pending.pop(name, None)
+        if not self._loop.running:
+            return
         changed = self.nodes.checked(name, ok)
         if changed is True:
             self.log.info("server {node} is back up", node=name)

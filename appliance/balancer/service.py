@@ -176,7 +176,24 @@ class BalancerService(Service):
         stopped = [maybeDeferred(port.stopListening) for port in ports]
         if self.balancer is not None:
             self.balancer.close()
+            stopped.append(self._closed(self.balancer, self.reactor.seconds() + 5.0))
         return gatherResults(stopped).addCallback(lambda _: None)
+
+    def _closed(self, balancer: Balancer, give_up: float) -> Deferred:
+        """
+        Fires once every aborted connection has gone (at most a few
+        seconds), so that a stopped service leaves nothing behind.
+        """
+        done: Deferred = Deferred()
+
+        def check() -> None:
+            if (balancer.frontends or balancer.pool.all) and self.reactor.seconds() < give_up:
+                self.reactor.callLater(0.01, check)
+            else:
+                done.callback(None)
+
+        check()
+        return done
 
     def addresses(self) -> List:
         """
