@@ -411,7 +411,7 @@ class FrontendProtocol(Protocol):
             host = host[: host.find(b"]") + 1]
         else:
             host = host.split(b":", 1)[0]
-        port = self.balancer.config.https.port
+        port = self.balancer.https_port
         authority = host if port == 443 else host + b":%d" % port
         target = head.target if head.target.startswith(b"/") else b"/"
         status = 301 if head.method in (b"GET", b"HEAD") else 308

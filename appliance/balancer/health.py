@@ -50,7 +50,7 @@ class _Probe(Protocol):
 
     def _report(self, ok: bool) -> None:
         done, self.done = self.done, None
-        if done is not None:
+        if done is not None and not done.called:
             done.callback(ok)
 
 

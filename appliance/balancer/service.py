@@ -45,6 +45,8 @@ class Balancer:
         self.sticky_table = StickyTable(config.sticky_ttl)
         self.pool = BackendPool(clock, self.addresses, config.connect_timeout)
         self.frontends: Set[FrontendProtocol] = set()
+        # Where redirect_https sends clients; the port actually listened on.
+        self.https_port = config.https.port if config.https is not None else None
 
     def session_cookie(self, head: RequestHead) -> Optional[bytes]:
         if head.cookie is None:
@@ -142,14 +144,14 @@ class BalancerService(Service):
         )
         if config.https is not None:
             options = tls_options(config.tls_cert, config.tls_key)
-            self.ports.append(
-                self.reactor.listenSSL(
-                    config.https.port,
-                    FrontendFactory(balancer, True),
-                    options,
-                    interface=config.https.host,
-                )
+            port = self.reactor.listenSSL(
+                config.https.port,
+                FrontendFactory(balancer, True),
+                options,
+                interface=config.https.host,
             )
+            self.ports.append(port)
+            balancer.https_port = port.getHost().port
         self._sweep = LoopingCall(balancer.sweep)
         self._sweep.clock = self.reactor
         self._sweep.start(sweep_interval(config), now=False)
