@@ -19,6 +19,7 @@ from appliance.balancer.policy import (
     may_retry,
     plan_plugin,
     plan_sticky,
+    quick_pick,
 )
 from appliance.cookie import NO_ROUTE, Route
 
@@ -129,6 +130,14 @@ class PlanTests(SynchronousTestCase):
         """Sticky mode tries the learned server first, else by policy."""
         self.assertEqual(plan_sticky("s3", self.nodes, RoundRobin(), 0.0)[0], "s3")
         self.assertEqual(plan_sticky(None, self.nodes, RoundRobin(), 0.0), ("s1", "s2", "s3"))
+
+    def test_quick_pick(self):
+        """The preferred server is picked alone only while it is available and known."""
+        self.assertEqual(quick_pick("s2", self.nodes, 0.0), "s2")
+        self.assertIsNone(quick_pick(None, self.nodes, 0.0))
+        self.assertIsNone(quick_pick("s9", self.nodes, 0.0))
+        self.nodes.refused("s2", 0.0)
+        self.assertIsNone(quick_pick("s2", self.nodes, 1.0))
 
     def test_health_fall_and_rise(self):
         """fall failures take a server out, rise passes bring it back."""

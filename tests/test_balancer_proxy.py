@@ -210,7 +210,7 @@ class FrontendTests(SynchronousTestCase):
         )
         self.assertEqual(h.balancer.sticky_table.lookup(b"V1", h.reactor.seconds()), f"s{port - 9000}")
         for _ in range(3):
-            self.assertEqual(h.balancer.plan(_head(b"Cookie: APPSESSION=V1"))[0], f"s{port - 9000}")
+            self.assertEqual(h.balancer.plan(_head(b"Cookie: APPSESSION=V1"))[0][0], f"s{port - 9000}")
 
     def test_lb_health(self):
         """/_appliance/lb-health is answered locally."""

@@ -62,6 +62,7 @@ class FrontendProtocol(Protocol):
         self._paused = False
         self._head: Optional[RequestHead] = None
         self._plan: Tuple[str, ...] = ()
+        self._plan_complete = True
         self._attempt = 0
         self._dispatched = False
         self._node: Optional[str] = None
@@ -186,7 +187,7 @@ class FrontendProtocol(Protocol):
             self._body_done = False
             self._scanner = ChunkedScanner()
             self._replayable = True
-        self._plan = b.plan(head)
+        self._plan, self._plan_complete = b.plan(head)
         self._attempt = 0
         self._dispatched = False
         if rest:
@@ -263,6 +264,9 @@ class FrontendProtocol(Protocol):
 
     def _try_next(self) -> None:
         plan = self._plan
+        if self._attempt >= len(plan) and not self._plan_complete:
+            rest, self._plan_complete = self.balancer.plan(self._head, tried=plan)
+            plan = self._plan = plan + rest
         if self._attempt >= len(plan):
             self._fail(502 if self._sent else 503)
             return

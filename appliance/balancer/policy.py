@@ -214,6 +214,21 @@ def plan_sticky(learned: Optional[str], nodes: Nodes, policy: IPolicy, now: floa
     return _plan((learned,) if learned else (), nodes, policy, now)
 
 
+def quick_pick(preferred: Optional[str], nodes: Nodes, now: float) -> Optional[str]:
+    """
+    The preferred server alone when it is available: the first entry of
+    the full plan, without ordering every server.  The proxy asks for the
+    full plan (L{plan_plugin}, L{plan_sticky}) only when it needs a second
+    server.
+    """
+    if preferred is None:
+        return None
+    state = nodes.states.get(preferred)
+    if state is not None and state.up and now >= state.down_until:
+        return preferred
+    return None
+
+
 def may_retry(method: bytes, sent: bool, replayable: bool) -> bool:
     """
     Whether a failed attempt may go to the next server.

@@ -16,13 +16,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from appliance.config import Address, BalancerConfig, ClusterConfig
-from appliance.cookie import NO_ROUTE, decode, find
+from appliance.cookie import NO_ROUTE, Route, decode, find
 
 from .backend import BackendPool
 from .framing import Limits, RequestHead
 from .frontend import FrontendFactory, FrontendProtocol
 from .health import HealthChecker
-from .policy import Nodes, StickyTable, make_policy, plan_plugin, plan_sticky
+from .policy import Nodes, StickyTable, make_policy, plan_plugin, plan_sticky, quick_pick
 
 
 class Balancer:
@@ -45,6 +45,7 @@ class Balancer:
         self.sticky_table = StickyTable(config.sticky_ttl)
         self.pool = BackendPool(clock, self.addresses, config.connect_timeout)
         self.frontends: Set[FrontendProtocol] = set()
+        self._routes: Dict[bytes, Route] = {}
         # Where redirect_https sends clients; the port actually listened on.
         self.https_port = config.https.port if config.https is not None else None
 
@@ -53,16 +54,46 @@ class Balancer:
             return None
         return find(head.cookie, self.cookie_bytes)
 
-    def plan(self, head: RequestHead) -> Tuple[str, ...]:
+    def route(self, value: Optional[bytes]) -> Route:
         """
-        The servers to try for this request, in order.
+        What a plugin-mode cookie says; the same few values come back on
+        every request of a session, so their reading is kept (bounded).
+        """
+        if value is None:
+            return NO_ROUTE
+        route = self._routes.get(value)
+        if route is None:
+            route = decode(value, self.node_names)
+            if len(self._routes) >= 10_000:
+                self._routes.clear()
+            self._routes[value] = route
+        return route
+
+    def plan(self, head: RequestHead, tried: Tuple[str, ...] = ()) -> Tuple[Tuple[str, ...], bool]:
+        """
+        The servers to try for this request, in order, and whether that is
+        all of them.  The common case (the cookie's server is available)
+        names that server alone; call again with C{tried} for the rest.
         """
         now = self.clock.seconds()
         value = self.session_cookie(head)
         if self.sticky:
-            return plan_sticky(self.sticky_table.lookup(value, now), self.nodes, self.policy, now)
-        route = NO_ROUTE if value is None else decode(value, self.node_names)
-        return plan_plugin(route, self.nodes, self.policy, now)
+            learned = self.sticky_table.lookup(value, now)
+            if not tried:
+                quick = quick_pick(learned, self.nodes, now)
+                if quick is not None:
+                    return (quick,), False
+            full = plan_sticky(learned, self.nodes, self.policy, now)
+        else:
+            route = self.route(value)
+            if not tried:
+                quick = quick_pick(route.primary, self.nodes, now)
+                if quick is not None:
+                    return (quick,), False
+            full = plan_plugin(route, self.nodes, self.policy, now)
+        if tried:
+            full = tuple(n for n in full if n not in tried)
+        return full, True
 
     def sweep(self) -> None:
         """
