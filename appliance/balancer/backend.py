@@ -167,7 +167,7 @@ class BackendProtocol(Protocol):
             if head.status == 101:
                 self._fail(BadResponse("unexpected protocol switch"))
                 return
-            send_now(fe.transport, head.relay)
+            send_now(fe.transport, buf[: end + 4] if head.relay is None else head.relay)
             buf = rest
         self._buf = b""
         self.deadline = None
@@ -175,26 +175,36 @@ class BackendProtocol(Protocol):
         fe.response_started(head)
         framing = head.framing
         self._framing = framing
-        if framing == NO_BODY:
-            send_now(fe.transport, head.relay)
-            if rest:
-                self._reusable = False
-            self._finish()
-        elif framing == LENGTH:
+        relay = head.relay
+        if framing == LENGTH:
             n = head.length
+            if len(rest) == n and relay is None:
+                send_now(fe.transport, buf)
+                self._finish()
+                return
+            if relay is None:
+                relay = buf[: end + 4]
             if len(rest) >= n:
                 if len(rest) > n:
                     self._reusable = False
                     rest = rest[:n]
-                send_now(fe.transport, head.relay + rest)
+                send_now(fe.transport, relay + rest)
                 self._finish()
             else:
-                send_now(fe.transport, head.relay + rest)
+                send_now(fe.transport, relay + rest)
                 self._left = n - len(rest)
                 self._state = _BODY
                 self._produce(fe)
+            return
+        if relay is None:
+            relay = buf[: end + 4]
+        if framing == NO_BODY:
+            send_now(fe.transport, relay)
+            if rest:
+                self._reusable = False
+            self._finish()
         else:
-            send_now(fe.transport, head.relay)
+            send_now(fe.transport, relay)
             self._state = _BODY
             if framing == CHUNKED:
                 self._scanner = ChunkedScanner()

@@ -132,7 +132,8 @@ class ResponseHead:
 
     C{reusable} says whether the server connection may carry another
     request afterwards; C{session} is the value of the session cookie the
-    server set, if any.
+    server set, if any.  C{relay} is C{None} when the head is relayed
+    exactly as it came (the common case, which then costs no copy).
     """
 
     status: int
@@ -140,7 +141,7 @@ class ResponseHead:
     length: int
     reusable: bool
     session: Optional[bytes]
-    relay: bytes
+    relay: Optional[bytes]
 
 
 def parse_request_head(
@@ -384,7 +385,7 @@ def parse_response_head(
             if length_value is not None and length_value != value:
                 return None
             length_value = value
-        return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive)
+        return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive, True)
     lines = head.split(CRLF)
     out = [lines[0]]
     append = out.append
@@ -420,7 +421,7 @@ def parse_response_head(
     return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive)
 
 
-def _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive):
+def _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive, unchanged=False):
     append = out.append
     if method == b"HEAD" or status < 200 or status in (204, 304):
         framing, length = NO_BODY, 0
@@ -439,6 +440,8 @@ def _finish_response(status, reusable, method, te, length_value, session, out, c
         reusable = False
     if not client_keep_alive or framing == UNTIL_CLOSE:
         append(b"Connection: close")
+    elif unchanged:
+        return ResponseHead(status, framing, length, reusable, session, None)
     append(b"\r\n")
     return ResponseHead(
         status=status,
