@@ -9,7 +9,7 @@ process, plugin mode, the request's cookie naming the backend) and HAProxy
 (nbthread 1, keep-alive, http-reuse always).  C{wrk -t1 -cN} measures the
 three in alternating rounds; then each is measured again at half of our
 balancer's best rate (a fixed rate per connection, set with a wrk Lua
-delay) for the p99 latency added.  Every child is stopped at the end.
+delay, random so that arrivals are spread) for the p99 latency added.  Every child is stopped at the end.
 """
 
 from __future__ import annotations
@@ -221,11 +221,16 @@ def main() -> int:
         median = {n: statistics.median(rate for rate, _ in v) for n, v in results.items()}
         p99 = {n: statistics.median(p for _, p in v) for n, v in results.items()}
 
+        # Half of our best rate: each connection waits a random whole number
+        # of milliseconds (wrk's timer unit) averaging connections/rate
+        # before each request, so arrivals are spread out rather than sent
+        # in synchronised bursts.
         half = best["ours"] / 2
         script = os.path.join(tmp, "rate.lua")
         delay_ms = 1000.0 * args.connections / half
+        top = max(1, round(2 * delay_ms))
         with open(script, "w") as f:
-            f.write(f"function delay()\n  return {delay_ms:.3f}\nend\n")
+            f.write(f"math.randomseed(os.time())\nfunction delay()\n  return math.random(0, {top})\nend\n")
         half_results = {}
         for name, port in targets.items():
             half_results[name] = wrk(port, duration, args.connections, script)
@@ -237,7 +242,7 @@ def main() -> int:
         print(f"  ours/haproxy  {median['ours'] / median['haproxy']:.2f}x   (best/best {best['ours'] / best['haproxy']:.2f}x)")
         print(f"  ours/direct   {median['ours'] / median['direct']:.2f}x")
         print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x")
-        print(f"at half of our max load (~{half:.0f} req/s offered, {delay_ms:.2f} ms delay per connection):")
+        print(f"at about half of our max load (target {half:.0f} req/s; random 0-{top} ms delay before each request):")
         for name in targets:
             rate, lat = half_results[name]
             print(f"  {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms")
