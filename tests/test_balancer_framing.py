@@ -290,3 +290,64 @@ class ChunkedScannerTests(SynchronousTestCase):
         """Bad sizes and chunks longer than announced raise ValueError."""
         for body in (b"zz\r\n", b"-1\r\n", b"5\r\nhelloX\r\n", b"0x5\r\nhello\r\n", b"5\nhello\r\n"):
             self.assertRaises(ValueError, ChunkedScanner().feed, body)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1, max_size=12)
+_VALUE = st.binary(min_size=0, max_size=40).map(
+    lambda b: bytes(c for c in b if c not in b"\x00\r\n").strip(b" \t")
+)
+
+
+class PropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        payload=st.lists(st.binary(min_size=1, max_size=50), max_size=8),
+        cuts=st.lists(st.integers(min_value=1, max_value=30), max_size=20),
+    )
+    def test_chunked_end_found_however_cut(self, payload, cuts):
+        """However a chunked body is split into reads, its end is found exactly."""
+        body = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in payload) + b"0\r\n\r\n"
+        stream = body + b"NEXT"
+        scanner, i, end = ChunkedScanner(), 0, None
+        for cut in cuts + [len(stream)]:
+            piece = stream[i : i + cut]
+            k = scanner.feed(piece)
+            if k >= 0:
+                end = i + k
+                break
+            i += len(piece)
+        self.assertEqual(end, len(body))
+        self.assertEqual(scanner.size, sum(len(p) for p in payload))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        extra=st.lists(st.tuples(_TOKEN, _VALUE), max_size=8),
+        length=st.one_of(st.none(), st.integers(min_value=0, max_value=999)),
+        cookie=st.one_of(st.none(), _VALUE),
+    )
+    def test_fast_and_slow_paths_agree(self, extra, length, cookie):
+        """The as-is path and the line-by-line path read a request the same way."""
+        lines = [b"POST /x HTTP/1.1", b"Host: h"]
+        lines += [
+            name.encode() + b": " + value
+            for name, value in extra
+            if name.lower() not in ("host", "content-length", "cookie", "transfer-encoding", "te", "trailer", "upgrade", "connection", "keep-alive", "forwarded", "x-forwarded-for", "x-forwarded-proto")
+            and not name.lower().startswith("proxy-")
+        ]
+        if length is not None:
+            lines.append(b"Content-Length: %d" % length)
+        if cookie is not None:
+            lines.append(b"Cookie: " + cookie)
+        roomy = Limits(max_header_bytes=16384, max_headers=100, max_body_bytes=1000)
+        fast = request(*lines, limits=roomy)
+        slow = request(*(lines + [b"Connection: keep-alive"]), limits=roomy)
+        self.assertEqual(type(fast), type(slow))
+        if isinstance(fast, RequestHead):
+            for attribute in ("method", "target", "version", "host", "cookie", "framing", "length", "keep_alive"):
+                self.assertEqual(getattr(fast, attribute), getattr(slow, attribute), attribute)
+            self.assertEqual(fast.forward, slow.forward)
+        else:
+            self.assertEqual(fast.status, slow.status)
