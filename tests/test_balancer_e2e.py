@@ -25,6 +25,7 @@ from appliance.config import Address, BalancerConfig, ClusterConfig, ClusterSett
 
 SID = "AAAAAAAAAAAAAAAAAAAAAA"
 NEW_SID = "BBBBBBBBBBBBBBBBBBBBBB"
+BIG = os.urandom(3 * 1024 * 1024)
 
 
 def free_port() -> int:
@@ -53,6 +54,13 @@ class StandIn(Resource):
     def render(self, request):
         if request.path == b"/_appliance/health":
             return b"alive"
+        if request.path == b"/big":
+            return BIG
+        if request.path == b"/chunked":
+            for i in range(50):
+                request.write(b"piece %d;" % i)
+            request.finish()
+            return NOT_DONE_YET
         body = request.content.read()
         headers = {k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()}
         self.requests.append((request.method, request.uri, headers, body))
@@ -466,6 +474,24 @@ class LimitTests(TestCase):
         self.assertEqual(headers[b"x-forwarded-for"], [b"192.0.2.1, 127.0.0.1"])
         self.assertEqual(headers[b"x-forwarded-proto"], [b"http"])
         self.assertEqual(headers[b"forwarded"], [b"for=127.0.0.1;proto=http"])
+
+    @defer.inlineCallbacks
+    def test_large_response(self):
+        """A large response is relayed whole (with flow control toward the client)."""
+        c = Cluster(self, 1)
+        status, headers, body = parse((yield raw(c.port, get(b"/big"), timeout=10.0)))
+        self.assertEqual(status, 200)
+        self.assertEqual(body, BIG)
+
+    @defer.inlineCallbacks
+    def test_chunked_response(self):
+        """A chunked response is relayed chunked to the end, and the connection reused after."""
+        c = Cluster(self, 1)
+        one = get(b"/chunked").replace(b"Connection: close\r\n", b"")
+        received = yield raw(c.port, one + get(b"/after"))
+        self.assertIn(b"Transfer-Encoding: chunked", received)
+        self.assertIn(b"piece 49;", received)
+        self.assertTrue(received.endswith(b"from s1"))
 
     @defer.inlineCallbacks
     def test_large_body_streamed(self):

@@ -188,6 +188,13 @@ class RequestHeadTests(SynchronousTestCase):
         for head in (fast, slow):
             self.assertEqual((head.host, head.length, head.cookie), (b"x", 5, b"a=1"))
 
+    def test_expect_continue(self):
+        """Expect: 100-continue is answered by the balancer, not forwarded; other expectations get 417."""
+        head = request(b"POST / HTTP/1.1", b"Host: x", b"Expect: 100-continue", b"Content-Length: 5")
+        self.assertTrue(head.expect_continue)
+        self.assertNotIn(b"Expect", head.forward)
+        self.assertRejected(417, b"POST / HTTP/1.1", b"Host: x", b"Expect: magic", b"Content-Length: 5")
+
     def test_connection_naming_framing(self):
         """Connection may not name Content-Length or Host (it would drop framing)."""
         self.assertRejected(400, b"POST / HTTP/1.1", b"Host: x", b"Connection: content-length", b"Content-Length: 3")

@@ -212,6 +212,15 @@ class FrontendTests(SynchronousTestCase):
         for _ in range(3):
             self.assertEqual(h.balancer.plan(_head(b"Cookie: APPSESSION=V1"))[0][0], f"s{port - 9000}")
 
+    def test_expect_continue(self):
+        """A client waiting for 100 Continue gets it from the balancer before sending its body."""
+        h = Harness(self)
+        h.send(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        self.assertEqual(h.client.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        h.send(b"abc")
+        port, server, st = h.accept()
+        self.assertTrue(st.value().endswith(b"\r\n\r\nabc"))
+
     def test_lb_health(self):
         """/_appliance/lb-health is answered locally."""
         h = Harness(self)

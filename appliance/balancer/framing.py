@@ -39,7 +39,7 @@ _HEADER_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\
 # Lower-cased names that need the line-by-line path.
 _REQUEST_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[^:]*"
-    rb"|x-forwarded-for|x-forwarded-proto|forwarded):"
+    rb"|x-forwarded-for|x-forwarded-proto|forwarded|expect):"
 )
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
@@ -67,6 +67,7 @@ _DROP_REQUEST = frozenset(
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"forwarded",
+        b"expect",
     ]
 )
 _DROP_RESPONSE = frozenset(
@@ -123,6 +124,7 @@ class RequestHead:
     length: int
     keep_alive: bool
     forward: bytes
+    expect_continue: bool = False
 
 
 @define(slots=True)
@@ -219,6 +221,7 @@ def parse_request_head(
     lines = head.split(CRLF)
     host = cookie = length_value = te = connection = None
     xff = forwarded = None
+    expect = False
     out = [lines[0]]
     append = out.append
     match = _HEADER.match
@@ -237,6 +240,10 @@ def parse_request_head(
                 xff = value if xff is None else xff + b", " + value
             elif name == b"forwarded":
                 forwarded = value if forwarded is None else forwarded + b", " + value
+            elif name == b"expect":
+                if value.lower() != b"100-continue":
+                    return Reject(417, "unsupported expectation")
+                expect = True
             continue
         if name == b"host":
             if host is not None:
@@ -251,12 +258,12 @@ def parse_request_head(
             length_value = h.group(2).strip(b" \t")
         append(line)
     return _finish_request(
-        out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure
+        out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure, expect
     )
 
 
 def _finish_request(
-    out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure
+    out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure, expect
 ) -> Union[RequestHead, Reject]:
     if version == 11 and host is None:
         return Reject(400, "HTTP/1.1 request without Host")
@@ -309,6 +316,7 @@ def _finish_request(
         length=length,
         keep_alive=keep_alive,
         forward=CRLF.join(out),
+        expect_continue=expect and version == 11 and framing != NO_BODY,
     )
 
 
@@ -545,6 +553,7 @@ REASONS = {
     308: "Permanent Redirect",
     400: "Bad Request",
     408: "Request Timeout",
+    417: "Expectation Failed",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",

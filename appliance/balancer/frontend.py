@@ -187,6 +187,10 @@ class FrontendProtocol(Protocol):
             self._body_done = False
             self._scanner = ChunkedScanner()
             self._replayable = True
+        if head.expect_continue:
+            # The body is read here (held for a retry or streamed), so the
+            # client is told to go on now rather than when a server says so.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._plan, self._plan_complete = b.plan(head)
         self._attempt = 0
         self._dispatched = False
