@@ -163,6 +163,31 @@ class FrontendTests(SynchronousTestCase):
         self.assertEqual(len(h.reactor.tcpClients), 1)
         self.assertTrue(h.client.disconnecting)
 
+    def test_response_backpressure(self):
+        """While a long response is relayed, the client's transport can pause the server's."""
+        h = Harness(self)
+        h.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        port, server, st = h.accept()
+        server.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+        self.assertIs(h.client.producer, server.throttle)
+        h.client.producer.pauseProducing()
+        self.assertEqual(st.producerState, "paused")
+        server.dataReceived(b"def")
+        self.assertIsNone(h.client.producer)
+        self.assertEqual(st.producerState, "producing")
+
+    def test_request_backpressure(self):
+        """While a large body streams to a server, the server's transport can pause the client's."""
+        h = Harness(self, retry_body_bytes=4)
+        h.send(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456")
+        port, server, st = h.accept()
+        self.assertIs(st.producer, h.proto.throttle)
+        st.producer.pauseProducing()
+        self.assertEqual(h.client.producerState, "paused")
+        h.send(b"789")
+        self.assertIsNone(st.producer)
+        self.assertEqual(h.client.producerState, "producing")
+
     def test_all_refused(self):
         """Every server refused: 503."""
         h = Harness(self)

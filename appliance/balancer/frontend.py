@@ -250,9 +250,7 @@ class FrontendProtocol(Protocol):
             self._body_done = True
             self.deadline = None
             if self._streaming:
-                self._streaming = False
-                self._conn.transport.unregisterProducer()
-                self._resume()
+                self._stop_streaming(self._conn)
             self._pause_if_full()
             self._dispatch()
             return
@@ -337,8 +335,7 @@ class FrontendProtocol(Protocol):
         self._node = None
         b.nodes.finished(conn.node, b.clock.seconds() - self._started)
         if self._streaming:
-            self._streaming = False
-            conn.transport.unregisterProducer()
+            self._stop_streaming(conn)
         if reusable and self._body_done:
             b.pool.release(conn)
         else:
@@ -356,8 +353,7 @@ class FrontendProtocol(Protocol):
         self._conn = None
         b.nodes.finished(conn.node, None)
         if self._streaming:
-            self._streaming = False
-            conn.transport.unregisterProducer()
+            self._stop_streaming(conn)
         if self._state != _BUSY:
             return
         if self._responding:
@@ -457,6 +453,16 @@ class FrontendProtocol(Protocol):
         self._reject(status)
 
     # -- flow control
+
+    def _stop_streaming(self, conn: BackendProtocol) -> None:
+        """
+        The body is through (or the server gone): the server's transport may
+        have paused us and will no longer resume us, so resume here.
+        """
+        self._streaming = False
+        conn.transport.unregisterProducer()
+        self._paused = False
+        self.transport.resumeProducing()
 
     def _pause_if_full(self) -> None:
         if len(self._buf) > self.balancer.config.max_header_bytes:
