@@ -370,14 +370,14 @@ class BackendPool:
     def opened(self, conn: BackendProtocol) -> None:
         self.all.add(conn)
 
-    def release(self, conn: BackendProtocol) -> None:
+    def release(self, conn: BackendProtocol, now: Optional[float] = None) -> None:
         idle = self.idle[conn.node]
         if not conn.connected or len(idle) >= self.max_idle:
             conn.transport.loseConnection()
             return
         conn.frontend = None
         conn.deadline = None
-        conn.idle_since = self.reactor.seconds()
+        conn.idle_since = self.reactor.seconds() if now is None else now
         idle.append(conn)
 
     def lost(self, conn: BackendProtocol) -> None:

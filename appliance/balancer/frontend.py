@@ -331,22 +331,32 @@ class FrontendProtocol(Protocol):
 
     def response_done(self, conn: BackendProtocol, reusable: bool) -> None:
         b = self.balancer
+        now = b.clock.seconds()
         self._conn = None
         self._node = None
-        b.nodes.finished(conn.node, b.clock.seconds() - self._started)
+        b.nodes.finished(conn.node, now - self._started)
         if self._streaming:
             self._stop_streaming(conn)
         if reusable and self._body_done:
-            b.pool.release(conn)
+            b.pool.release(conn, now)
         else:
             conn.transport.loseConnection()
         self._head = None
-        self._body = []
+        if self._body:
+            self._body = []
         if not self.keep_alive or not self._body_done:
             self._state = _CLOSED
             self.transport.loseConnection()
             return
-        self._next_request()
+        # The next request, as in _next_request, without asking the time again.
+        self._state = _HEAD
+        if self._paused:
+            self._resume()
+        self._deadline_kind = _IDLE
+        self.deadline = now + b.config.idle_timeout
+        if self._buf:
+            buf, self._buf = self._buf, b""
+            self._read_head(buf)
 
     def backend_failed(self, conn: BackendProtocol, reason: Failure) -> None:
         b = self.balancer
