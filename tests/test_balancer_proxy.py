@@ -246,6 +246,15 @@ class FrontendTests(SynchronousTestCase):
         port, server, st = h.accept()
         self.assertTrue(st.value().endswith(b"\r\n\r\nabc"))
 
+    def test_route_cache_bounded(self):
+        """Cookie readings are kept only for plausible values, and never more than a bounded number."""
+        h = Harness(self)
+        for i in range(12_000):
+            h.balancer.route(b"%d!s1!" % i)
+        h.balancer.route(b"x" * 5000)
+        self.assertLessEqual(len(h.balancer._routes), 10_000)
+        self.assertNotIn(b"x" * 5000, h.balancer._routes)
+
     def test_lb_health(self):
         """/_appliance/lb-health is answered locally."""
         h = Harness(self)

@@ -16,7 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from appliance.config import Address, BalancerConfig, ClusterConfig
-from appliance.cookie import NO_ROUTE, Route, decode, find
+from appliance.cookie import MAX_VALUE, NO_ROUTE, Route, decode, find
 
 from .backend import BackendPool
 from .framing import Limits, RequestHead
@@ -59,7 +59,7 @@ class Balancer:
         What a plugin-mode cookie says; the same few values come back on
         every request of a session, so their reading is kept (bounded).
         """
-        if value is None:
+        if value is None or len(value) > MAX_VALUE:
             return NO_ROUTE
         route = self._routes.get(value)
         if route is None:
