@@ -45,8 +45,29 @@ _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
     rb"|proxy-authenticate):"
 )
-_REQUEST_INTEREST = re.compile(rb"\r\n(host|cookie|content-length):")
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:")
+_COOKIE = re.compile(rb"\r\ncookie:")
+_TWICE = object()
+
+
+def _line_end(block: bytes, start: int) -> int:
+    end = block.find(CRLF, start)
+    return len(block) if end < 0 else end
+
+
+def _value(block: bytes, lower: bytes, marker: bytes):
+    """
+    The trimmed value of the header line starting with C{marker} (CRLF,
+    lower-case name, colon) in C{block}; C{None} when absent, C{_TWICE}
+    when the header appears more than once.
+    """
+    i = lower.find(marker)
+    if i < 0:
+        return None
+    start = i + len(marker)
+    end = _line_end(block, start)
+    if lower.find(marker, end) >= 0:
+        return _TWICE
+    return block[start:end].strip(b" \t")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
@@ -180,22 +201,18 @@ def parse_request_head(
     if _REQUEST_SPECIAL.search(lower) is None:
         # The common case: nothing to remove, so the head is forwarded as
         # it came and only Host, Cookie and Content-Length are looked at.
-        host = cookie = length_value = None
-        for h in _REQUEST_INTEREST.finditer(lower):
-            start = h.end()
-            end = block.find(CRLF, start)
-            value = block[start : (None if end < 0 else end)].strip(b" \t")
-            name = h.group(1)
-            if name == b"host":
-                if host is not None:
-                    return Reject(400, "more than one Host")
-                host = value
-            elif name == b"cookie":
-                cookie = value if cookie is None else cookie + b"; " + value
-            else:
-                if length_value is not None:
-                    return Reject(400, "more than one Content-Length")
-                length_value = value
+        host = _value(block, lower, b"\r\nhost:")
+        if host is _TWICE:
+            return Reject(400, "more than one Host")
+        length_value = _value(block, lower, b"\r\ncontent-length:")
+        if length_value is _TWICE:
+            return Reject(400, "more than one Content-Length")
+        cookie = _value(block, lower, b"\r\ncookie:")
+        if cookie is _TWICE:
+            cookie = b"; ".join(
+                block[h.end() : _line_end(block, h.end())].strip(b" \t")
+                for h in _COOKIE.finditer(lower)
+            )
         if host is None and version == 11:
             return Reject(400, "HTTP/1.1 request without Host")
         if length_value is None:
@@ -384,16 +401,21 @@ def parse_response_head(
     lower = block.lower()
     if cookie_name is None and _RESPONSE_SPECIAL.search(lower) is None:
         # The common case: relay the head as it came; only the length matters.
-        out = [first + block]
-        append = out.append
-        for h in _CONTENT_LENGTH.finditer(lower):
-            start = h.end()
-            end = block.find(CRLF, start)
-            value = block[start : (None if end < 0 else end)].strip(b" \t")
-            if length_value is not None and length_value != value:
-                return None
-            length_value = value
-        return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive, True)
+        length_value = _value(block, lower, b"\r\ncontent-length:")
+        if length_value is _TWICE:
+            return None
+        if (
+            length_value is not None
+            and client_keep_alive
+            and method != b"HEAD"
+            and status >= 200
+            and status != 204
+            and status != 304
+            and _DIGITS.match(length_value) is not None
+        ):
+            length = int(length_value)
+            return ResponseHead(status, LENGTH if length else NO_BODY, length, reusable, None, None)
+        return _finish_response(status, reusable, method, te, length_value, session, [head], client_keep_alive, True)
     lines = head.split(CRLF)
     out = [lines[0]]
     append = out.append
