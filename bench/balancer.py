@@ -231,9 +231,16 @@ def main() -> int:
         top = max(1, round(2 * delay_ms))
         with open(script, "w") as f:
             f.write(f"math.randomseed(os.time())\nfunction delay()\n  return math.random(0, {top})\nend\n")
-        half_results = {}
-        for name, port in targets.items():
-            half_results[name] = wrk(port, duration, args.connections, script)
+        half_runs: Dict[str, List[Tuple[float, float]]] = {n: [] for n in targets}
+        for r in range(rounds):
+            for name, port in targets.items():
+                half_runs[name].append(wrk(port, duration, args.connections, script))
+                rate, lat = half_runs[name][-1]
+                print(f"half {r + 1} {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms", flush=True)
+        half_results = {
+            n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v))
+            for n, v in half_runs.items()
+        }
 
         print()
         print(f"wrk -t1 -c{args.connections} -d{duration}s, {rounds} alternating rounds, median of rounds:")
@@ -242,7 +249,7 @@ def main() -> int:
         print(f"  ours/haproxy  {median['ours'] / median['haproxy']:.2f}x   (best/best {best['ours'] / best['haproxy']:.2f}x)")
         print(f"  ours/direct   {median['ours'] / median['direct']:.2f}x")
         print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x")
-        print(f"at about half of our max load (target {half:.0f} req/s; random 0-{top} ms delay before each request):")
+        print(f"at about half of our max load (target {half:.0f} req/s; random 0-{top} ms delay before each request), median of rounds:")
         for name in targets:
             rate, lat = half_results[name]
             print(f"  {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms")
