@@ -1,24 +1,25 @@
 """
-Tests for L{appliance.balancer.framing}: request-head validation and
-rewriting, response framing, chunked scanning.
+Tests for L{appliance.balancer.framing}, L{appliance.balancer.response} and
+L{appliance.balancer.chunked}: request-head validation and rewriting,
+response framing, chunked scanning.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from appliance.balancer.chunked import ChunkedScanner
 from appliance.balancer.framing import (
     CHUNKED,
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
-    ChunkedScanner,
     Limits,
     Reject,
     RequestHead,
     parse_request_head,
-    parse_response_head,
 )
+from appliance.balancer.response import parse_response_head
 
 LIMITS = Limits(max_header_bytes=16384, max_headers=10, max_body_bytes=1000)
 

@@ -272,6 +272,19 @@ class FrontendTests(SynchronousTestCase):
         self.assertIn(b"Location: https://example:8443/p?q\r\n", h.client.value())
 
 
+class SendNowTests(SynchronousTestCase):
+    def test_not_tcp_goes_through_write(self):
+        """Anything but a plain TCP transport (a TLS wrapper, a fake) is written the ordinary way."""
+        from appliance.balancer.flow import send_now
+
+        class Wrapper(StringTransport):
+            socket = object()  # a TLS wrapper forwards attribute lookups to the raw socket
+
+        t = Wrapper()
+        send_now(t, b"data")
+        self.assertEqual(t.value(), b"data")
+
+
 def _head(*lines: bytes):
     from appliance.balancer.framing import Limits, parse_request_head
 

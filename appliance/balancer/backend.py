@@ -7,79 +7,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
-from twisted.internet import tcp
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appliance.config import Address
 
-from .framing import (
-    CHUNKED,
-    HEAD_END,
-    LENGTH,
-    NO_BODY,
-    UNTIL_CLOSE,
-    ChunkedScanner,
-    parse_response_head,
-)
+from .chunked import ChunkedScanner
+from .flow import Throttle, send_now
+from .framing import CHUNKED, HEAD_END, LENGTH, NO_BODY, UNTIL_CLOSE
+from .response import parse_response_head
 
 if TYPE_CHECKING:  # pragma: no cover
     from .frontend import FrontendProtocol
 
 MAX_RESPONSE_HEAD = 64 * 1024
-
-
-def send_now(transport, data: bytes) -> None:
-    """
-    C{transport.write(data)}, but sent at once when nothing is queued.
-
-    Twisted queues every write until the next reactor turn, which costs two
-    C{epoll_ctl} calls and a dispatch per write; on the proxy's hot path
-    (two writes per request) that was a large share of the CPU.  Only plain
-    TCP transports are sent to directly (a TLS wrapper must encrypt), and
-    anything left over or any error goes the ordinary way.
-    """
-    if (
-        type(transport) in _TCP_TYPES
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
-_TCP_TYPES = (tcp.Server, tcp.Client)
-
-
-class Throttle:
-    """
-    A transport seen as a push producer that can be paused and resumed but
-    not stopped: when the other side goes away the connection decides for
-    itself what to do, instead of being closed by Twisted.
-    """
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport):
-        self.transport = transport
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        pass
 
 _HEAD, _BODY = 0, 1
 

@@ -4,12 +4,10 @@ HTTP/1.x framing for the proxy, without I/O.
 Only what a forwarding proxy needs: the request head is validated and
 rewritten in one pass (hop-by-hop headers out, forwarding headers in) while
 the few headers that matter (Host, Cookie, Content-Length,
-Transfer-Encoding, Connection) are picked up on the way; the response head is
-read for its framing only.  Nothing builds a header dictionary, because the
-hot path must not pay for generality.
-
-Bodies are relayed as they are; L{ChunkedScanner} only finds where a chunked
-body ends (and how large it is), so chunked framing passes through unchanged.
+Transfer-Encoding, Connection) are picked up on the way.  Nothing builds a
+header dictionary, because the hot path must not pay for generality.  The
+response side is L{appliance.balancer.response}; bodies are relayed as they
+are (L{appliance.balancer.chunked} only finds where a chunked one ends).
 """
 
 from __future__ import annotations
@@ -41,10 +39,6 @@ _REQUEST_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[^:]*"
     rb"|x-forwarded-for|x-forwarded-proto|forwarded|expect):"
 )
-_RESPONSE_SPECIAL = re.compile(
-    rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
-    rb"|proxy-authenticate):"
-)
 _COOKIE = re.compile(rb"\r\ncookie:")
 _TWICE = object()
 
@@ -68,7 +62,6 @@ def _value(block: bytes, lower: bytes, marker: bytes):
     if lower.find(marker, end) >= 0:
         return _TWICE
     return block[start:end].strip(b" \t")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
 # Request headers dropped before forwarding: hop-by-hop (RFC 9110 7.6.1),
@@ -91,20 +84,6 @@ _DROP_REQUEST = frozenset(
         b"expect",
     ]
 )
-_DROP_RESPONSE = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-        b"proxy-authenticate",
-    ]
-)
-
-
 @frozen
 class Limits:
     """
@@ -146,25 +125,6 @@ class RequestHead:
     keep_alive: bool
     forward: bytes
     expect_continue: bool = False
-
-
-@define(slots=True)
-class ResponseHead:
-    """
-    What the proxy needs to know about one response, and the head to relay.
-
-    C{reusable} says whether the server connection may carry another
-    request afterwards; C{session} is the value of the session cookie the
-    server set, if any.  C{relay} is C{None} when the head is relayed
-    exactly as it came (the common case, which then costs no copy).
-    """
-
-    status: int
-    framing: int
-    length: int
-    reusable: bool
-    session: Optional[bytes]
-    relay: Optional[bytes]
 
 
 def parse_request_head(
@@ -366,194 +326,6 @@ def _forwarded_node(client: bytes) -> bytes:
     if b":" in client:
         return b'"[' + client + b']"'
     return client
-
-
-def parse_response_head(
-    head: bytes,
-    method: bytes,
-    cookie_name: Optional[bytes],
-    secure: bool,
-    client_keep_alive: bool,
-) -> Optional[ResponseHead]:
-    """
-    Read one response head (without its final blank line) for its framing.
-
-    Returns C{None} when the head is not HTTP/1.x the proxy can relay
-    safely; the caller answers 502.  C{cookie_name}, when given, is the
-    session cookie to report (sticky learning) and, when C{secure}, to mark
-    C{Secure}.  The relayed head says C{Connection: close} when the client
-    connection will close after it.
-    """
-    i = head.find(CRLF)
-    if i < 0:
-        first, block = head, b""
-    else:
-        first, block = head[:i], head[i:]
-    m = _STATUS_LINE.match(first)
-    if m is None:
-        return None
-    status = int(m.group(2))
-    reusable = m.group(1) == b"1"
-    length_value = te = None
-    session = None
-    if _HEADER_BLOCK.match(block) is None:
-        return None
-    lower = block.lower()
-    if cookie_name is None and _RESPONSE_SPECIAL.search(lower) is None:
-        # The common case: relay the head as it came; only the length matters.
-        length_value = _value(block, lower, b"\r\ncontent-length:")
-        if length_value is _TWICE:
-            return None
-        if (
-            length_value is not None
-            and client_keep_alive
-            and method != b"HEAD"
-            and status >= 200
-            and status != 204
-            and status != 304
-            and _DIGITS.match(length_value) is not None
-        ):
-            length = int(length_value)
-            return ResponseHead(status, LENGTH if length else NO_BODY, length, reusable, None, None)
-        return _finish_response(status, reusable, method, te, length_value, session, [head], client_keep_alive, True)
-    lines = head.split(CRLF)
-    out = [lines[0]]
-    append = out.append
-    match = _HEADER.match
-    for line in lines[1:]:
-        h = match(line)
-        if h is None:
-            return None
-        name = h.group(1).lower()
-        if name in _DROP_RESPONSE:
-            if name == b"transfer-encoding":
-                te = h.group(2).strip(b" \t")
-            elif name == b"connection":
-                tokens = h.group(2).lower()
-                if b"close" in tokens:
-                    reusable = False
-                elif b"keep-alive" in tokens:
-                    reusable = True
-            continue
-        if name == b"content-length":
-            value = h.group(2).strip(b" \t")
-            if length_value is not None and length_value != value:
-                return None
-            length_value = value
-        elif name == b"set-cookie" and cookie_name is not None:
-            value = h.group(2).strip(b" \t")
-            if value.startswith(cookie_name) and value[len(cookie_name) : len(cookie_name) + 1] == b"=":
-                end = value.find(b";")
-                session = value[len(cookie_name) + 1 : (None if end < 0 else end)].strip()
-                if secure and b"secure" not in value.lower():
-                    line = line.rstrip() + b"; Secure"
-        append(line)
-    return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive)
-
-
-def _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive, unchanged=False):
-    append = out.append
-    if method == b"HEAD" or status < 200 or status in (204, 304):
-        framing, length = NO_BODY, 0
-    elif te is not None:
-        if te.strip().lower() != b"chunked":
-            return None
-        framing, length = CHUNKED, 0
-        append(b"Transfer-Encoding: chunked")
-    elif length_value is not None:
-        if _DIGITS.match(length_value) is None:
-            return None
-        length = int(length_value)
-        framing = LENGTH if length else NO_BODY
-    else:
-        framing, length = UNTIL_CLOSE, 0
-        reusable = False
-    if not client_keep_alive or framing == UNTIL_CLOSE:
-        append(b"Connection: close")
-    elif unchanged:
-        return ResponseHead(status, framing, length, reusable, session, None)
-    append(b"\r\n")
-    return ResponseHead(
-        status=status,
-        framing=framing,
-        length=length,
-        reusable=reusable,
-        session=session,
-        relay=CRLF.join(out),
-    )
-
-
-class ChunkedScanner:
-    """
-    Finds the end of a chunked body fed in pieces, counting its payload.
-
-    L{feed} returns how many bytes of the data belong to the body, or C{-1}
-    if all of it does and more is needed.  A malformed body raises
-    L{ValueError}.
-    """
-
-    __slots__ = ("state", "remaining", "line", "size", "max_line", "trailers")
-
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
-    def __init__(self, max_line: int = 4096):
-        self.state = self._SIZE
-        self.remaining = 0
-        self.line = b""
-        self.size = 0
-        self.max_line = max_line
-        self.trailers = 0
-
-    def feed(self, data: bytes) -> int:
-        i, n = 0, len(data)
-        while i < n:
-            state = self.state
-            if state == self._DATA:
-                take = min(self.remaining, n - i)
-                i += take
-                self.remaining -= take
-                if self.remaining == 0:
-                    self.state = self._DATA_END
-                continue
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                if len(self.line) > self.max_line:
-                    raise ValueError("chunk line too long")
-                return -1
-            line = self.line + data[i:j]
-            self.line = b""
-            i = j + 1
-            if len(line) > self.max_line or not line.endswith(b"\r"):
-                raise ValueError("bad chunk line")
-            line = line[:-1]
-            if state == self._SIZE:
-                size_text = line.split(b";", 1)[0].strip()
-                if not size_text or len(size_text) > 15:
-                    raise ValueError("bad chunk size")
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ValueError("bad chunk size") from None
-                if size_text.startswith((b"-", b"+", b"0x", b"0X")) or b"_" in size_text:
-                    raise ValueError("bad chunk size")
-                self.size += size
-                if size == 0:
-                    self.state = self._TRAILER
-                else:
-                    self.remaining = size
-                    self.state = self._DATA
-            elif state == self._DATA_END:
-                if line:
-                    raise ValueError("chunk data longer than its size")
-                self.state = self._SIZE
-            else:
-                if not line:
-                    return i
-                self.trailers += 1
-                if self.trailers > 100:
-                    raise ValueError("too many trailer lines")
-        return -1
 
 
 def simple_response(status: int, reason: str, body: bytes = b"", extra: Tuple[bytes, ...] = (), close: bool = True) -> bytes:

@@ -13,21 +13,21 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendProtocol, ResponseTimeout, Throttle, send_now
+from .backend import BackendProtocol, ResponseTimeout
+from .flow import Throttle, send_now
+from .chunked import ChunkedScanner
 from .framing import (
-    CHUNKED,
     CRLF,
     HEAD_END,
     LENGTH,
     NO_BODY,
-    ChunkedScanner,
     Reject,
     RequestHead,
-    ResponseHead,
     error_response,
     parse_request_head,
     simple_response,
 )
+from .response import ResponseHead
 from .policy import may_retry
 
 if TYPE_CHECKING:  # pragma: no cover
