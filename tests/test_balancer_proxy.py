@@ -322,6 +322,15 @@ class LimitTests(SynchronousTestCase):
         h.balancer.sweep()
         self.assertTrue(h.client.value().startswith(b"HTTP/1.1 408 "))
 
+    def test_one_answer_per_refusal(self):
+        """A refused client is not also sent 408 when its old deadline passes."""
+        h = Harness(self, head_timeout=5.0, max_header_bytes=1024)
+        h.send(b"GET / HTTP/1.1\r\n")
+        h.send(b"X: " + b"a" * 2000)
+        h.reactor.advance(6.0)
+        h.balancer.sweep()
+        self.assertEqual(h.client.value().count(b"HTTP/1.1 "), 1)
+
     def test_idle_timeout(self):
         """An idle keep-alive connection is closed after idle_timeout."""
         h = Harness(self, idle_timeout=3.0)

@@ -119,6 +119,8 @@ class FrontendProtocol(Protocol):
         keep-alive connection or a stalled body is closed.
         """
         self.deadline = None
+        if self._state == _CLOSED:
+            return
         if self._deadline_kind == _HEAD_WAIT:
             self._reject(408)
         else:
@@ -451,6 +453,7 @@ class FrontendProtocol(Protocol):
 
     def _reject(self, status: int) -> None:
         self._state = _CLOSED
+        self.deadline = None
         self.transport.write(error_response(status))
         self.transport.loseConnection()
 
