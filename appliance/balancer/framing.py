@@ -58,10 +58,14 @@ def _value(block: bytes, lower: bytes, marker: bytes):
     if i < 0:
         return None
     start = i + len(marker)
-    end = _line_end(block, start)
+    end = block.find(CRLF, start)
+    if end < 0:
+        return block[start:].strip(b" \t")
     if lower.find(marker, end) >= 0:
         return _TWICE
     return block[start:end].strip(b" \t")
+
+
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
 # Request headers dropped before forwarding: hop-by-hop (RFC 9110 7.6.1),
