@@ -1,0 +1,353 @@
+"""
+Connections to session servers: a keep-alive pool, and the protocol that
+relays one response at a time back to the client, parsing only its framing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
+
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from appliance.config import Address
+
+from .chunked import ChunkedScanner
+from .flow import Throttle, send_now
+from .framing import CHUNKED, HEAD_END, LENGTH, NO_BODY, UNTIL_CLOSE
+from .response import parse_response_head
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .frontend import FrontendProtocol
+
+MAX_RESPONSE_HEAD = 64 * 1024
+
+_HEAD, _BODY = 0, 1
+
+
+class BadResponse(Exception):
+    """
+    A server sent something that is not an HTTP/1.x response we can relay.
+    """
+
+
+class ResponseTimeout(Exception):
+    """
+    A server did not start answering within C{response_timeout}.
+    """
+
+
+class BackendProtocol(Protocol):
+    """
+    One connection to a session server, carrying one exchange at a time.
+
+    While attached (L{attach}) it writes the response straight to the
+    client's transport and reports the end (C{response_done}) or a failure
+    (C{backend_failed}) to the L{FrontendProtocol}.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: "BackendPool", node: str):
+        self.pool = pool
+        self.node = node
+        self.frontend: Optional["FrontendProtocol"] = None
+        self.deadline: Optional[float] = None
+        self.idle_since = 0.0
+        self.timed_out = False
+        self._buf = b""
+        self._state = _HEAD
+        self._left = 0
+        self._framing = NO_BODY
+        self._scanner: Optional[ChunkedScanner] = None
+        self._reusable = False
+        self._producing = False
+        self.connected = False
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        self.throttle = Throttle(self.transport)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):  # pragma: no cover
+            pass
+
+    def attach(self, frontend: "FrontendProtocol") -> None:
+        self.frontend = frontend
+        self._buf = b""
+        self._state = _HEAD
+        self.timed_out = False
+
+    def dataReceived(self, data: bytes) -> None:
+        fe = self.frontend
+        if fe is None:
+            # Nothing was asked: a server talking out of turn is not reusable.
+            self.transport.loseConnection()
+            return
+        if self._state == _BODY:
+            self._body(fe, data)
+            return
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(HEAD_END)
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    self._fail(BadResponse("response head too large"))
+                else:
+                    self._buf = buf
+                return
+            head = parse_response_head(
+                buf[:end], fe.method, fe.cookie_name_for_response, fe.secure, fe.keep_alive
+            )
+            if head is None:
+                self._fail(BadResponse("malformed response head"))
+                return
+            rest = buf[end + 4 :]
+            if head.status >= 200:
+                break
+            if head.status == 101:
+                self._fail(BadResponse("unexpected protocol switch"))
+                return
+            send_now(fe.transport, buf[: end + 4] if head.relay is None else head.relay)
+            buf = rest
+        self._buf = b""
+        self.deadline = None
+        self._reusable = head.reusable
+        fe.response_started(head)
+        framing = head.framing
+        self._framing = framing
+        relay = head.relay
+        if framing == LENGTH:
+            n = head.length
+            if len(rest) == n and relay is None:
+                send_now(fe.transport, buf)
+                self._finish()
+                return
+            if relay is None:
+                relay = buf[: end + 4]
+            if len(rest) >= n:
+                if len(rest) > n:
+                    self._reusable = False
+                    rest = rest[:n]
+                send_now(fe.transport, relay + rest)
+                self._finish()
+            else:
+                send_now(fe.transport, relay + rest)
+                self._left = n - len(rest)
+                self._state = _BODY
+                self._produce(fe)
+            return
+        if relay is None:
+            relay = buf[: end + 4]
+        if framing == NO_BODY:
+            send_now(fe.transport, relay)
+            if rest:
+                self._reusable = False
+            self._finish()
+        else:
+            send_now(fe.transport, relay)
+            self._state = _BODY
+            if framing == CHUNKED:
+                self._scanner = ChunkedScanner()
+            self._produce(fe)
+            if rest:
+                self._body(fe, rest)
+
+    def _body(self, fe: "FrontendProtocol", data: bytes) -> None:
+        framing = self._framing
+        if framing == LENGTH:
+            n = self._left
+            if len(data) >= n:
+                if len(data) > n:
+                    self._reusable = False
+                    data = data[:n]
+                send_now(fe.transport, data)
+                self._finish()
+            else:
+                self._left = n - len(data)
+                send_now(fe.transport, data)
+        elif framing == CHUNKED:
+            try:
+                k = self._scanner.feed(data)
+            except ValueError as e:
+                self._fail(BadResponse(str(e)))
+                return
+            if k < 0:
+                send_now(fe.transport, data)
+            else:
+                if k < len(data):
+                    self._reusable = False
+                send_now(fe.transport, data[:k])
+                self._finish()
+        else:
+            send_now(fe.transport, data)
+
+    def _produce(self, fe: "FrontendProtocol") -> None:
+        """
+        A response longer than one read: let the client's transport pause us
+        when it cannot keep up.
+        """
+        if not self._producing and fe.transport.producer is None:
+            fe.transport.registerProducer(self.throttle, True)
+            self._producing = True
+
+    def _unproduce(self, fe: "FrontendProtocol") -> None:
+        if self._producing:
+            self._producing = False
+            if fe.transport.producer is self.throttle:
+                fe.transport.unregisterProducer()
+            self.transport.resumeProducing()
+
+    def _finish(self) -> None:
+        fe = self.frontend
+        self._state = _HEAD
+        self._scanner = None
+        self._unproduce(fe)
+        self.frontend = None
+        fe.response_done(self, self._reusable)
+
+    def _fail(self, reason: Exception) -> None:
+        fe = self.frontend
+        self._state = _HEAD
+        self._unproduce(fe)
+        self.frontend = None
+        self.transport.abortConnection()
+        fe.backend_failed(self, Failure(reason))
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.connected = False
+        self.pool.lost(self)
+        fe = self.frontend
+        if fe is None:
+            return
+        if self._state == _BODY and self._framing == UNTIL_CLOSE:
+            self._reusable = False
+            self._finish()
+            return
+        self._unproduce(fe)
+        self.frontend = None
+        if self.timed_out:
+            reason = Failure(ResponseTimeout(self.node))
+        fe.backend_failed(self, reason)
+
+
+class _ConnectFactory(ClientFactory):
+    """
+    One connection attempt; reports to its waiter, or parks the connection
+    in the pool when the waiter gave up meanwhile.
+    """
+
+    noisy = False
+
+    def __init__(self, pool: "BackendPool", node: str, waiter: "FrontendProtocol"):
+        self.pool = pool
+        self.node = node
+        self.waiter: Optional["FrontendProtocol"] = waiter
+
+    def buildProtocol(self, addr) -> BackendProtocol:
+        proto = _PoolProtocol(self.pool, self.node)
+        proto.factory = self
+        return proto
+
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        self.pool.connecting.discard(connector)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.server_connect_failed(self.node, reason)
+
+
+class _PoolProtocol(BackendProtocol):
+    def connectionMade(self) -> None:
+        BackendProtocol.connectionMade(self)
+        self.pool.connecting.discard(getattr(self.transport, "connector", None))
+        self.pool.opened(self)
+        factory = self.factory
+        waiter, factory.waiter = factory.waiter, None
+        if waiter is None:
+            self.pool.release(self)
+        else:
+            waiter.server_connected(self)
+
+
+class BackendPool:
+    """
+    Keep-alive connections to each server, newest reused first.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        addresses: Dict[str, Address],
+        connect_timeout: float,
+        max_idle: int = 256,
+        idle_time: float = 15.0,
+    ):
+        self.reactor = reactor
+        self.addresses = addresses
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self.idle_time = idle_time
+        self.idle: Dict[str, List[BackendProtocol]] = {name: [] for name in addresses}
+        self.all: Set[BackendProtocol] = set()
+        self.connecting: Set = set()
+
+    def take(self, node: str) -> Optional[BackendProtocol]:
+        idle = self.idle[node]
+        while idle:
+            conn = idle.pop()
+            if conn.connected:
+                return conn
+        return None
+
+    def connect(self, node: str, waiter: "FrontendProtocol") -> _ConnectFactory:
+        address = self.addresses[node]
+        factory = _ConnectFactory(self, node, waiter)
+        connector = self.reactor.connectTCP(address.host, address.port, factory, timeout=self.connect_timeout)
+        self.connecting.add(connector)
+        return factory
+
+    def opened(self, conn: BackendProtocol) -> None:
+        self.all.add(conn)
+
+    def release(self, conn: BackendProtocol, now: Optional[float] = None) -> None:
+        idle = self.idle[conn.node]
+        if not conn.connected or len(idle) >= self.max_idle:
+            conn.transport.loseConnection()
+            return
+        conn.frontend = None
+        conn.deadline = None
+        conn.idle_since = self.reactor.seconds() if now is None else now
+        idle.append(conn)
+
+    def lost(self, conn: BackendProtocol) -> None:
+        self.all.discard(conn)
+        idle = self.idle.get(conn.node)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def sweep(self, now: float) -> None:
+        """
+        Close idle connections kept too long (before the server closes them
+        under a request) and abort servers past their response deadline.
+        """
+        limit = now - self.idle_time
+        for idle in self.idle.values():
+            while idle and idle[0].idle_since < limit:
+                idle.pop(0).transport.loseConnection()
+        for conn in list(self.all):
+            if conn.deadline is not None and conn.deadline <= now and conn.frontend is not None:
+                conn.deadline = None
+                conn.timed_out = True
+                conn.transport.abortConnection()
+
+    def close(self) -> None:
+        for connector in list(self.connecting):
+            connector.stopConnecting()
+        self.connecting.clear()
+        for conn in list(self.all):
+            conn.transport.abortConnection()
+        for idle in self.idle.values():
+            del idle[:]

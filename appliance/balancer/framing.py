@@ -1,0 +1,365 @@
+"""
+HTTP/1.x framing for the proxy, without I/O.
+
+Only what a forwarding proxy needs: the request head is validated and
+rewritten in one pass (hop-by-hop headers out, forwarding headers in) while
+the few headers that matter (Host, Cookie, Content-Length,
+Transfer-Encoding, Connection) are picked up on the way.  Nothing builds a
+header dictionary, because the hot path must not pay for generality.  The
+response side is L{appliance.balancer.response}; bodies are relayed as they
+are (L{appliance.balancer.chunked} only finds where a chunked one ends).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Tuple, Union
+
+from attrs import define, frozen
+
+CRLF = b"\r\n"
+HEAD_END = b"\r\n\r\n"
+
+IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"])
+
+# Body framing of a message.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])\Z")
+_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00\r\n]*)\Z")
+# Every header line of a head after its first line, each starting with CRLF.
+# Unambiguous (no two quantifiers can share a character), so it cannot
+# backtrack badly on hostile input.
+_HEADER_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z")
+# Lower-cased names that need the line-by-line path.
+_REQUEST_SPECIAL = re.compile(
+    rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[^:]*"
+    rb"|x-forwarded-for|x-forwarded-proto|forwarded|expect):"
+)
+_COOKIE = re.compile(rb"\r\ncookie:")
+_TWICE = object()
+
+
+def _line_end(block: bytes, start: int) -> int:
+    end = block.find(CRLF, start)
+    return len(block) if end < 0 else end
+
+
+def _value(block: bytes, lower: bytes, marker: bytes):
+    """
+    The trimmed value of the header line starting with C{marker} (CRLF,
+    lower-case name, colon) in C{block}; C{None} when absent, C{_TWICE}
+    when the header appears more than once.
+    """
+    i = lower.find(marker)
+    if i < 0:
+        return None
+    start = i + len(marker)
+    end = block.find(CRLF, start)
+    if end < 0:
+        return block[start:].strip(b" \t")
+    if lower.find(marker, end) >= 0:
+        return _TWICE
+    return block[start:end].strip(b" \t")
+
+
+_DIGITS = re.compile(rb"[0-9]{1,18}\Z")
+
+# Request headers dropped before forwarding: hop-by-hop (RFC 9110 7.6.1),
+# the forwarding headers we rewrite, and Transfer-Encoding, which is added
+# back when the chunked body is relayed as it came.
+_DROP_REQUEST = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"forwarded",
+        b"expect",
+    ]
+)
+@frozen
+class Limits:
+    """
+    What a client may send before it is refused.
+    """
+
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@frozen
+class Reject:
+    """
+    A request refused before it reaches any server: answer C{status} and
+    close the connection.
+    """
+
+    status: int
+    reason: str
+
+
+@define(slots=True)
+class RequestHead:
+    """
+    What the proxy needs to know about one request, and the head to forward.
+
+    C{forward} is the rewritten head, ending with the blank line; the body
+    (C{length} bytes, or chunked when C{framing} is L{CHUNKED}) follows.
+    """
+
+    method: bytes
+    target: bytes
+    version: int
+    host: Optional[bytes]
+    cookie: Optional[bytes]
+    framing: int
+    length: int
+    keep_alive: bool
+    forward: bytes
+    expect_continue: bool = False
+
+
+def parse_request_head(
+    head: bytes,
+    limits: Limits,
+    client: bytes,
+    secure: bool,
+) -> Union[RequestHead, Reject]:
+    """
+    Validate and rewrite one request head (without its final blank line).
+
+    C{client} is the peer address for X-Forwarded-For and Forwarded;
+    C{secure} says whether the client connection is TLS.  Anything that could
+    be read two ways (both Content-Length and Transfer-Encoding, a bad or
+    repeated Content-Length, whitespace before a colon, folded lines) is
+    refused with 400, so no server behind us can read a different request
+    boundary than ours.
+    """
+    i = head.find(CRLF)
+    if i < 0:
+        first, block = head, b""
+    else:
+        first, block = head[:i], head[i:]
+    if block.count(CRLF) > limits.max_headers:
+        return Reject(431, "too many header lines")
+    m = _REQUEST_LINE.match(first)
+    if m is None:
+        return Reject(400, "malformed request line")
+    method, target, minor = m.group(1), m.group(2), m.group(3)
+    version = 11 if minor == b"1" else 10
+    if _HEADER_BLOCK.match(block) is None:
+        return Reject(400, "malformed header line")
+    lower = block.lower()
+    if _REQUEST_SPECIAL.search(lower) is None:
+        # The common case: nothing to remove, so the head is forwarded as
+        # it came and only Host, Cookie and Content-Length are looked at.
+        host = _value(block, lower, b"\r\nhost:")
+        if host is _TWICE:
+            return Reject(400, "more than one Host")
+        length_value = _value(block, lower, b"\r\ncontent-length:")
+        if length_value is _TWICE:
+            return Reject(400, "more than one Content-Length")
+        cookie = _value(block, lower, b"\r\ncookie:")
+        if cookie is _TWICE:
+            cookie = b"; ".join(
+                block[h.end() : _line_end(block, h.end())].strip(b" \t")
+                for h in _COOKIE.finditer(lower)
+            )
+        if host is None and version == 11:
+            return Reject(400, "HTTP/1.1 request without Host")
+        if length_value is None:
+            framing = length = 0
+        else:
+            if _DIGITS.match(length_value) is None:
+                return Reject(400, "invalid Content-Length")
+            length = int(length_value)
+            if length > limits.max_body_bytes:
+                return Reject(413, "request body too large")
+            framing = LENGTH if length else NO_BODY
+        return RequestHead(
+            method,
+            target,
+            version,
+            host,
+            cookie,
+            framing,
+            length,
+            version == 11,
+            head + _forwarding(client, secure, version),
+        )
+    lines = head.split(CRLF)
+    host = cookie = length_value = te = connection = None
+    xff = forwarded = None
+    expect = False
+    out = [lines[0]]
+    append = out.append
+    match = _HEADER.match
+    for line in lines[1:]:
+        h = match(line)
+        if h is None:
+            return Reject(400, "malformed header line")
+        name = h.group(1).lower()
+        if name in _DROP_REQUEST:
+            value = h.group(2).strip(b" \t")
+            if name == b"transfer-encoding":
+                te = value if te is None else te + b"," + value
+            elif name == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            elif name == b"forwarded":
+                forwarded = value if forwarded is None else forwarded + b", " + value
+            elif name == b"expect":
+                if value.lower() != b"100-continue":
+                    return Reject(417, "unsupported expectation")
+                expect = True
+            continue
+        if name == b"host":
+            if host is not None:
+                return Reject(400, "more than one Host")
+            host = h.group(2).strip(b" \t")
+        elif name == b"cookie":
+            value = h.group(2).strip(b" \t")
+            cookie = value if cookie is None else cookie + b"; " + value
+        elif name == b"content-length":
+            if length_value is not None:
+                return Reject(400, "more than one Content-Length")
+            length_value = h.group(2).strip(b" \t")
+        append(line)
+    return _finish_request(
+        out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure, expect
+    )
+
+
+def _finish_request(
+    out, method, target, version, host, cookie, length_value, te, connection, xff, forwarded, limits, client, secure, expect
+) -> Union[RequestHead, Reject]:
+    if version == 11 and host is None:
+        return Reject(400, "HTTP/1.1 request without Host")
+
+    keep_alive = version == 11
+    if connection is not None:
+        tokens = [t.strip().lower() for t in connection.split(b",")]
+        if b"close" in tokens:
+            keep_alive = False
+        listed = set(tokens) - {b"close", b"keep-alive", b""}
+        if listed & {b"host", b"content-length", b"cookie"}:
+            return Reject(400, "Connection lists an end-to-end header")
+        if listed:
+            out = [out[0]] + [
+                line for line in out[1:] if line.split(b":", 1)[0].strip().lower() not in listed
+            ]
+
+    if te is not None:
+        if length_value is not None:
+            return Reject(400, "both Content-Length and Transfer-Encoding")
+        if version == 10 or te.strip().lower() != b"chunked":
+            return Reject(400, "unsupported Transfer-Encoding")
+        framing, length = CHUNKED, 0
+        out.append(b"Transfer-Encoding: chunked")
+    elif length_value is not None:
+        if _DIGITS.match(length_value) is None:
+            return Reject(400, "invalid Content-Length")
+        length = int(length_value)
+        if length > limits.max_body_bytes:
+            return Reject(413, "request body too large")
+        framing = LENGTH if length else NO_BODY
+    else:
+        framing, length = NO_BODY, 0
+
+    out.append(b"X-Forwarded-For: " + (client if xff is None else xff + b", " + client))
+    proto = b"https" if secure else b"http"
+    out.append(b"X-Forwarded-Proto: " + proto)
+    fwd = b"for=" + _forwarded_node(client) + b";proto=" + proto
+    out.append(b"Forwarded: " + (fwd if forwarded is None else forwarded + b", " + fwd))
+    if version == 10:
+        out.append(b"Connection: close")
+    out.append(b"\r\n")
+    return RequestHead(
+        method=method,
+        target=target,
+        version=version,
+        host=host,
+        cookie=cookie,
+        framing=framing,
+        length=length,
+        keep_alive=keep_alive,
+        forward=CRLF.join(out),
+        expect_continue=expect and version == 11 and framing != NO_BODY,
+    )
+
+
+_FORWARDING: Dict[Tuple[bytes, bool, int], bytes] = {}
+
+
+def _forwarding(client: bytes, secure: bool, version: int) -> bytes:
+    """
+    The forwarding headers that end a head with nothing to merge them
+    with; the same few clients send most requests, so they are kept.
+    """
+    key = (client, secure, version)
+    suffix = _FORWARDING.get(key)
+    if suffix is None:
+        proto = b"https" if secure else b"http"
+        suffix = (
+            b"\r\nX-Forwarded-For: " + client
+            + b"\r\nX-Forwarded-Proto: " + proto
+            + b"\r\nForwarded: for=" + _forwarded_node(client) + b";proto=" + proto
+            + (b"\r\nConnection: close" if version == 10 else b"")
+            + b"\r\n\r\n"
+        )
+        if len(_FORWARDING) > 4096:
+            _FORWARDING.clear()
+        _FORWARDING[key] = suffix
+    return suffix
+
+
+def _forwarded_node(client: bytes) -> bytes:
+    if b":" in client:
+        return b'"[' + client + b']"'
+    return client
+
+
+def simple_response(status: int, reason: str, body: bytes = b"", extra: Tuple[bytes, ...] = (), close: bool = True) -> bytes:
+    """
+    A complete small response generated by the balancer itself.
+    """
+    lines: List[bytes] = [b"HTTP/1.1 %d %s" % (status, reason.encode("ascii"))]
+    lines.extend(extra)
+    lines.append(b"Content-Type: text/plain; charset=utf-8")
+    lines.append(b"Content-Length: %d" % len(body))
+    if close:
+        lines.append(b"Connection: close")
+    return CRLF.join(lines) + HEAD_END + body
+
+
+REASONS = {
+    200: "OK",
+    301: "Moved Permanently",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    408: "Request Timeout",
+    417: "Expectation Failed",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def error_response(status: int, close: bool = True) -> bytes:
+    reason = REASONS.get(status, "Error")
+    return simple_response(status, reason, reason.encode("ascii") + b"\n", close=close)

@@ -1,0 +1,177 @@
+"""
+The response side of the proxy's framing, without I/O: a response head is
+read for its framing (and, in sticky mode or over TLS, the session cookie)
+and relayed as it came whenever nothing in it is hop-by-hop.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from attrs import define
+
+from .framing import (
+    CHUNKED,
+    CRLF,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    _DIGITS,
+    _HEADER,
+    _HEADER_BLOCK,
+    _TWICE,
+    _value,
+)
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
+    rb"|proxy-authenticate):"
+)
+_DROP_RESPONSE = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+    ]
+)
+
+
+@define(slots=True)
+class ResponseHead:
+    """
+    What the proxy needs to know about one response, and the head to relay.
+
+    C{reusable} says whether the server connection may carry another
+    request afterwards; C{session} is the value of the session cookie the
+    server set, if any.  C{relay} is C{None} when the head is relayed
+    exactly as it came (the common case, which then costs no copy).
+    """
+
+    status: int
+    framing: int
+    length: int
+    reusable: bool
+    session: Optional[bytes]
+    relay: Optional[bytes]
+
+
+def parse_response_head(
+    head: bytes,
+    method: bytes,
+    cookie_name: Optional[bytes],
+    secure: bool,
+    client_keep_alive: bool,
+) -> Optional[ResponseHead]:
+    """
+    Read one response head (without its final blank line) for its framing.
+
+    Returns C{None} when the head is not HTTP/1.x the proxy can relay
+    safely; the caller answers 502.  C{cookie_name}, when given, is the
+    session cookie to report (sticky learning) and, when C{secure}, to mark
+    C{Secure}.  The relayed head says C{Connection: close} when the client
+    connection will close after it.
+    """
+    i = head.find(CRLF)
+    if i < 0:
+        first, block = head, b""
+    else:
+        first, block = head[:i], head[i:]
+    m = _STATUS_LINE.match(first)
+    if m is None:
+        return None
+    status = int(m.group(2))
+    reusable = m.group(1) == b"1"
+    length_value = te = None
+    session = None
+    if _HEADER_BLOCK.match(block) is None:
+        return None
+    lower = block.lower()
+    if cookie_name is None and _RESPONSE_SPECIAL.search(lower) is None:
+        # The common case: relay the head as it came; only the length matters.
+        length_value = _value(block, lower, b"\r\ncontent-length:")
+        if length_value is _TWICE:
+            return None
+        if (
+            length_value is not None
+            and client_keep_alive
+            and method != b"HEAD"
+            and status >= 200
+            and status != 204
+            and status != 304
+            and _DIGITS.match(length_value) is not None
+        ):
+            length = int(length_value)
+            return ResponseHead(status, LENGTH if length else NO_BODY, length, reusable, None, None)
+        return _finish_response(status, reusable, method, te, length_value, session, [head], client_keep_alive, True)
+    lines = head.split(CRLF)
+    out = [lines[0]]
+    append = out.append
+    match = _HEADER.match
+    for line in lines[1:]:
+        h = match(line)
+        if h is None:
+            return None
+        name = h.group(1).lower()
+        if name in _DROP_RESPONSE:
+            if name == b"transfer-encoding":
+                te = h.group(2).strip(b" \t")
+            elif name == b"connection":
+                tokens = h.group(2).lower()
+                if b"close" in tokens:
+                    reusable = False
+                elif b"keep-alive" in tokens:
+                    reusable = True
+            continue
+        if name == b"content-length":
+            value = h.group(2).strip(b" \t")
+            if length_value is not None and length_value != value:
+                return None
+            length_value = value
+        elif name == b"set-cookie" and cookie_name is not None:
+            value = h.group(2).strip(b" \t")
+            if value.startswith(cookie_name) and value[len(cookie_name) : len(cookie_name) + 1] == b"=":
+                end = value.find(b";")
+                session = value[len(cookie_name) + 1 : (None if end < 0 else end)].strip()
+                if secure and b"secure" not in value.lower():
+                    line = line.rstrip() + b"; Secure"
+        append(line)
+    return _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive)
+
+
+def _finish_response(status, reusable, method, te, length_value, session, out, client_keep_alive, unchanged=False):
+    append = out.append
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        framing, length = NO_BODY, 0
+    elif te is not None:
+        if te.strip().lower() != b"chunked":
+            return None
+        framing, length = CHUNKED, 0
+        append(b"Transfer-Encoding: chunked")
+    elif length_value is not None:
+        if _DIGITS.match(length_value) is None:
+            return None
+        length = int(length_value)
+        framing = LENGTH if length else NO_BODY
+    else:
+        framing, length = UNTIL_CLOSE, 0
+        reusable = False
+    if not client_keep_alive or framing == UNTIL_CLOSE:
+        append(b"Connection: close")
+    elif unchanged:
+        return ResponseHead(status, framing, length, reusable, session, None)
+    append(b"\r\n")
+    return ResponseHead(
+        status=status,
+        framing=framing,
+        length=length,
+        reusable=reusable,
+        session=session,
+        relay=CRLF.join(out),
+    )

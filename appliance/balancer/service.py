@@ -1,0 +1,235 @@
+"""
+The balancer role: listeners, shared state, timers.
+
+C{BalancerService(reactor, cluster, config)} is the entry point; it listens
+on C{config.listen} (and C{config.https} with TLS) when started, and stops
+listening and closes every connection when stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Set, Tuple
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from appliance.config import Address, BalancerConfig, ClusterConfig
+from appliance.cookie import MAX_VALUE, NO_ROUTE, Route, decode, find
+
+from .backend import BackendPool
+from .framing import Limits, RequestHead
+from .frontend import FrontendFactory, FrontendProtocol
+from .health import HealthChecker
+from .policy import Nodes, StickyTable, make_policy, plan_plugin, plan_sticky, quick_pick
+
+
+class Balancer:
+    """
+    What every connection of one balancer shares: configuration, server
+    state, the policy, the sticky table and the connection pool.
+    """
+
+    def __init__(self, clock, cluster: ClusterConfig, config: BalancerConfig):
+        self.clock = clock
+        self.cluster = cluster
+        self.config = config
+        self.addresses: Dict[str, Address] = {n.name: n.http for n in cluster.nodes}
+        self.node_names = frozenset(self.addresses)
+        self.cookie_bytes = cluster.cluster.cookie.encode("ascii")
+        self.sticky = config.mode == "sticky"
+        self.limits = Limits(config.max_header_bytes, config.max_headers, config.max_body_bytes)
+        self.nodes = Nodes.of(self.addresses, config.down_time, config.health_rise, config.health_fall)
+        self.policy = make_policy(config.policy)
+        self.sticky_table = StickyTable(config.sticky_ttl)
+        self.pool = BackendPool(clock, self.addresses, config.connect_timeout)
+        self.frontends: Set[FrontendProtocol] = set()
+        self._routes: Dict[bytes, Route] = {}
+        # Where redirect_https sends clients; the port actually listened on.
+        self.https_port = config.https.port if config.https is not None else None
+
+    def session_cookie(self, head: RequestHead) -> Optional[bytes]:
+        if head.cookie is None:
+            return None
+        return find(head.cookie, self.cookie_bytes)
+
+    def route(self, value: Optional[bytes]) -> Route:
+        """
+        What a plugin-mode cookie says; the same few values come back on
+        every request of a session, so their reading is kept (bounded).
+        """
+        if value is None or len(value) > MAX_VALUE:
+            return NO_ROUTE
+        route = self._routes.get(value)
+        if route is None:
+            route = decode(value, self.node_names)
+            if len(self._routes) >= 10_000:
+                self._routes.clear()
+            self._routes[value] = route
+        return route
+
+    def plan(self, head: RequestHead, tried: Tuple[str, ...] = ()) -> Tuple[Tuple[str, ...], bool]:
+        """
+        The servers to try for this request, in order, and whether that is
+        all of them.  The common case (the cookie's server is available)
+        names that server alone; call again with C{tried} for the rest.
+        """
+        now = self.clock.seconds()
+        value = self.session_cookie(head)
+        if self.sticky:
+            learned = self.sticky_table.lookup(value, now)
+            if not tried:
+                quick = quick_pick(learned, self.nodes, now)
+                if quick is not None:
+                    return (quick,), False
+            full = plan_sticky(learned, self.nodes, self.policy, now)
+        else:
+            route = self.route(value)
+            if not tried:
+                quick = quick_pick(route.primary, self.nodes, now)
+                if quick is not None:
+                    return (quick,), False
+            full = plan_plugin(route, self.nodes, self.policy, now)
+        if tried:
+            full = tuple(n for n in full if n not in tried)
+        return full, True
+
+    def sweep(self) -> None:
+        """
+        Enforce every deadline: slow request heads, idle clients, idle
+        pooled connections, servers that do not answer, old sticky entries.
+        """
+        now = self.clock.seconds()
+        for fe in list(self.frontends):
+            if fe.deadline is not None and fe.deadline <= now:
+                fe.expired()
+        self.pool.sweep(now)
+        self.sticky_table.expire(now)
+
+    def close(self) -> None:
+        for fe in list(self.frontends):
+            fe.transport.abortConnection()
+        self.pool.close()
+
+
+def sweep_interval(config: BalancerConfig) -> float:
+    """
+    Deadlines are checked this often: a quarter of the shortest timeout,
+    between 10 ms and 1 s.
+    """
+    shortest = min(config.head_timeout, config.idle_timeout, config.response_timeout)
+    return max(0.01, min(1.0, shortest / 4))
+
+
+def tls_options(cert_path: str, key_path: str):
+    """
+    Server TLS options from PEM files: TLS 1.2 or newer only.  The
+    certificate file may carry the chain after the leaf.
+    """
+    from OpenSSL import crypto
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+
+    with open(cert_path, "rb") as f:
+        cert_pem = f.read()
+    with open(key_path, "rb") as f:
+        key_pem = f.read()
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + part for part in cert_pem.split(marker)[1:]]
+    certs = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in blocks]
+    if not certs:
+        raise ValueError(f"{cert_path}: no certificate")
+    key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    return CertificateOptions(
+        privateKey=key,
+        certificate=certs[0],
+        extraCertChain=certs[1:],
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+    )
+
+
+class BalancerService(Service):
+    """
+    One HTTP balancer in front of the cluster's session servers.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, cluster: ClusterConfig, config: BalancerConfig):
+        self.reactor = reactor
+        self.cluster = cluster
+        self.config = config
+        self.name = f"balancer:{config.name}"
+        self.balancer: Optional[Balancer] = None
+        self.ports: List = []
+        self._sweep: Optional[LoopingCall] = None
+        self._health: Optional[HealthChecker] = None
+
+    def startService(self) -> None:
+        config = self.config
+        balancer = self.balancer = Balancer(self.reactor, self.cluster, config)
+        self.ports.append(
+            self.reactor.listenTCP(
+                config.listen.port, FrontendFactory(balancer, False), interface=config.listen.host
+            )
+        )
+        if config.https is not None:
+            options = tls_options(config.tls_cert, config.tls_key)
+            port = self.reactor.listenSSL(
+                config.https.port,
+                FrontendFactory(balancer, True),
+                options,
+                interface=config.https.host,
+            )
+            self.ports.append(port)
+            balancer.https_port = port.getHost().port
+        self._sweep = LoopingCall(balancer.sweep)
+        self._sweep.clock = self.reactor
+        self._sweep.start(sweep_interval(config), now=False)
+        self._health = HealthChecker(
+            self.reactor, balancer.nodes, balancer.addresses, config.health_interval, config.connect_timeout
+        )
+        self._health.start()
+        Service.startService(self)
+        self.log.info(
+            "balancer {name} listening on {listen} ({mode}, {policy})",
+            name=config.name,
+            listen=str(config.listen),
+            mode=config.mode,
+            policy=config.policy,
+        )
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        if self._health is not None:
+            self._health.stop()
+        ports, self.ports = self.ports, []
+        stopped = [maybeDeferred(port.stopListening) for port in ports]
+        if self.balancer is not None:
+            self.balancer.close()
+            stopped.append(self._closed(self.balancer, self.reactor.seconds() + 5.0))
+        return gatherResults(stopped).addCallback(lambda _: None)
+
+    def _closed(self, balancer: Balancer, give_up: float) -> Deferred:
+        """
+        Fires once every aborted connection has gone (at most a few
+        seconds), so that a stopped service leaves nothing behind.
+        """
+        done: Deferred = Deferred()
+
+        def check() -> None:
+            if (balancer.frontends or balancer.pool.all) and self.reactor.seconds() < give_up:
+                self.reactor.callLater(0.01, check)
+            else:
+                done.callback(None)
+
+        check()
+        return done
+
+    def addresses(self) -> List:
+        """
+        The addresses actually listened on (useful with port 0).
+        """
+        return [port.getHost() for port in self.ports]
