@@ -163,9 +163,9 @@ class RealNodes:
     deployment runs them), on free loopback ports.
     """
 
-    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync", extra=""):
+    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync", extra="", balancer=None, dns=None):
         self.case = case
-        self.text, self.ports = cluster_ini(names, replication, extra)
+        self.text, self.ports = cluster_ini(names, replication, extra, balancer, dns)
         self.dir = os.path.abspath(case.mktemp())
         os.makedirs(self.dir)
         self.config = write(os.path.join(self.dir, "cluster.ini"), self.text)
@@ -175,12 +175,18 @@ class RealNodes:
         for name in names:
             self.wait_linked(name)
 
-    def start(self, name):
-        argv = twistd("--config", self.config, "--node", name, "--roles", "server")
-        self.procs[name] = spawn(self.case, argv, os.path.join(self.dir, f"{name}.log"))
+    def start(self, name, roles="server"):
+        """
+        Start node C{name}'s C{roles} as one process (named C{name} for
+        servers, C{name}-ROLES otherwise).
+        """
+        key = name if roles == "server" else f"{name}-{roles}"
+        argv = twistd("--config", self.config, "--node", name, "--roles", roles)
+        self.procs[key] = spawn(self.case, argv, os.path.join(self.dir, f"{key}.log"))
+        return self.procs[key]
 
     def wait_linked(self, name, timeout=30.0):
-        others = [n for n in self.ports if n != name and self.procs[n].poll() is None]
+        others = [n for n in self.ports if n != name and n in self.procs and self.procs[n].poll() is None]
 
         def linked():
             h = health(self.ports[name][0])
@@ -192,7 +198,7 @@ class RealNodes:
         return f"http://127.0.0.1:{self.ports[name][0]}{path}"
 
     def kill(self, name):
-        proc = self.procs[name]
+        proc = self.procs.pop(name)
         proc.kill()
         proc.wait(10)
 

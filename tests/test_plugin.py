@@ -110,3 +110,34 @@ class InstallTests(SynchronousTestCase):
         self.assertEqual(still.returncode, 0, still.stderr)
         self.assertNotIn("'appliance'", still.stdout)
         self.assertIn("'web'", still.stdout)
+
+
+class AllInOneServiceTests(SynchronousTestCase):
+    def test_all_in_one(self):
+        """Without --node: DNS and balancers in this process, each session server a supervised child."""
+        from twisted.runner.procmon import ProcessMonitor
+
+        from appliance.balancer.service import BalancerService
+        from appliance.dns.service import DnsService
+
+        cluster = ClusterConfig.from_path(SHIPPED)
+        top = make_service(MemoryReactorClock(), cluster, SHIPPED)
+        kinds = sorted(type(s).__name__ for s in top)
+        self.assertEqual(kinds, sorted([DnsService.__name__, BalancerService.__name__, ProcessMonitor.__name__]))
+        (monitor,) = [s for s in top if isinstance(s, ProcessMonitor)]
+        self.assertEqual(sorted(monitor.processes), ["s1", "s2", "s3"])
+        self.assertEqual(monitor.processes["s1"][0], child_command(SHIPPED, "s1"))
+
+    def test_node_roles(self):
+        """--node picks the balancers and DNS placed on that node."""
+        from appliance.balancer.service import BalancerService
+        from appliance.dns.service import DnsService
+
+        text = open(SHIPPED).read().replace("; node = s1                  ; with --node: the node that runs the responder", "node = s2")
+        text = text.replace("; node = s1                  ; with --node: the node that runs this balancer", "node = s2")
+        cluster = ClusterConfig.from_string(text, SHIPPED)
+        on_s2 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s2")
+        self.assertEqual(sorted(type(s).__name__ for s in on_s2),
+                         sorted([DnsService.__name__, BalancerService.__name__, "SessionServerService"]))
+        on_s1 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("dns", "balancer"))
+        self.assertEqual(list(on_s1), [])
