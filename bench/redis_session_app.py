@@ -141,7 +141,7 @@ def _one_hop_class():
     from twisted.logger import Logger
     from twisted.web import resource, server
 
-    from appliance.server.hosting import run_wsgi, wsgi_environ
+    from appliance.server.hosting import run_wsgi, write_wsgi_response, wsgi_environ
 
     log = Logger()
 
@@ -167,14 +167,7 @@ def _one_hop_class():
             return server.NOT_DONE_YET
 
         def _done(self, response, request) -> None:
-            status, headers, body = response
-            code, _, message = status.partition(" ")
-            request.setResponseCode(int(code), message.encode("latin-1"))
-            for name, value in headers:
-                request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-            for chunk in body:
-                request.write(chunk)
-            request.finish()
+            write_wsgi_response(response, request)
 
         def _failed(self, failure, request) -> None:
             log.failure("application failed", failure)

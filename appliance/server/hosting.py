@@ -172,6 +172,20 @@ def run_wsgi(app, environ) -> Tuple[str, list, List[bytes]]:
     return response["status"], response["headers"], body
 
 
+def write_wsgi_response(response: Tuple[str, list, List[bytes]], request: server.Request) -> None:
+    """
+    Write what L{run_wsgi} returned to C{request} and finish it.
+    """
+    status, headers, body = response
+    code, _, message = status.partition(" ")
+    request.setResponseCode(int(code), message.encode("latin-1"))
+    for name, value in headers:
+        request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    for chunk in body:
+        request.write(chunk)
+    request.finish()
+
+
 class NodeResource(resource.Resource):
     """
     The root of a session server: the health endpoint and every mounted
@@ -224,7 +238,7 @@ class NodeResource(resource.Resource):
                 d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, target, environ)
             else:
                 d = defer.maybeDeferred(run_wsgi, target, environ)
-            d.addCallback(self._wsgi_done, request)
+            d.addCallback(write_wsgi_response, request)
             d.addErrback(self._app_failed, request, handle)
         else:
             request.prepath = app.mount.encode("latin-1").split(b"/")[1:]
@@ -237,16 +251,6 @@ class NodeResource(resource.Resource):
             if body is not server.NOT_DONE_YET:
                 request.write(body)
                 request.finish()
-
-    def _wsgi_done(self, response, request: HeldRequest) -> None:
-        status, headers, body = response
-        code, _, message = status.partition(" ")
-        request.setResponseCode(int(code), message.encode("latin-1"))
-        for name, value in headers:
-            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        for chunk in body:
-            request.write(chunk)
-        request.finish()
 
     def _app_failed(self, failure: Failure, request: HeldRequest, handle: Handle) -> None:
         log.failure("application failed", failure)
