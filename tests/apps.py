@@ -6,6 +6,7 @@ counter in its session, one that answers later, and WSGI apps that fail.
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.web import resource, server
 
@@ -61,3 +62,29 @@ def not_json(environ, start_response):
     environ["appliance.session"]["bad"] = {1, 2}
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
+
+
+class Crash(resource.Resource):
+    """
+    Dies half-way through its response when it runs on the port named in
+    C{?port=}: the server process is gone after sending part of the answer.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        wanted = (request.args.get(b"port") or [b""])[0]
+        if wanted == str(request.getHost().port).encode():
+            if (request.args.get(b"stage") or [b"head"])[0] == b"head":
+                partial = b"HTTP/1.1 200 OK\r\nContent-Le"
+            else:
+                partial = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial"
+            request.transport.write(partial)
+            request.transport.doWrite()
+            os._exit(1)
+        session = session_of(request)
+        session["served"] = session.get("served", 0) + 1
+        return json.dumps({"served": session["served"], "port": request.getHost().port}).encode()
+
+
+crash = Crash()

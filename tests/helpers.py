@@ -60,7 +60,7 @@ def free_ports(n: int) -> list:
     return ports
 
 
-def cluster_ini(names=("s1", "s2", "s3"), replication="sync", extra="", balancer=None, dns=None):
+def cluster_ini(names=("s1", "s2", "s3"), replication="sync", extra="", balancer=None, dns=None, apps=""):
     """
     A config text for C{names} on free ports; returns (text, {name: (http, repl)}).
     """
@@ -75,7 +75,7 @@ def cluster_ini(names=("s1", "s2", "s3"), replication="sync", extra="", balancer
         text += balancer
     if dns is not None:
         text += dns
-    return text + APP, where
+    return text + APP + apps, where
 
 
 def write(path: str, text: str) -> str:
@@ -163,9 +163,9 @@ class RealNodes:
     deployment runs them), on free loopback ports.
     """
 
-    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync", extra="", balancer=None, dns=None):
+    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync", extra="", balancer=None, dns=None, apps=""):
         self.case = case
-        self.text, self.ports = cluster_ini(names, replication, extra, balancer, dns)
+        self.text, self.ports = cluster_ini(names, replication, extra, balancer, dns, apps)
         self.dir = os.path.abspath(case.mktemp())
         os.makedirs(self.dir)
         self.config = write(os.path.join(self.dir, "cluster.ini"), self.text)

@@ -7,6 +7,7 @@ returns; DNS drops a dead balancer from its answers and brings it back.
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import shutil
 import subprocess
@@ -115,3 +116,58 @@ class BalancerEndToEndTests(SynchronousTestCase):
         wait_for(lambda: answer() == ["127.0.0.1"], 5, "the dead balancer to leave")
         self.nodes.start("s2", "balancer")
         wait_for(lambda: answer() == ["127.0.0.1", "127.0.0.2"], 10, "the balancer to return")
+
+
+CRASH_APP = """
+[app:crash]
+mount = /crash
+resource = tests.apps:crash
+"""
+
+
+class DiesMidResponseTests(SynchronousTestCase):
+    """
+    A real session server dies after sending part of its response: a POST
+    is not retried (502), a GET is retried on the secondary.
+    """
+
+    def setUp(self):
+        (self.lb,) = free_ports(1)
+        balancer = f"\n[balancer:lb1]\nlisten = 127.0.0.1:{self.lb}\nnode = s1\nhealth_interval = 200ms\n"
+        self.nodes = RealNodes(self, balancer=balancer, apps=CRASH_APP)
+        self.nodes.start("s1", "balancer")
+        self.base = f"http://127.0.0.1:{self.lb}"
+        wait_for(lambda: http("GET", self.base + "/_appliance/lb-health")[0] == 200, 30, "balancer")
+        status, headers, body = http("GET", self.base + "/crash")
+        self.assertEqual(status, 200, body)
+        self.cookie = set_cookie_value(headers)
+        _, self.primary, self.secondary = self.cookie.split("!")
+        self.target = self.nodes.ports[self.primary][0]
+
+    def test_post_not_retried(self):
+        """A POST whose server died after reading it gets 502 and is never sent to another server."""
+        url = f"{self.base}/crash?port={self.target}&stage=head"
+        status, _, _ = http("POST", url, {"x": "1"}, f"APPSESSION={self.cookie}")
+        self.assertEqual(status, 502)
+        self.assertEqual(self.served(), 2, "the POST reached a second server")
+
+    def test_get_retried(self):
+        """A GET whose server died mid-response is retried on the secondary, which serves the session."""
+        url = f"{self.base}/crash?port={self.target}&stage=head"
+        status, headers, body = http("GET", url, cookie=f"APPSESSION={self.cookie}")
+        self.assertEqual(status, 200, body)
+        reply = json.loads(body)
+        self.assertEqual((reply["served"], reply["port"]), (2, self.nodes.ports[self.secondary][0]))
+        self.assertEqual(set_cookie_value(headers).split("!")[1], self.secondary)
+
+    def test_cut_after_response_started(self):
+        """Once part of the response reached the client, a dying server cuts the client off: no retry, no 502."""
+        url = f"{self.base}/crash?port={self.target}&stage=body"
+        with self.assertRaises(http_client.IncompleteRead):
+            http("POST", url, {"x": "1"}, f"APPSESSION={self.cookie}")
+        self.assertEqual(self.served(), 2, "the POST reached a second server")
+
+    def served(self):
+        status, _, body = http("GET", self.base + "/crash", cookie=f"APPSESSION={self.cookie}")
+        self.assertEqual(status, 200, body)
+        return json.loads(body)["served"]
