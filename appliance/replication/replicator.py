@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from appliance.config import ClusterSettings
 from appliance.core.batching import batch_limits
-from appliance.core.store import Record, Result
+from appliance.core.store import Record
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 
