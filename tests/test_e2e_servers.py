@@ -10,7 +10,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .helpers import RealNodes, http, set_cookie_value
+from .helpers import RealNodes, health, http, set_cookie_value, wait_for
 
 
 class ServerFailoverTests(SynchronousTestCase):
@@ -46,6 +46,15 @@ class ServerFailoverTests(SynchronousTestCase):
         items, cookie = self.cart("s2")
         self.assertEqual(items, ["apple", "pear", "plum", "kiwi"])
         self.assertEqual(cookie.split("!")[1], "s2")
+
+    def test_secondary_promotes_without_a_request(self):
+        """When the primary dies, its secondary promotes itself and re-protects the session before any request."""
+        self.nodes.kill("s1")
+        wait_for(lambda: health(self.nodes.ports["s3"][0])["primaries"] == 1, 10, "s3 to promote")
+        wait_for(lambda: health(self.nodes.ports["s2"][0])["sessions"] == 1, 10, "a new backup on s2")
+        self.nodes.kill("s3")
+        items, cookie = self.cart("s2")
+        self.assertEqual(items, ["apple", "pear", "plum"])
 
     def test_third_server_takes_over_from_live_primary(self):
         """A request on a server holding nothing takes the session over from the live primary."""

@@ -31,6 +31,7 @@ class Cluster:
         self.config = ClusterConfig.from_string(text)
         self.clock = Clock()
         self.down = set()
+        self.cut = set()  # (a, b): a's link to b is down (a partition, not a death)
         self.nodes = {}
         self.replicators = {}
         for name in self.config.node_names:
@@ -38,7 +39,7 @@ class Cluster:
 
     def add(self, name):
         def call(peer, method, *args, _me=name):
-            if peer in self.down or _me in self.down:
+            if peer in self.down or _me in self.down or (_me, peer) in self.cut:
                 return defer.fail(PeerUnavailable(peer))
             avatar = PeerAvatar(_me, self.nodes[peer], self.config.node_names, self.nodes[peer].limit)
             try:
@@ -49,7 +50,7 @@ class Cluster:
         replicator = Replicator(self.clock, self.config.cluster, call, lambda: 600)
         node = SessionNode(
             self.clock, self.config, name, now=self.clock.seconds, call=call,
-            connected=lambda peer, _me=name: peer not in self.down and _me not in self.down,
+            connected=lambda peer, _me=name: peer not in self.down and _me not in self.down and (_me, peer) not in self.cut,
             peer_load=lambda peer: len(self.nodes[peer].store), send=replicator.send,
         )
         self.nodes[name] = node
@@ -230,6 +231,21 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(self.c.nodes["s1"].store.get(self.route.sid).secondary, "s2")
         self.assertIsNotNone(self.c.nodes["s2"].store.get(self.route.sid))
 
+    def test_secondary_promotes_when_primary_found_dead(self):
+        """When its primary dies, the secondary promotes itself at once and protects the session elsewhere."""
+        self.c.down.add("s1")
+        self.assertEqual(self.successResultOf(self.c.nodes["s3"].peer_down("s1")), 1)
+        self.c.clock.advance(0)
+        promoted = self.c.nodes["s3"].store.get(self.route.sid)
+        self.assertEqual((promoted.primary, promoted.secondary, promoted.epoch), ("s3", "s2", 2))
+        self.assertEqual(self.c.nodes["s2"].store.get(self.route.sid).epoch, 2)
+
+    def test_no_promotion_across_a_partition(self):
+        """A secondary cut off from a primary that others still reach does not promote itself."""
+        self.c.cut.update({("s3", "s1"), ("s1", "s3")})
+        self.assertEqual(self.successResultOf(self.c.nodes["s3"].peer_down("s1")), 0)
+        self.assertEqual(self.c.nodes["s3"].store.get(self.route.sid).primary, "s1")
+
     def test_resync_on_reconnect(self):
         """A reconnecting secondary that missed updates is resynced by digest."""
         backup = self.c.nodes["s3"].store.get(self.route.sid)
@@ -253,3 +269,73 @@ class MonotonicExpiryTests(SynchronousTestCase):
         self.assertEqual(node.expire(), [])
         monotonic[0] = 61.0
         self.assertEqual(len(node.expire()), 1)
+
+
+# -- no acknowledged write is lost across single failures ------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 99)),
+        st.tuples(st.just("kill"), st.sampled_from(["s1", "s2", "s3"])),
+        st.tuples(st.just("revive"), st.just("")),
+        st.tuples(st.just("elsewhere"), st.sampled_from(["s1", "s2", "s3"])),
+    ),
+    max_size=40,
+)
+
+
+class DurabilityTests(SynchronousTestCase):
+    def kill(self, c, name):
+        c.down.add(name)
+        for other, node in c.nodes.items():
+            if other != name:
+                c.replicators[other].fail(name)
+                node.peer_down(name)
+        c.clock.advance(0)
+
+    def revive(self, c, name):
+        c.down.discard(name)
+        c.add(name)
+        for other, node in c.nodes.items():
+            if other != name:
+                node.peer_up(name)
+        c.clock.advance(0)
+
+    @settings(max_examples=150, deadline=None)
+    @given(actions)
+    def test_acknowledged_writes_survive_single_failures(self, script):
+        """Sync writes survive any sequence of single node deaths, restarts and misrouted requests."""
+        c = Cluster()
+        model = []
+        route = cookie.NO_ROUTE
+        dead = None
+        for kind, arg in script:
+            if kind == "kill" and dead is None:
+                dead = arg
+                self.kill(c, dead)
+                continue
+            if kind == "revive" and dead is not None:
+                self.revive(c, dead)
+                dead = None
+                continue
+            live = [n for n in c.config.node_names if n not in c.down]
+            if kind == "elsewhere" and arg in live:
+                target = arg
+            else:
+                target = next((n for n in route.candidates() if n not in c.down), live[0])
+            if kind == "write":
+                work = add(arg)
+            else:
+                work = None
+            handle, d = c.request(self, target, route, work)
+            outcome = self.successResultOf(d)
+            if work is not None:
+                model.append(arg)
+            if outcome.cookie is not None:
+                route = cookie.decode(outcome.cookie, c.config.node_names)
+            if route.sid is not None:
+                self.assertEqual(handle.data.get("cart", []), model)
+                self.assertNotEqual(route.primary, route.secondary)

@@ -149,6 +149,12 @@ class PeerEdgeTests(SynchronousTestCase):
         self.node.store.apply(Full(SID, 1, 1, "s1", "s2", 60.0, 0.0, {}), 0.0)
         self.assertEqual(self.successResultOf(self.call(remote, "ping")), 1)
 
+    def test_sees(self):
+        """sees answers whether this node's link to another node is up; unknown names are refused."""
+        remote = self.logged_in()
+        self.assertIs(self.successResultOf(self.call(remote, "sees", "s3")), False)
+        self.failureResultOf(self.call(remote, "sees", "nobody")).trap(peer.Refused)
+
     def test_no_copyable_from_network(self):
         """An object sent as a Copyable is refused by the jelly security options."""
         remote = self.logged_in()

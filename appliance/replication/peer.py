@@ -63,6 +63,11 @@ class IReplicationHandler(Interface):
         How many sessions this node holds (for placement).
         """
 
+    def sees(peer):
+        """
+        Whether this node's link to C{peer} is up.
+        """
+
 
 @implementer(pb.IPerspective)
 class PeerAvatar(pb.Avatar):
@@ -114,6 +119,11 @@ class PeerAvatar(pb.Avatar):
 
     def perspective_ping(self) -> int:
         return self.handler.load()
+
+    def perspective_sees(self, peer) -> bool:
+        if not isinstance(peer, str) or peer not in self.nodes:
+            raise Refused("unknown node")
+        return self.handler.sees(peer)
 
 
 def decode_hand_over(chunks, nodes: Collection[str], limit: int) -> Full:

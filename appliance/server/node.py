@@ -300,9 +300,16 @@ class SessionNode:
 
     # -- link events -------------------------------------------------------
 
-    def peer_down(self, peer: str) -> None:
+    def peer_down(self, peer: str) -> defer.Deferred:
+        """
+        The link to C{peer} is gone.  Its backups here are promoted (once the
+        other nodes agree it is gone), so that a session whose primary died
+        is not left with one copy until its next request; in eager mode our
+        own primaries it backed are re-protected elsewhere.
+        """
+        d = self.promote_orphans(peer)
         if self.settings.reprotect != "eager":
-            return
+            return d
         sessions = self.store.backed_by(peer)
         for session in sessions:
             self._reprotect(session, exclude=(peer,)).addErrback(self._background_failure)
@@ -311,6 +318,36 @@ class SessionNode:
                 "{peer} lost: re-protected {n} sessions ({unprotected} without a secondary)",
                 peer=peer, n=len(sessions), unprotected=sum(1 for s in sessions if s.secondary is None),
             )
+        return d
+
+    @defer.inlineCallbacks
+    def promote_orphans(self, peer: str):
+        """
+        Become primary of every session this node backs for C{peer}, unless
+        another live node still reaches C{peer} (then it is a partition
+        between the two of us, and the primary goes on serving).
+        """
+        if not any(s.primary == peer and s.secondary == self.name for s in self.store.sessions.values()):
+            return 0
+        for other in self.peers:
+            if other.name == peer or not self.connected(other.name):
+                continue
+            try:
+                sees = yield self.call(other.name, "sees", peer)
+            except Exception:
+                continue
+            if sees is True:
+                log.info("{peer} unreachable from here but not from {other}: not promoting", peer=peer, other=other.name)
+                return 0
+        if self.connected(peer):
+            return 0
+        now = self.now()
+        orphans = [s for s in self.store.sessions.values() if s.primary == peer and s.secondary == self.name]
+        for session in orphans:
+            self.store.promote(session.sid, self.pick_secondary(exclude=(peer,)), now)
+            self._protect(session).addErrback(self._background_failure)
+        log.info("{peer} is gone: promoted {n} of its sessions backed here", peer=peer, n=len(orphans))
+        return len(orphans)
 
     def peer_up(self, peer: str) -> defer.Deferred:
         """
@@ -387,4 +424,7 @@ class SessionNode:
 
     def load(self) -> int:
         return len(self.store)
+
+    def sees(self, peer: str) -> bool:
+        return self.connected(peer)
 

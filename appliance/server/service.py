@@ -104,7 +104,7 @@ class SessionServerService(service.Service):
 
     def _peer_down(self, peer: str) -> None:
         self.replicator.fail(peer)
-        self.node.peer_down(peer)
+        self.node.peer_down(peer).addErrback(lambda f: log.failure("handling the loss of {peer} failed", f, peer=peer))
 
     def startService(self) -> None:
         super().startService()
