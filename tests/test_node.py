@@ -243,8 +243,20 @@ class FailoverTests(SynchronousTestCase):
     def test_no_promotion_across_a_partition(self):
         """A secondary cut off from a primary that others still reach does not promote itself."""
         self.c.cut.update({("s3", "s1"), ("s1", "s3")})
-        self.assertEqual(self.successResultOf(self.c.nodes["s3"].peer_down("s1")), 0)
+        d = self.c.nodes["s3"].peer_down("s1")
+        self.c.clock.pump([1.0] * 10)
+        self.assertEqual(self.successResultOf(d), 0)
         self.assertEqual(self.c.nodes["s3"].store.get(self.route.sid).primary, "s1")
+
+    def test_promotion_waits_for_others_to_notice(self):
+        """A node that has not yet noticed the primary's death delays the promotion, not prevents it."""
+        self.c.cut.update({("s3", "s1"), ("s1", "s3")})
+        d = self.c.nodes["s3"].peer_down("s1")
+        self.assertNoResult(d)
+        self.c.down.add("s1")
+        self.c.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(self.c.nodes["s3"].store.get(self.route.sid).primary, "s3")
 
     def test_resync_on_reconnect(self):
         """A reconnecting secondary that missed updates is resynced by digest."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional
 
 from attrs import define, field
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -323,12 +323,40 @@ class SessionNode:
     @defer.inlineCallbacks
     def promote_orphans(self, peer: str):
         """
-        Become primary of every session this node backs for C{peer}, unless
-        another live node still reaches C{peer} (then it is a partition
-        between the two of us, and the primary goes on serving).
+        Become primary of every session this node backs for C{peer}, once no
+        other live node reaches C{peer} either.  A node that still reaches it
+        may simply not have noticed the death yet, so ask again each
+        heartbeat for as long as a dead peer takes to be noticed; if it is
+        still reachable from there, it is a partition between the two of us
+        and the primary goes on serving.
         """
-        if not any(s.primary == peer and s.secondary == self.name for s in self.store.sessions.values()):
+        for attempt in range(self.settings.heartbeat_misses + 2):
+            if attempt:
+                yield task.deferLater(self.clock, self.settings.heartbeat_interval, lambda: None)
+            if self.connected(peer) or not self._orphans(peer):
+                return 0
+            seen_by = yield self._seen_by(peer)
+            if seen_by is None:
+                break
+        else:
+            log.info("{peer} unreachable from here but not from {other}: not promoting", peer=peer, other=seen_by)
             return 0
+        now = self.now()
+        orphans = self._orphans(peer)
+        for session in orphans:
+            self.store.promote(session.sid, self.pick_secondary(exclude=(peer,)), now)
+            self._protect(session).addErrback(self._background_failure)
+        log.info("{peer} is gone: promoted {n} of its sessions backed here", peer=peer, n=len(orphans))
+        return len(orphans)
+
+    def _orphans(self, peer: str) -> List[Session]:
+        return [s for s in self.store.sessions.values() if s.primary == peer and s.secondary == self.name]
+
+    @defer.inlineCallbacks
+    def _seen_by(self, peer: str):
+        """
+        The name of a live node whose link to C{peer} is up, or C{None}.
+        """
         for other in self.peers:
             if other.name == peer or not self.connected(other.name):
                 continue
@@ -337,17 +365,8 @@ class SessionNode:
             except Exception:
                 continue
             if sees is True:
-                log.info("{peer} unreachable from here but not from {other}: not promoting", peer=peer, other=other.name)
-                return 0
-        if self.connected(peer):
-            return 0
-        now = self.now()
-        orphans = [s for s in self.store.sessions.values() if s.primary == peer and s.secondary == self.name]
-        for session in orphans:
-            self.store.promote(session.sid, self.pick_secondary(exclude=(peer,)), now)
-            self._protect(session).addErrback(self._background_failure)
-        log.info("{peer} is gone: promoted {n} of its sessions backed here", peer=peer, n=len(orphans))
-        return len(orphans)
+                return other.name
+        return None
 
     def peer_up(self, peer: str) -> defer.Deferred:
         """
