@@ -23,6 +23,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
+# How long a pooled connection may stay idle.  The session servers are
+# twisted.web sites, whose HTTPChannel closes a connection idle for
+# HTTPFactory.timeOut (60 s by default); closing ours well before (the sweep
+# runs at most a second late) means a server hardly ever closes one under a
+# request.
+POOL_IDLE_TIME = 15.0
+# A request that must not be sent twice (POST, PATCH...) goes only on a
+# connection that finished an exchange less than this long ago, or on a new
+# one: like HAProxy's "http-reuse safe", it never meets a server that is
+# closing an idle connection at that moment.
+SAFE_REUSE_IDLE = 1.0
+
 _HEAD, _BODY = 0, 1
 
 
@@ -63,6 +75,8 @@ class BackendProtocol(Protocol):
         self._scanner: Optional[ChunkedScanner] = None
         self._reusable = False
         self._producing = False
+        self._received = False
+        self.exchanges = 0
         self.connected = False
 
     def connectionMade(self) -> None:
@@ -77,7 +91,17 @@ class BackendProtocol(Protocol):
         self.frontend = frontend
         self._buf = b""
         self._state = _HEAD
+        self._received = False
         self.timed_out = False
+        self.exchanges += 1
+
+    def stale(self) -> bool:
+        """
+        Whether the current exchange failed the way a kept-alive connection
+        closed by its server while idle does: it had carried an exchange
+        before, and nothing of this one's answer came.
+        """
+        return self.exchanges > 1 and not self._received
 
     def dataReceived(self, data: bytes) -> None:
         fe = self.frontend
@@ -85,6 +109,7 @@ class BackendProtocol(Protocol):
             # Nothing was asked: a server talking out of turn is not reusable.
             self.transport.loseConnection()
             return
+        self._received = True
         if self._state == _BODY:
             self._body(fe, data)
             return
@@ -283,22 +308,39 @@ class BackendPool:
         addresses: Dict[str, Address],
         connect_timeout: float,
         max_idle: int = 256,
-        idle_time: float = 15.0,
+        idle_time: float = POOL_IDLE_TIME,
+        safe_idle: float = SAFE_REUSE_IDLE,
     ):
         self.reactor = reactor
         self.addresses = addresses
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle_time = idle_time
+        self.safe_idle = safe_idle
         self.idle: Dict[str, List[BackendProtocol]] = {name: [] for name in addresses}
         self.all: Set[BackendProtocol] = set()
         self.connecting: Set = set()
 
-    def take(self, node: str) -> Optional[BackendProtocol]:
+    def take(self, node: str, now: Optional[float] = None, safe: bool = False) -> Optional[BackendProtocol]:
+        """
+        The most recently used idle connection to C{node}, if any.  With
+        C{safe}, only one idle less than C{safe_idle} seconds (else
+        C{None}: the caller opens a new one).  Connections past
+        C{idle_time} are closed rather than used, even before the sweep.
+        """
         idle = self.idle[node]
+        if not idle:
+            return None
+        if now is None:
+            now = self.reactor.seconds()
+        if safe and idle[-1].idle_since < now - self.safe_idle:
+            return None
+        limit = now - self.idle_time
         while idle:
             conn = idle.pop()
-            if conn.connected:
+            if conn.idle_since < limit:
+                conn.transport.loseConnection()
+            elif conn.connected:
                 return conn
         return None
 

@@ -34,6 +34,12 @@ _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00\r\n]*)\Z")
 # Unambiguous (no two quantifiers can share a character), so it cannot
 # backtrack badly on hostile input.
 _HEADER_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z")
+# A whole request head (request line and header lines) in one match, as
+# unambiguous as the two above.
+_REQUEST = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z"
+)
 # Lower-cased names that need the line-by-line path.
 _REQUEST_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[^:]*"
@@ -147,41 +153,63 @@ def parse_request_head(
     refused with 400, so no server behind us can read a different request
     boundary than ours.
     """
-    i = head.find(CRLF)
-    if i < 0:
-        first, block = head, b""
-    else:
-        first, block = head[:i], head[i:]
-    if block.count(CRLF) > limits.max_headers:
+    if head.count(CRLF) > limits.max_headers:
         return Reject(431, "too many header lines")
-    m = _REQUEST_LINE.match(first)
+    m = _REQUEST.match(head)
     if m is None:
-        return Reject(400, "malformed request line")
-    method, target, minor = m.group(1), m.group(2), m.group(3)
-    version = 11 if minor == b"1" else 10
-    if _HEADER_BLOCK.match(block) is None:
+        i = head.find(CRLF)
+        if _REQUEST_LINE.match(head if i < 0 else head[:i]) is None:
+            return Reject(400, "malformed request line")
         return Reject(400, "malformed header line")
-    lower = block.lower()
+    method, target, minor = m.group(1, 2, 3)
+    version = 11 if minor == b"1" else 10
+    # The request line cannot hold CRLF, so every "\r\nname:" found in the
+    # whole lower-cased head is a header line.
+    lower = head.lower()
     if _REQUEST_SPECIAL.search(lower) is None:
         # The common case: nothing to remove, so the head is forwarded as
-        # it came and only Host, Cookie and Content-Length are looked at.
-        host = _value(block, lower, b"\r\nhost:")
-        if host is _TWICE:
-            return Reject(400, "more than one Host")
-        length_value = _value(block, lower, b"\r\ncontent-length:")
-        if length_value is _TWICE:
-            return Reject(400, "more than one Content-Length")
-        cookie = _value(block, lower, b"\r\ncookie:")
-        if cookie is _TWICE:
-            cookie = b"; ".join(
-                block[h.end() : _line_end(block, h.end())].strip(b" \t")
-                for h in _COOKIE.finditer(lower)
-            )
-        if host is None and version == 11:
-            return Reject(400, "HTTP/1.1 request without Host")
-        if length_value is None:
+        # it came and only Host, Cookie and Content-Length are looked at,
+        # inline (one search for each, one more to refuse a repeat).
+        i = lower.find(b"\r\nhost:")
+        if i < 0:
+            if version == 11:
+                return Reject(400, "HTTP/1.1 request without Host")
+            host = None
+        else:
+            i += 7
+            j = lower.find(b"\r\n", i)
+            if j < 0:
+                host = head[i:].strip(b" \t")
+            elif lower.find(b"\r\nhost:", j) >= 0:
+                return Reject(400, "more than one Host")
+            else:
+                host = head[i:j].strip(b" \t")
+        i = lower.find(b"\r\ncookie:")
+        if i < 0:
+            cookie = None
+        else:
+            j = lower.find(b"\r\n", i + 9)
+            if j < 0:
+                cookie = head[i + 9 :].strip(b" \t")
+            elif lower.find(b"\r\ncookie:", j) >= 0:
+                cookie = b"; ".join(
+                    head[c.end() : _line_end(head, c.end())].strip(b" \t")
+                    for c in _COOKIE.finditer(lower)
+                )
+            else:
+                cookie = head[i + 9 : j].strip(b" \t")
+        i = lower.find(b"\r\ncontent-length:")
+        if i < 0:
             framing = length = 0
         else:
+            i += 17
+            j = lower.find(b"\r\n", i)
+            if j < 0:
+                length_value = head[i:].strip(b" \t")
+            elif lower.find(b"\r\ncontent-length:", j) >= 0:
+                return Reject(400, "more than one Content-Length")
+            else:
+                length_value = head[i:j].strip(b" \t")
             if _DIGITS.match(length_value) is None:
                 return Reject(400, "invalid Content-Length")
             length = int(length_value)

@@ -19,21 +19,20 @@ from .chunked import ChunkedScanner
 from .framing import (
     CRLF,
     HEAD_END,
+    IDEMPOTENT,
     LENGTH,
     NO_BODY,
     Reject,
     RequestHead,
     error_response,
     parse_request_head,
-    simple_response,
 )
+from .local import LB_HEALTH, is_lb_health, lb_health, redirect_https
 from .response import ResponseHead
 from .policy import may_retry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .service import Balancer
-
-LB_HEALTH = b"/_appliance/lb-health"
 
 _HEAD, _BUSY, _CLOSED = 0, 1, 2
 # What the connection's deadline is for.
@@ -78,6 +77,18 @@ class FrontendProtocol(Protocol):
         self._streaming = False
         self._responding = False
         self._started = 0.0
+        self._fresh_retry = False
+        # Read once per request: kept here rather than looked up through
+        # the balancer and its config every time.
+        config = balancer.config
+        self._seconds = balancer.clock.seconds
+        self._limits = balancer.limits
+        self._max_head = config.max_header_bytes
+        self._idle_timeout = config.idle_timeout
+        self._head_timeout = config.head_timeout
+        self._response_timeout = config.response_timeout
+        self._retry_body = config.retry_body_bytes
+        self._redirect = config.redirect_https and not secure
 
     # -- connection events
 
@@ -104,14 +115,11 @@ class FrontendProtocol(Protocol):
             self.balancer.nodes.finished(conn.node, None)
 
     def _wait(self, kind: int) -> None:
-        b = self.balancer
         self._deadline_kind = kind
-        if kind == _IDLE:
-            self.deadline = b.clock.seconds() + b.config.idle_timeout
-        elif kind == _HEAD_WAIT:
-            self.deadline = b.clock.seconds() + b.config.head_timeout
+        if kind == _HEAD_WAIT:
+            self.deadline = self._seconds() + self._head_timeout
         else:
-            self.deadline = b.clock.seconds() + b.config.idle_timeout
+            self.deadline = self._seconds() + self._idle_timeout
 
     def expired(self) -> None:
         """
@@ -139,23 +147,23 @@ class FrontendProtocol(Protocol):
                 self._read_body(data)
 
     def _read_head(self, buf: bytes) -> None:
-        limit = self.balancer.config.max_header_bytes
-        while buf.startswith(CRLF):
-            buf = buf[2:]
+        if buf[0] == 13:
+            # Blank lines before a request line are ignored (RFC 9112 2.2).
+            while buf.startswith(CRLF):
+                buf = buf[2:]
         end = buf.find(HEAD_END)
         if end < 0:
             self._buf = buf
-            if len(buf) > limit:
+            if len(buf) > self._max_head:
                 self._reject(431)
             elif buf and self._deadline_kind != _HEAD_WAIT:
                 self._wait(_HEAD_WAIT)
             return
-        if end > limit:
+        if end > self._max_head:
             self._reject(431)
             return
         self._buf = b""
-        b = self.balancer
-        head = parse_request_head(buf[:end], b.limits, self._client, self.secure)
+        head = parse_request_head(buf[:end], self._limits, self._client, self.secure)
         if type(head) is Reject:
             self.log.debug("refused {status}: {reason}", status=head.status, reason=head.reason)
             self._reject(head.status)
@@ -165,47 +173,78 @@ class FrontendProtocol(Protocol):
         self._head = head
         self.method = head.method
         self.keep_alive = head.keep_alive
-        rest = buf[end + 4 :]
-        if head.target.startswith(LB_HEALTH) and head.target[len(LB_HEALTH) : len(LB_HEALTH) + 1] in (b"", b"?"):
-            self._local(head, b"ok\n", 200, "OK", rest)
+        start = end + 4
+        if head.target.startswith(LB_HEALTH) and is_lb_health(head.target):
+            self._local(*lb_health(head, self.keep_alive), buf[start:])
             return
-        if b.config.redirect_https and not self.secure:
-            self._redirect(head, rest)
+        if self._redirect:
+            self._local(*redirect_https(head, self.keep_alive, self.balancer.https_port), buf[start:])
             return
-        self._sent = False
         self._responding = False
         self._streaming = False
-        self._body = []
-        self._body_size = 0
+        self._fresh_retry = False
         framing = head.framing
         if framing == NO_BODY:
+            # The common case, straight through: no body, the next request
+            # (if pipelined) waits in the buffer.
             self._body_done = True
             self._replayable = True
-        elif framing == LENGTH:
-            self._body_done = False
-            self._body_left = head.length
-            self._replayable = head.length <= b.config.retry_body_bytes
-        else:
-            self._body_done = False
-            self._scanner = ChunkedScanner()
-            self._replayable = True
+            if len(buf) > start:
+                self._buf = buf[start:]
+                self._pause_if_full()
+            self._first_attempt(head)
+            return
         if head.expect_continue:
             # The body is read here (held for a retry or streamed), so the
             # client is told to go on now rather than when a server says so.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._plan, self._plan_complete = b.plan(head)
+        if framing == LENGTH and head.length <= self._retry_body and len(buf) - start >= head.length:
+            # A whole small body in the same read: held for a retry, sent
+            # with the head.
+            stop = start + head.length
+            self._body_done = True
+            self._replayable = True
+            self._body = [buf[start:stop]]
+            self._body_size = head.length
+            if len(buf) > stop:
+                self._buf = buf[stop:]
+                self._pause_if_full()
+            self._first_attempt(head)
+            return
+        self._body = []
+        self._body_size = 0
+        self._body_done = False
+        if framing == LENGTH:
+            self._body_left = head.length
+            self._replayable = head.length <= self._retry_body
+        else:
+            self._scanner = ChunkedScanner()
+            self._replayable = True
+        self._plan, self._plan_complete = self.balancer.plan(head)
         self._attempt = 0
         self._dispatched = False
+        rest = buf[start:]
         if rest:
-            if self._body_done:
-                self._buf = rest
-                self._pause_if_full()
-            else:
-                self._read_body(rest)
-                return
-        elif not self._body_done:
-            self._wait(_BODY_WAIT)
+            self._read_body(rest)
+            return
+        self._wait(_BODY_WAIT)
         self._dispatch()
+
+    def _first_attempt(self, head: RequestHead) -> None:
+        """
+        Send a request whose body (if any) is complete: to the cookie's
+        server when it is available, found without planning the rest.
+        """
+        now = self._seconds()
+        node = self.balancer.first(head.cookie, now)
+        if node is None:
+            self._plan, self._plan_complete = self.balancer.plan(head)
+        else:
+            self._plan = (node,)
+            self._plan_complete = False
+        self._attempt = 0
+        self._dispatched = True
+        self._try_next(now)
 
     def _dispatch(self) -> None:
         """
@@ -232,7 +271,7 @@ class FrontendProtocol(Protocol):
             except ValueError:
                 self._reject(400)
                 return
-            if self._scanner.size > self.balancer.config.max_body_bytes:
+            if self._scanner.size > self._limits.max_body_bytes:
                 self._reject(413)
                 return
             if k < 0:
@@ -257,7 +296,7 @@ class FrontendProtocol(Protocol):
             self._dispatch()
             return
         self._wait(_BODY_WAIT)
-        if not self._streaming and self._body_size > self.balancer.config.retry_body_bytes:
+        if not self._streaming and self._body_size > self._retry_body:
             # Too large to hold for a retry: stream it to the first server,
             # and stop reading until that server is connected.
             self._replayable = False
@@ -266,7 +305,7 @@ class FrontendProtocol(Protocol):
 
     # -- trying servers
 
-    def _try_next(self) -> None:
+    def _try_next(self, now: Optional[float] = None) -> None:
         plan = self._plan
         if self._attempt >= len(plan) and not self._plan_complete:
             rest, self._plan_complete = self.balancer.plan(self._head, tried=plan)
@@ -278,11 +317,17 @@ class FrontendProtocol(Protocol):
         self._attempt += 1
         self._node = node
         self._sent = False
-        conn = self.balancer.pool.take(node)
+        if now is None:
+            now = self._seconds()
+        pool = self.balancer.pool
+        # Like HAProxy's "http-reuse safe": a request that must not be sent
+        # twice goes only on a connection that answered moments ago (or a
+        # new one), so that it does not meet a server closing an idle one.
+        conn = pool.take(node, now, self.method not in IDEMPOTENT)
         if conn is not None:
-            self.server_connected(conn)
+            self.server_connected(conn, now)
         else:
-            self._connecting = self.balancer.pool.connect(node, self)
+            self._connecting = pool.connect(node, self)
 
     def server_connect_failed(self, node: str, reason: Failure) -> None:
         """
@@ -297,17 +342,18 @@ class FrontendProtocol(Protocol):
         self.balancer.nodes.refused(node, self.balancer.clock.seconds())
         self._try_next()
 
-    def server_connected(self, conn: BackendProtocol) -> None:
+    def server_connected(self, conn: BackendProtocol, now: Optional[float] = None) -> None:
         self._connecting = None
         if self._state != _BUSY:
             self.balancer.pool.release(conn)
             return
-        b = self.balancer
         self._conn = conn
         conn.attach(self)
-        b.nodes.started(conn.node)
-        self._started = b.clock.seconds()
-        conn.deadline = self._started + b.config.response_timeout
+        self.balancer.nodes.started(conn.node)
+        if now is None:
+            now = self._seconds()
+        self._started = now
+        conn.deadline = now + self._response_timeout
         body = self._body
         if body:
             send_now(conn.transport, self._head.forward + b"".join(body))
@@ -321,19 +367,18 @@ class FrontendProtocol(Protocol):
             self._resume()
 
     def _response_deadline(self) -> float:
-        b = self.balancer
-        return b.clock.seconds() + b.config.response_timeout
+        return self._seconds() + self._response_timeout
 
     # -- responses (called by BackendProtocol)
 
     def response_started(self, head: ResponseHead) -> None:
         self._responding = True
         if head.session and self.balancer.sticky:
-            self.balancer.sticky_table.learn(head.session, self._node, self.balancer.clock.seconds())
+            self.balancer.sticky_table.learn(head.session, self._node, self._seconds())
 
     def response_done(self, conn: BackendProtocol, reusable: bool) -> None:
         b = self.balancer
-        now = b.clock.seconds()
+        now = self._seconds()
         self._conn = None
         self._node = None
         b.nodes.finished(conn.node, now - self._started)
@@ -355,7 +400,7 @@ class FrontendProtocol(Protocol):
         if self._paused:
             self._resume()
         self._deadline_kind = _IDLE
-        self.deadline = now + b.config.idle_timeout
+        self.deadline = now + self._idle_timeout
         if self._buf:
             buf, self._buf = self._buf, b""
             self._read_head(buf)
@@ -380,6 +425,27 @@ class FrontendProtocol(Protocol):
             self.transport.loseConnection()
             return
         replayable = self._replayable and self._body_done
+        if (
+            conn.stale()
+            and not self._fresh_retry
+            and not reason.check(ResponseTimeout)
+            and may_retry(self.method, self._sent, replayable)
+        ):
+            # A pooled connection that failed before any answer was most
+            # likely closed by the server while idle: the same server gets
+            # the request again, once, on a new connection, rather than the
+            # next server (which, in plugin mode, would take the session
+            # over).
+            self._fresh_retry = True
+            self.log.info(
+                "retrying {method} on a new connection to {node}: {error}",
+                method=self.method.decode("ascii", "replace"),
+                node=conn.node,
+                error=reason.getErrorMessage(),
+            )
+            self._sent = False
+            self._connecting = b.pool.connect(conn.node, self)
+            return
         if may_retry(self.method, self._sent, replayable):
             self.log.info(
                 "retrying {method} after {node} failed: {error}",
@@ -407,39 +473,8 @@ class FrontendProtocol(Protocol):
 
     # -- local answers
 
-    def _local(self, head: RequestHead, body: bytes, status: int, reason: str, rest: bytes) -> None:
-        keep = self.keep_alive and head.framing == NO_BODY
-        if head.method == b"HEAD":
-            response = simple_response(status, reason, b"", close=not keep).replace(
-                b"Content-Length: 0", b"Content-Length: %d" % len(body)
-            )
-        elif head.method == b"GET":
-            response = simple_response(status, reason, body, close=not keep)
-        else:
-            response = simple_response(405, "Method Not Allowed", b"", (b"Allow: GET, HEAD",), close=not keep)
+    def _local(self, response: bytes, keep: bool, rest: bytes) -> None:
         self.transport.write(response)
-        self._finish_local(keep, rest)
-
-    def _redirect(self, head: RequestHead, rest: bytes) -> None:
-        keep = self.keep_alive and head.framing == NO_BODY
-        host = head.host or b"localhost"
-        if host.startswith(b"["):
-            host = host[: host.find(b"]") + 1]
-        else:
-            host = host.split(b":", 1)[0]
-        port = self.balancer.https_port
-        authority = host if port == 443 else host + b":%d" % port
-        target = head.target if head.target.startswith(b"/") else b"/"
-        status = 301 if head.method in (b"GET", b"HEAD") else 308
-        self.transport.write(
-            simple_response(
-                status,
-                "Moved Permanently" if status == 301 else "Permanent Redirect",
-                b"",
-                (b"Location: https://" + authority + target,),
-                close=not keep,
-            )
-        )
         self._finish_local(keep, rest)
 
     def _finish_local(self, keep: bool, rest: bytes) -> None:
@@ -478,7 +513,7 @@ class FrontendProtocol(Protocol):
         self.transport.resumeProducing()
 
     def _pause_if_full(self) -> None:
-        if len(self._buf) > self.balancer.config.max_header_bytes:
+        if len(self._buf) > self._max_head:
             self._pause()
 
     def _pause(self) -> None:
