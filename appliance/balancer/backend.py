@@ -128,41 +128,46 @@ class BackendProtocol(Protocol):
             if head is None:
                 self._fail(BadResponse("malformed response head"))
                 return
-            rest = buf[end + 4 :]
             if head.status >= 200:
                 break
             if head.status == 101:
                 self._fail(BadResponse("unexpected protocol switch"))
                 return
             send_now(fe.transport, buf[: end + 4] if head.relay is None else head.relay)
-            buf = rest
+            buf = buf[end + 4 :]
         self._buf = b""
         self.deadline = None
         self._reusable = head.reusable
-        fe.response_started(head)
+        if head.session is None:
+            fe.responding = True
+        else:
+            fe.response_started(head)
         framing = head.framing
         self._framing = framing
         relay = head.relay
         if framing == LENGTH:
             n = head.length
-            if len(rest) == n and relay is None:
+            got = len(buf) - end - 4
+            if got == n and relay is None:
+                # The common case: the whole answer in one read, relayed
+                # as it came.
                 send_now(fe.transport, buf)
                 self._finish()
                 return
             if relay is None:
                 relay = buf[: end + 4]
-            if len(rest) >= n:
-                if len(rest) > n:
+            if got >= n:
+                if got > n:
                     self._reusable = False
-                    rest = rest[:n]
-                send_now(fe.transport, relay + rest)
+                send_now(fe.transport, relay + buf[end + 4 : end + 4 + n])
                 self._finish()
             else:
-                send_now(fe.transport, relay + rest)
-                self._left = n - len(rest)
+                send_now(fe.transport, relay + buf[end + 4 :])
+                self._left = n - got
                 self._state = _BODY
                 self._produce(fe)
             return
+        rest = buf[end + 4 :]
         if relay is None:
             relay = buf[: end + 4]
         if framing == NO_BODY:
@@ -228,7 +233,8 @@ class BackendProtocol(Protocol):
         fe = self.frontend
         self._state = _HEAD
         self._scanner = None
-        self._unproduce(fe)
+        if self._producing:
+            self._unproduce(fe)
         self.frontend = None
         fe.response_done(self, self._reusable)
 

@@ -75,7 +75,7 @@ class FrontendProtocol(Protocol):
         self._body_done = True
         self._scanner: Optional[ChunkedScanner] = None
         self._streaming = False
-        self._responding = False
+        self.responding = False
         self._started = 0.0
         self._fresh_retry = False
         # Read once per request: kept here rather than looked up through
@@ -180,7 +180,7 @@ class FrontendProtocol(Protocol):
         if self._redirect:
             self._local(*redirect_https(head, self.keep_alive, self.balancer.https_port), buf[start:])
             return
-        self._responding = False
+        self.responding = False
         self._streaming = False
         self._fresh_retry = False
         framing = head.framing
@@ -372,7 +372,11 @@ class FrontendProtocol(Protocol):
     # -- responses (called by BackendProtocol)
 
     def response_started(self, head: ResponseHead) -> None:
-        self._responding = True
+        """
+        A response head carrying a session cookie arrived (the backend sets
+        C{responding} itself for the others).
+        """
+        self.responding = True
         if head.session and self.balancer.sticky:
             self.balancer.sticky_table.learn(head.session, self._node, self._seconds())
 
@@ -413,7 +417,7 @@ class FrontendProtocol(Protocol):
             self._stop_streaming(conn)
         if self._state != _BUSY:
             return
-        if self._responding:
+        if self.responding:
             # Part of the answer is already with the client: only closing
             # the connection tells it the response is incomplete.
             self.log.warn(
