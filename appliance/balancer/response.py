@@ -27,6 +27,19 @@ _RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?"
     rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z"
 )
+# A response head with exactly one Content-Length (its digits captured)
+# and nothing hop-by-hop, in one match; the other lines exclude those
+# names, so every line can be read one way only and the match stays linear.
+_OTHER_LINE = (
+    rb"\r\n(?!(?i:c(?:ontent-length|onnection)|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
+    rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*+"
+)
+_PLAIN_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*+)?"
+    rb"(?:" + _OTHER_LINE + rb")*+"
+    rb"\r\n(?i:content-length):[ \t]*+([0-9]{1,18})[ \t]*+"
+    rb"(?:" + _OTHER_LINE + rb")*+\Z"
+)
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
     rb"|proxy-authenticate):"
@@ -80,6 +93,16 @@ def parse_response_head(
     C{Secure}.  The relayed head says C{Connection: close} when the client
     connection will close after it.
     """
+    if cookie_name is None and client_keep_alive and method != b"HEAD":
+        m = _PLAIN_RESPONSE.match(head)
+        if m is not None:
+            # The common case: one Content-Length, nothing hop-by-hop, so
+            # the head is relayed as it came.
+            minor, code, length_value = m.group(1, 2, 3)
+            status = int(code)
+            if status >= 200 and status != 204 and status != 304:
+                length = int(length_value)
+                return ResponseHead(status, LENGTH if length else NO_BODY, length, minor == b"1", None, None)
     m = _RESPONSE.match(head)
     if m is None:
         return None
