@@ -1,8 +1,9 @@
 """
 The client side of the proxy: a plain L{Protocol} that buffers only the
-request head, forwards the raw bytes (rewritten by L{parse_request_head}) to
-a pooled server connection, and tries the next server when the rules in
-L{may_retry} allow.
+request head, holds or streams the body, and hands the request to
+L{ServerAttempts} (C{attempts.py}), which forwards the raw bytes (rewritten
+by L{parse_request_head}) to a pooled server connection and tries the next
+server when the rules in L{may_retry} allow.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendProtocol, ResponseTimeout
-from .flow import Throttle, send_now
+from .attempts import BODY_WAIT, BUSY, CLOSED, HEAD, HEAD_WAIT, IDLE, ServerAttempts
+from .backend import BackendProtocol
 from .chunked import ChunkedScanner
+from .flow import Throttle, send_now
 from .framing import (
     CRLF,
     HEAD_END,
-    IDEMPOTENT,
     LENGTH,
     NO_BODY,
     Reject,
@@ -28,24 +28,16 @@ from .framing import (
     parse_request_head,
 )
 from .local import LB_HEALTH, is_lb_health, lb_health, redirect_https
-from .response import ResponseHead
-from .policy import may_retry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .service import Balancer
 
-_HEAD, _BUSY, _CLOSED = 0, 1, 2
-# What the connection's deadline is for.
-_IDLE, _HEAD_WAIT, _BODY_WAIT = 0, 1, 2
 
-
-class FrontendProtocol(Protocol):
+class FrontendProtocol(ServerAttempts, Protocol):
     """
     One client connection: requests are handled one at a time, in order
     (pipelined requests wait in the buffer).
     """
-
-    log = Logger()
 
     def __init__(self, balancer: "Balancer", secure: bool):
         self.balancer = balancer
@@ -54,8 +46,8 @@ class FrontendProtocol(Protocol):
         self.keep_alive = True
         self.method = b""
         self.deadline: Optional[float] = None
-        self._deadline_kind = _IDLE
-        self._state = _HEAD
+        self._deadline_kind = IDLE
+        self._state = HEAD
         self._buf = b""
         self._client = b""
         self._paused = False
@@ -100,10 +92,10 @@ class FrontendProtocol(Protocol):
             pass
         self.throttle = Throttle(self.transport)
         self.balancer.frontends.add(self)
-        self._wait(_IDLE)
+        self._wait(IDLE)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self._state = _CLOSED
+        self._state = CLOSED
         self.balancer.frontends.discard(self)
         if self._connecting is not None:
             self._connecting.waiter = None
@@ -116,7 +108,7 @@ class FrontendProtocol(Protocol):
 
     def _wait(self, kind: int) -> None:
         self._deadline_kind = kind
-        if kind == _HEAD_WAIT:
+        if kind == HEAD_WAIT:
             self.deadline = self._seconds() + self._head_timeout
         else:
             self.deadline = self._seconds() + self._idle_timeout
@@ -127,9 +119,9 @@ class FrontendProtocol(Protocol):
         keep-alive connection or a stalled body is closed.
         """
         self.deadline = None
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return
-        if self._deadline_kind == _HEAD_WAIT:
+        if self._deadline_kind == HEAD_WAIT:
             self._reject(408)
         else:
             self.transport.loseConnection()
@@ -137,9 +129,9 @@ class FrontendProtocol(Protocol):
     # -- reading requests
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state == _HEAD:
+        if self._state == HEAD:
             self._read_head(self._buf + data if self._buf else data)
-        elif self._state == _BUSY:
+        elif self._state == BUSY:
             if self._body_done:
                 self._buf += data
                 self._pause_if_full()
@@ -156,8 +148,8 @@ class FrontendProtocol(Protocol):
             self._buf = buf
             if len(buf) > self._max_head:
                 self._reject(431)
-            elif buf and self._deadline_kind != _HEAD_WAIT:
-                self._wait(_HEAD_WAIT)
+            elif buf and self._deadline_kind != HEAD_WAIT:
+                self._wait(HEAD_WAIT)
             return
         if end > self._max_head:
             self._reject(431)
@@ -169,7 +161,7 @@ class FrontendProtocol(Protocol):
             self._reject(head.status)
             return
         self.deadline = None
-        self._state = _BUSY
+        self._state = BUSY
         self._head = head
         self.method = head.method
         self.keep_alive = head.keep_alive
@@ -227,24 +219,8 @@ class FrontendProtocol(Protocol):
         if rest:
             self._read_body(rest)
             return
-        self._wait(_BODY_WAIT)
+        self._wait(BODY_WAIT)
         self._dispatch()
-
-    def _first_attempt(self, head: RequestHead) -> None:
-        """
-        Send a request whose body (if any) is complete: to the cookie's
-        server when it is available, found without planning the rest.
-        """
-        now = self._seconds()
-        node = self.balancer.first(head.cookie, now)
-        if node is None:
-            self._plan, self._plan_complete = self.balancer.plan(head)
-        else:
-            self._plan = (node,)
-            self._plan_complete = False
-        self._attempt = 0
-        self._dispatched = True
-        self._try_next(now)
 
     def _dispatch(self) -> None:
         """
@@ -295,7 +271,7 @@ class FrontendProtocol(Protocol):
             self._pause_if_full()
             self._dispatch()
             return
-        self._wait(_BODY_WAIT)
+        self._wait(BODY_WAIT)
         if not self._streaming and self._body_size > self._retry_body:
             # Too large to hold for a retry: stream it to the first server,
             # and stop reading until that server is connected.
@@ -303,174 +279,10 @@ class FrontendProtocol(Protocol):
             self._pause()
             self._dispatch()
 
-    # -- trying servers
-
-    def _try_next(self, now: Optional[float] = None) -> None:
-        plan = self._plan
-        if self._attempt >= len(plan) and not self._plan_complete:
-            rest, self._plan_complete = self.balancer.plan(self._head, tried=plan)
-            plan = self._plan = plan + rest
-        if self._attempt >= len(plan):
-            self._fail(502 if self._sent else 503)
-            return
-        node = plan[self._attempt]
-        self._attempt += 1
-        self._node = node
-        self._sent = False
-        if now is None:
-            now = self._seconds()
-        pool = self.balancer.pool
-        # Like HAProxy's "http-reuse safe": a request that must not be sent
-        # twice goes only on a connection that answered moments ago (or a
-        # new one), so that it does not meet a server closing an idle one.
-        conn = pool.take(node, now, self.method not in IDEMPOTENT)
-        if conn is not None:
-            self.server_connected(conn, now)
-        else:
-            self._connecting = pool.connect(node, self)
-
-    def server_connect_failed(self, node: str, reason: Failure) -> None:
-        """
-        Nothing was sent: passively mark the server down and try the next.
-        """
-        self._connecting = None
-        if self._state != _BUSY:
-            return
-        self.log.info(
-            "server {node} unreachable: {error}", node=node, error=reason.getErrorMessage()
-        )
-        self.balancer.nodes.refused(node, self.balancer.clock.seconds())
-        self._try_next()
-
-    def server_connected(self, conn: BackendProtocol, now: Optional[float] = None) -> None:
-        self._connecting = None
-        if self._state != _BUSY:
-            self.balancer.pool.release(conn)
-            return
-        self._conn = conn
-        conn.attach(self)
-        self.balancer.nodes.started(conn.node)
-        if now is None:
-            now = self._seconds()
-        self._started = now
-        conn.deadline = now + self._response_timeout
-        body = self._body
-        if body:
-            send_now(conn.transport, self._head.forward + b"".join(body))
-        else:
-            send_now(conn.transport, self._head.forward)
-        self._sent = True
-        if not self._body_done:
-            self._streaming = True
-            self._body = []
-            conn.transport.registerProducer(self.throttle, True)
-            self._resume()
-
-    def _response_deadline(self) -> float:
-        return self._seconds() + self._response_timeout
-
-    # -- responses (called by BackendProtocol)
-
-    def response_started(self, head: ResponseHead) -> None:
-        """
-        A response head carrying a session cookie arrived (the backend sets
-        C{responding} itself for the others).
-        """
-        self.responding = True
-        if head.session and self.balancer.sticky:
-            self.balancer.sticky_table.learn(head.session, self._node, self._seconds())
-
-    def response_done(self, conn: BackendProtocol, reusable: bool) -> None:
-        b = self.balancer
-        now = self._seconds()
-        self._conn = None
-        self._node = None
-        b.nodes.finished(conn.node, now - self._started)
-        if self._streaming:
-            self._stop_streaming(conn)
-        if reusable and self._body_done:
-            b.pool.release(conn, now)
-        else:
-            conn.transport.loseConnection()
-        self._head = None
-        if self._body:
-            self._body = []
-        if not self.keep_alive or not self._body_done:
-            self._state = _CLOSED
-            self.transport.loseConnection()
-            return
-        # The next request, as in _next_request, without asking the time again.
-        self._state = _HEAD
-        if self._paused:
-            self._resume()
-        self._deadline_kind = _IDLE
-        self.deadline = now + self._idle_timeout
-        if self._buf:
-            buf, self._buf = self._buf, b""
-            self._read_head(buf)
-
-    def backend_failed(self, conn: BackendProtocol, reason: Failure) -> None:
-        b = self.balancer
-        self._conn = None
-        b.nodes.finished(conn.node, None)
-        if self._streaming:
-            self._stop_streaming(conn)
-        if self._state != _BUSY:
-            return
-        if self.responding:
-            # Part of the answer is already with the client: only closing
-            # the connection tells it the response is incomplete.
-            self.log.warn(
-                "server {node} failed mid-response: {error}",
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._state = _CLOSED
-            self.transport.loseConnection()
-            return
-        replayable = self._replayable and self._body_done
-        if (
-            conn.stale()
-            and not self._fresh_retry
-            and not reason.check(ResponseTimeout)
-            and may_retry(self.method, self._sent, replayable)
-        ):
-            # A pooled connection that failed before any answer was most
-            # likely closed by the server while idle: the same server gets
-            # the request again, once, on a new connection, rather than the
-            # next server (which, in plugin mode, would take the session
-            # over).
-            self._fresh_retry = True
-            self.log.info(
-                "retrying {method} on a new connection to {node}: {error}",
-                method=self.method.decode("ascii", "replace"),
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._sent = False
-            self._connecting = b.pool.connect(conn.node, self)
-            return
-        if may_retry(self.method, self._sent, replayable):
-            self.log.info(
-                "retrying {method} after {node} failed: {error}",
-                method=self.method.decode("ascii", "replace"),
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._try_next()
-        else:
-            self.log.info(
-                "not retrying {method} after {node} failed: {error}",
-                method=self.method.decode("ascii", "replace"),
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._fail(504 if reason.check(ResponseTimeout) else 502)
-
     def _next_request(self) -> None:
-        self._state = _HEAD
+        self._state = HEAD
         self._resume()
-        self._wait(_IDLE)
+        self._wait(IDLE)
         if self._buf:
             buf, self._buf = self._buf, b""
             self._read_head(buf)
@@ -484,37 +296,19 @@ class FrontendProtocol(Protocol):
     def _finish_local(self, keep: bool, rest: bytes) -> None:
         self._head = None
         if not keep:
-            self._state = _CLOSED
+            self._state = CLOSED
             self.transport.loseConnection()
             return
         self._buf = rest
         self._next_request()
 
     def _reject(self, status: int) -> None:
-        self._state = _CLOSED
+        self._state = CLOSED
         self.deadline = None
         self.transport.write(error_response(status))
         self.transport.loseConnection()
 
-    def _fail(self, status: int) -> None:
-        self.log.warn(
-            "answering {status} to {method}: no server could take it",
-            status=status,
-            method=self.method.decode("ascii", "replace"),
-        )
-        self._reject(status)
-
     # -- flow control
-
-    def _stop_streaming(self, conn: BackendProtocol) -> None:
-        """
-        The body is through (or the server gone): the server's transport may
-        have paused us and will no longer resume us, so resume here.
-        """
-        self._streaming = False
-        conn.transport.unregisterProducer()
-        self._paused = False
-        self.transport.resumeProducing()
 
     def _pause_if_full(self) -> None:
         if len(self._buf) > self._max_head:
