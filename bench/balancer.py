@@ -262,6 +262,9 @@ def main() -> int:
                 rate, lat, cpu = got
                 print(f"round {r + 1} {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms  cpu {cpu:5.1f} us/req", flush=True)
         if not all(results.values()):
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited: {proc.stderr.read().decode(errors='replace')[-3000:]}")
             raise SystemExit("a target never gave a result")
 
         best = {n: max(v[0] for v in runs) for n, runs in results.items()}
