@@ -150,9 +150,10 @@ class BackendProtocol(Protocol):
             got = len(buf) - end - 4
             if got == n and relay is None:
                 # The common case: the whole answer in one read, relayed
-                # as it came.
+                # as it came (_finish without its work: nothing to reset).
                 send_now(fe.transport, buf)
-                self._finish()
+                self.frontend = None
+                fe.response_done(self, head.reusable)
                 return
             if relay is None:
                 relay = buf[: end + 4]
