@@ -206,6 +206,23 @@ class FrontendTests(SynchronousTestCase):
         server.dataReceived(OK)
         self.assertIn(b"GET /2", st.value())
 
+    def test_pipelined_post_then_get(self):
+        """A body held for one request is not sent again with the next one on the connection."""
+        h = Harness(self)
+        c = b"Cookie: APPSESSION=" + SID.encode() + b"!s1!\r\n"
+        h.send(
+            b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n" + c + b"\r\nabc"
+            b"GET /2 HTTP/1.1\r\nHost: x\r\n" + c + b"\r\n"
+        )
+        port, server, st = h.accept()
+        self.assertTrue(st.value().endswith(b"\r\n\r\nabc"))
+        st.clear()
+        server.dataReceived(OK)
+        self.assertTrue(st.value().startswith(b"GET /2 "))
+        self.assertTrue(st.value().endswith(b"\r\n\r\n"))
+        server.dataReceived(OK)
+        self.assertEqual(h.client.value(), OK + OK)
+
     def test_chunked_request(self):
         """A chunked body is relayed as it came, then the next request is read."""
         h = Harness(self)
