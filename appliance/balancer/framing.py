@@ -186,17 +186,10 @@ def parse_request_head(
             if length > limits.max_body_bytes:
                 return Reject(413, "request body too large")
             framing = LENGTH if length else NO_BODY
-        return RequestHead(
-            method,
-            target,
-            version,
-            host,
-            cookie,
-            framing,
-            length,
-            version == 11,
-            head + _forwarding(client, secure, version),
-        )
+        suffix = _FORWARDING.get((client, secure, version))
+        if suffix is None:
+            suffix = _forwarding(client, secure, version)
+        return RequestHead(method, target, version, host, cookie, framing, length, version == 11, head + suffix)
     m = _REQUEST.match(head)
     if m is None:
         i = head.find(CRLF)
