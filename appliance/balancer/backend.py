@@ -137,24 +137,30 @@ class BackendProtocol(Protocol):
             buf = buf[end + 4 :]
         self._buf = b""
         self.deadline = None
+        framing = head.framing
+        relay = head.relay
+        if (
+            framing == LENGTH
+            and relay is None
+            and head.session is None
+            and len(buf) - end - 4 == head.length
+        ):
+            # The common case: the whole answer in one read, relayed as it
+            # came, and the exchange is over (nothing to reset: _finish
+            # without its work).
+            send_now(fe.transport, buf)
+            self.frontend = None
+            fe.response_done(self, head.reusable)
+            return
         self._reusable = head.reusable
         if head.session is None:
             fe.responding = True
         else:
             fe.response_started(head)
-        framing = head.framing
         self._framing = framing
-        relay = head.relay
         if framing == LENGTH:
             n = head.length
             got = len(buf) - end - 4
-            if got == n and relay is None:
-                # The common case: the whole answer in one read, relayed
-                # as it came (_finish without its work: nothing to reset).
-                send_now(fe.transport, buf)
-                self.frontend = None
-                fe.response_done(self, head.reusable)
-                return
             if relay is None:
                 relay = buf[: end + 4]
             if got >= n:
