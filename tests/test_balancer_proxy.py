@@ -494,3 +494,20 @@ class ReuseTests(SynchronousTestCase):
         server.connectionLost(Failure(ConnectionDone()))
         port, server2, st2 = h.accept()
         self.assertEqual(port, 9002)
+
+    def test_parked_connection_counts_as_pooled(self):
+        """A connection parked in the pool unused (its client left) is treated as pooled when it fails empty."""
+        h = Harness(self)
+        h.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        h.proto.connectionLost(Failure(ConnectionDone()))
+        port, parked, st = h.accept()
+        self.assertEqual(h.balancer.pool.idle["s1"], [parked])
+        client2 = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.4", 5556))
+        proto2 = FrontendFactory(h.balancer, False).buildProtocol(None)
+        proto2.makeConnection(client2)
+        proto2.dataReceived(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        self.assertTrue(st.value().startswith(b"GET /2 "))
+        parked.connectionLost(Failure(ConnectionDone()))
+        port, fresh, st2 = h.accept()
+        self.assertEqual(port, 9001)
+        self.assertTrue(st2.value().startswith(b"GET /2 "))

@@ -76,7 +76,9 @@ class BackendProtocol(Protocol):
         self._reusable = False
         self._producing = False
         self._received = False
-        self.exchanges = 0
+        # Taken from the pool's idle connections (rather than opened for the
+        # request it carries): the server may have closed it meanwhile.
+        self.reused = False
         self.connected = False
 
     def connectionMade(self) -> None:
@@ -93,15 +95,14 @@ class BackendProtocol(Protocol):
         self._state = _HEAD
         self._received = False
         self.timed_out = False
-        self.exchanges += 1
 
     def stale(self) -> bool:
         """
         Whether the current exchange failed the way a kept-alive connection
-        closed by its server while idle does: it had carried an exchange
-        before, and nothing of this one's answer came.
+        closed by its server while idle does: it was taken from the pool,
+        and nothing of this exchange's answer came.
         """
-        return self.exchanges > 1 and not self._received
+        return self.reused and not self._received
 
     def dataReceived(self, data: bytes) -> None:
         fe = self.frontend
@@ -354,6 +355,7 @@ class BackendPool:
             if conn.idle_since < limit:
                 conn.transport.loseConnection()
             elif conn.connected:
+                conn.reused = True
                 return conn
         return None
 
