@@ -121,22 +121,62 @@ def stop(proc: Optional[subprocess.Popen]) -> None:
         proc.wait(5)
 
 
-def wrk(port: int, duration: int, connections: int, script: Optional[str] = None) -> Tuple[float, float]:
+def wrk(port: int, duration: int, connections: int, script: Optional[str] = None) -> Optional[Tuple[float, float, int]]:
     """
-    Requests per second and p99 latency (ms) of one wrk run.
+    Requests per second, p99 latency (ms) and requests completed of one
+    wrk run; C{None} when wrk printed no result (it happens on a
+    overloaded machine), so that one bad run does not lose the others.
     """
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Cookie: {COOKIE}"]
     if script:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{port}/")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write(f"  wrk timed out on port {port}\n")
+        return None
+    out = proc.stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    total = re.search(r"^\s*(\d+) requests in", out, re.M)
+    if rate is None or m is None or total is None:
+        sys.stderr.write(f"  wrk gave no result on port {port}: {(out + proc.stderr)[-500:]}\n")
+        return None
     p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         sys.stderr.write(f"  wrk reported problems on port {port}: {errors.group(0)}\n")
-    return rate, p99
+    return float(rate.group(1)), p99, int(total.group(1))
+
+
+def cpu_seconds(pid: Optional[int]) -> float:
+    """
+    User + system CPU time of process C{pid} so far (from /proc), 0 when
+    unknown (the direct target has no proxy process).
+    """
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, pid: Optional[int], duration: int, connections: int, script: Optional[str] = None):
+    """
+    One wrk run and the proxy's CPU microseconds per request during it:
+    (req/s, p99 ms, CPU us/request) or C{None}.
+    """
+    before = cpu_seconds(pid)
+    result = wrk(port, duration, connections, script)
+    if result is None:
+        return None
+    rate, p99, total = result
+    cpu = (cpu_seconds(pid) - before) * 1e6 / total if pid is not None and total else 0.0
+    return rate, p99, cpu
 
 
 HAPROXY_CFG = """\
@@ -209,17 +249,28 @@ def main() -> int:
         wait_http(haproxy_port)
 
         targets = {"direct": backend_port, "ours": ours_port, "haproxy": haproxy_port}
+        pids = {"direct": None, "ours": procs["ours"].pid, "haproxy": procs["haproxy"].pid}
         for name, port in targets.items():  # warm up
             wrk(port, 1, args.connections)
-        results: Dict[str, List[Tuple[float, float]]] = {n: [] for n in targets}
+        results: Dict[str, List[Tuple[float, float, float]]] = {n: [] for n in targets}
         for r in range(rounds):
             for name, port in targets.items():
-                results[name].append(wrk(port, duration, args.connections))
-                print(f"round {r + 1} {name:8s} {results[name][-1][0]:9.0f} req/s  p99 {results[name][-1][1]:7.2f} ms", flush=True)
+                got = measure(port, pids[name], duration, args.connections)
+                if got is None:
+                    continue
+                results[name].append(got)
+                rate, lat, cpu = got
+                print(f"round {r + 1} {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms  cpu {cpu:5.1f} us/req", flush=True)
+        if not all(results.values()):
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited: {proc.stderr.read().decode(errors='replace')[-3000:]}")
+            raise SystemExit("a target never gave a result")
 
-        best = {n: max(rate for rate, _ in v) for n, v in results.items()}
-        median = {n: statistics.median(rate for rate, _ in v) for n, v in results.items()}
-        p99 = {n: statistics.median(p for _, p in v) for n, v in results.items()}
+        best = {n: max(v[0] for v in runs) for n, runs in results.items()}
+        median = {n: statistics.median(v[0] for v in runs) for n, runs in results.items()}
+        p99 = {n: statistics.median(v[1] for v in runs) for n, runs in results.items()}
+        cpu = {n: statistics.median(v[2] for v in runs) for n, runs in results.items()}
 
         # Half of our best rate: each connection waits a random whole number
         # of milliseconds (wrk's timer unit) averaging connections/rate
@@ -231,24 +282,28 @@ def main() -> int:
         top = max(1, round(2 * delay_ms))
         with open(script, "w") as f:
             f.write(f"math.randomseed(os.time())\nfunction delay()\n  return math.random(0, {top})\nend\n")
-        half_runs: Dict[str, List[Tuple[float, float]]] = {n: [] for n in targets}
+        half_runs: Dict[str, List[Tuple[float, float, float]]] = {n: [] for n in targets}
         for r in range(rounds):
             for name, port in targets.items():
-                half_runs[name].append(wrk(port, duration, args.connections, script))
-                rate, lat = half_runs[name][-1]
-                print(f"half {r + 1} {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms", flush=True)
+                got = measure(port, pids[name], duration, args.connections, script)
+                if got is None:
+                    continue
+                half_runs[name].append(got)
+                print(f"half {r + 1} {name:8s} {got[0]:9.0f} req/s  p99 {got[1]:7.2f} ms", flush=True)
         half_results = {
-            n: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v))
-            for n, v in half_runs.items()
+            n: (statistics.median(v[0] for v in runs), statistics.median(v[1] for v in runs)) if runs else (0.0, float("nan"))
+            for n, runs in half_runs.items()
         }
 
         print()
         print(f"wrk -t1 -c{args.connections} -d{duration}s, {rounds} alternating rounds, median of rounds:")
         for name in targets:
-            print(f"  {name:8s} {median[name]:9.0f} req/s (best {best[name]:.0f})  p99 {p99[name]:7.2f} ms")
+            extra = f"  cpu {cpu[name]:5.1f} us/req" if pids[name] is not None else ""
+            print(f"  {name:8s} {median[name]:9.0f} req/s (best {best[name]:.0f})  p99 {p99[name]:7.2f} ms{extra}")
         print(f"  ours/haproxy  {median['ours'] / median['haproxy']:.2f}x   (best/best {best['ours'] / best['haproxy']:.2f}x)")
         print(f"  ours/direct   {median['ours'] / median['direct']:.2f}x")
         print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x")
+        print(f"  cpu per request ours/haproxy {cpu['ours'] / cpu['haproxy']:.2f}x" if cpu["haproxy"] else "")
         print(f"at about half of our max load (target {half:.0f} req/s; random 0-{top} ms delay before each request), median of rounds:")
         for name in targets:
             rate, lat = half_results[name]

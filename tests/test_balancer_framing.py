@@ -359,3 +359,60 @@ class PropertyTests(SynchronousTestCase):
             self.assertEqual(fast.forward, slow.forward)
         else:
             self.assertEqual(fast.status, slow.status)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        extra=st.lists(st.tuples(_TOKEN, _VALUE), max_size=6),
+        length=st.one_of(st.none(), st.integers(min_value=0, max_value=999), st.just(b" 12 "), st.just(b"1x")),
+        status=st.sampled_from([100, 200, 204, 304, 404, 502]),
+        minor=st.sampled_from([b"0", b"1"]),
+        method=st.sampled_from([b"GET", b"HEAD", b"POST"]),
+        split=st.integers(min_value=0, max_value=6),
+    )
+    def test_response_fast_and_slow_paths_agree(self, extra, length, status, minor, method, split):
+        """The one-match response path reads a head as the line-by-line path does."""
+        lines = [b"HTTP/1.%s %d X" % (minor, status)]
+        lines += [
+            name.encode() + b": " + value
+            for name, value in extra
+            if name.lower() not in ("content-length", "transfer-encoding", "te", "trailer", "upgrade", "connection", "keep-alive", "proxy-connection", "proxy-authenticate")
+        ]
+        if length is not None:
+            value = length if isinstance(length, bytes) else b"%d" % length
+            lines.insert(min(split, len(lines) - 1) + 1, b"content-LENGTH:" + value)
+        head = b"\r\n".join(lines)
+        fast = parse_response_head(head, method, None, False, True)
+        # A cookie name that no header carries forces the line-by-line path.
+        slow = parse_response_head(head, method, b"NOSUCHCOOKIE", False, True)
+        self.assertEqual(type(fast), type(slow))
+        if fast is not None:
+            for attribute in ("status", "framing", "length", "reusable", "session"):
+                self.assertEqual(getattr(fast, attribute), getattr(slow, attribute), attribute)
+            self.assertEqual(head + b"\r\n\r\n" if fast.relay is None else fast.relay, slow.relay)
+
+
+class PlainRequestTests(SynchronousTestCase):
+    def test_repeats_found_wherever_they_are(self):
+        """On the as-is path a repeated Host or Content-Length is refused and Cookies are joined, in any order."""
+        self.assertEqual(request(b"GET / HTTP/1.1", b"Host: a", b"A: 1", b"host: b").status, 400)
+        self.assertEqual(request(b"GET / HTTP/1.1", b"HOST: a", b"Host: b", b"A: 1").status, 400)
+        self.assertEqual(
+            request(b"POST / HTTP/1.1", b"Content-Length: 1", b"Host: a", b"content-length: 1").status, 400
+        )
+        head = request(b"GET / HTTP/1.1", b"Cookie: a=1", b"Host: a", b"COOKIE:  b=2 ", b"X: y")
+        self.assertEqual((head.host, head.cookie), (b"a", b"a=1; b=2"))
+        head = request(b"GET / HTTP/1.1", b"Host:  a ", b"Cookie: c=3 ")
+        self.assertEqual((head.host, head.cookie), (b"a", b"c=3"))
+
+    def test_http10_without_headers(self):
+        """An HTTP/1.0 request without headers is forwarded with Connection: close and not kept alive."""
+        head = request(b"GET / HTTP/1.0")
+        self.assertFalse(head.keep_alive)
+        self.assertIn(b"Connection: close", head.forward)
+        self.assertEqual(request(b"GET / HTTP/1.1").status, 400)
+
+    def test_long_head_still_counted(self):
+        """Past the length below which no head can have too many lines, lines are counted."""
+        limits = Limits(max_header_bytes=16384, max_headers=3, max_body_bytes=1000)
+        self.assertEqual(request(b"GET / HTTP/1.1", b"Host: a", b"A: 1", b"B: 2", limits=limits).host, b"a")
+        self.assertEqual(request(b"GET / HTTP/1.1", b"Host: a", b"A: 1", b"B: 2", b"C: 3", limits=limits).status, 431)

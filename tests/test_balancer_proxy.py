@@ -206,6 +206,23 @@ class FrontendTests(SynchronousTestCase):
         server.dataReceived(OK)
         self.assertIn(b"GET /2", st.value())
 
+    def test_pipelined_post_then_get(self):
+        """A body held for one request is not sent again with the next one on the connection."""
+        h = Harness(self)
+        c = b"Cookie: APPSESSION=" + SID.encode() + b"!s1!\r\n"
+        h.send(
+            b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n" + c + b"\r\nabc"
+            b"GET /2 HTTP/1.1\r\nHost: x\r\n" + c + b"\r\n"
+        )
+        port, server, st = h.accept()
+        self.assertTrue(st.value().endswith(b"\r\n\r\nabc"))
+        st.clear()
+        server.dataReceived(OK)
+        self.assertTrue(st.value().startswith(b"GET /2 "))
+        self.assertTrue(st.value().endswith(b"\r\n\r\n"))
+        server.dataReceived(OK)
+        self.assertEqual(h.client.value(), OK + OK)
+
     def test_chunked_request(self):
         """A chunked body is relayed as it came, then the next request is read."""
         h = Harness(self)
@@ -353,3 +370,144 @@ class LimitTests(SynchronousTestCase):
         """Deadlines are checked often enough for the shortest timeout."""
         self.assertEqual(sweep_interval(config(head_timeout=0.2)), 0.05)
         self.assertEqual(sweep_interval(config()), 1.0)
+
+
+class ReuseTests(SynchronousTestCase):
+    """
+    Pooled connections and the race with a server closing an idle one
+    (HAProxy's "http-reuse safe").
+    """
+
+    COOKIE = b"Cookie: APPSESSION=" + SID.encode() + b"!s1!s2\r\n"
+
+    def pooled(self, **kw):
+        """
+        A harness whose one request to s1 left a connection in the pool.
+        """
+        h = Harness(self, **kw)
+        h.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        port, server, st = h.accept()
+        server.dataReceived(OK)
+        st.clear()
+        h.client.clear()
+        return h, server, st
+
+    def test_post_not_sent_on_connection_idle_too_long(self):
+        """A POST does not go on a connection idle longer than the safe threshold: a new one is opened."""
+        from appliance.balancer.backend import SAFE_REUSE_IDLE
+
+        h, server, st = self.pooled()
+        h.reactor.advance(SAFE_REUSE_IDLE + 0.5)
+        h.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n" + self.COOKIE + b"\r\nz")
+        self.assertEqual(st.value(), b"")
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        port, server2, st2 = h.accept()
+        self.assertEqual(port, 9001)
+        self.assertTrue(st2.value().startswith(b"POST / "))
+
+    def test_post_sent_on_recent_connection(self):
+        """A POST goes on a connection that finished an exchange moments ago."""
+        h, server, st = self.pooled()
+        h.reactor.advance(0.1)
+        h.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n" + self.COOKIE + b"\r\nz")
+        self.assertTrue(st.value().startswith(b"POST / "))
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+
+    def test_get_sent_on_older_connection(self):
+        """An idempotent request still reuses a connection idle for a while."""
+        from appliance.balancer.backend import SAFE_REUSE_IDLE
+
+        h, server, st = self.pooled()
+        h.reactor.advance(SAFE_REUSE_IDLE + 5)
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        self.assertTrue(st.value().startswith(b"GET /2 "))
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+
+    def test_expired_idle_connection_not_used(self):
+        """A pooled connection past its idle lifetime is closed rather than used, even before the sweep."""
+        from appliance.balancer.backend import POOL_IDLE_TIME
+
+        h, server, st = self.pooled()
+        h.reactor.advance(POOL_IDLE_TIME + 0.1)
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        self.assertEqual(st.value(), b"")
+        self.assertTrue(server.transport.disconnecting)
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+
+    def test_pool_idle_shorter_than_server_keep_alive(self):
+        """Pooled connections are dropped well before twisted.web's idle timeout closes them."""
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        from appliance.balancer.backend import POOL_IDLE_TIME
+
+        site = Site(Resource(), reactor=MemoryReactorClock())
+        self.assertLess(POOL_IDLE_TIME + sweep_interval(config()), site.timeOut / 2)
+
+    def test_stale_connection_retried_on_new_connection(self):
+        """A GET whose pooled connection closes without a byte is sent again to the same server, on a new connection."""
+        h, server, st = self.pooled()
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        server.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        port, server2, st2 = h.accept()
+        self.assertEqual(port, 9001)
+        self.assertTrue(st2.value().startswith(b"GET /2 "))
+        server2.dataReceived(OK)
+        self.assertEqual(h.client.value(), OK)
+        self.assertTrue(h.balancer.nodes["s1"].available(h.reactor.seconds()))
+
+    def test_stale_retry_only_once(self):
+        """When the new connection fails too, the usual rule applies: the next server."""
+        h, server, st = self.pooled()
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        server.connectionLost(Failure(ConnectionDone()))
+        port, server2, st2 = h.accept()
+        server2.connectionLost(Failure(ConnectionDone()))
+        port, server3, st3 = h.accept()
+        self.assertEqual(port, 9002)
+
+    def test_partial_answer_on_pooled_connection_not_stale(self):
+        """A pooled connection that failed after part of an answer is not retried on the same server."""
+        h, server, st = self.pooled()
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        server.dataReceived(b"HTTP/1.1 200")
+        server.connectionLost(Failure(ConnectionLost()))
+        port, server2, st2 = h.accept()
+        self.assertEqual(port, 9002)
+
+    def test_post_on_stale_connection_not_retried(self):
+        """A POST that met a closing pooled connection is still not sent again: 502."""
+        h, server, st = self.pooled()
+        h.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n" + self.COOKIE + b"\r\nz")
+        self.assertTrue(st.value().startswith(b"POST / "))
+        server.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 502 "))
+
+    def test_timeout_on_pooled_connection_goes_to_next(self):
+        """A pooled connection that timed out is not a stale one: the GET goes to the next server."""
+        h, server, st = self.pooled(response_timeout=2.0)
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        h.reactor.advance(2.5)
+        h.balancer.pool.sweep(h.reactor.seconds())
+        server.connectionLost(Failure(ConnectionDone()))
+        port, server2, st2 = h.accept()
+        self.assertEqual(port, 9002)
+
+    def test_parked_connection_counts_as_pooled(self):
+        """A connection parked in the pool unused (its client left) is treated as pooled when it fails empty."""
+        h = Harness(self)
+        h.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        h.proto.connectionLost(Failure(ConnectionDone()))
+        port, parked, st = h.accept()
+        self.assertEqual(h.balancer.pool.idle["s1"], [parked])
+        client2 = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.4", 5556))
+        proto2 = FrontendFactory(h.balancer, False).buildProtocol(None)
+        proto2.makeConnection(client2)
+        proto2.dataReceived(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + self.COOKIE + b"\r\n")
+        self.assertTrue(st.value().startswith(b"GET /2 "))
+        parked.connectionLost(Failure(ConnectionDone()))
+        port, fresh, st2 = h.accept()
+        self.assertEqual(port, 9001)
+        self.assertTrue(st2.value().startswith(b"GET /2 "))

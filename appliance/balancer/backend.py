@@ -23,6 +23,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
+# How long a pooled connection may stay idle.  The session servers are
+# twisted.web sites, whose HTTPChannel closes a connection idle for
+# HTTPFactory.timeOut (60 s by default); closing ours well before (the sweep
+# runs at most a second late) means a server hardly ever closes one under a
+# request.
+POOL_IDLE_TIME = 15.0
+# A request that must not be sent twice (POST, PATCH...) goes only on a
+# connection that finished an exchange less than this long ago, or on a new
+# one: like HAProxy's "http-reuse safe", it never meets a server that is
+# closing an idle connection at that moment.
+SAFE_REUSE_IDLE = 1.0
+
 _HEAD, _BODY = 0, 1
 
 
@@ -63,6 +75,10 @@ class BackendProtocol(Protocol):
         self._scanner: Optional[ChunkedScanner] = None
         self._reusable = False
         self._producing = False
+        self._received = False
+        # Taken from the pool's idle connections (rather than opened for the
+        # request it carries): the server may have closed it meanwhile.
+        self.reused = False
         self.connected = False
 
     def connectionMade(self) -> None:
@@ -77,7 +93,16 @@ class BackendProtocol(Protocol):
         self.frontend = frontend
         self._buf = b""
         self._state = _HEAD
+        self._received = False
         self.timed_out = False
+
+    def stale(self) -> bool:
+        """
+        Whether the current exchange failed the way a kept-alive connection
+        closed by its server while idle does: it was taken from the pool,
+        and nothing of this exchange's answer came.
+        """
+        return self.reused and not self._received
 
     def dataReceived(self, data: bytes) -> None:
         fe = self.frontend
@@ -85,6 +110,7 @@ class BackendProtocol(Protocol):
             # Nothing was asked: a server talking out of turn is not reusable.
             self.transport.loseConnection()
             return
+        self._received = True
         if self._state == _BODY:
             self._body(fe, data)
             return
@@ -103,41 +129,53 @@ class BackendProtocol(Protocol):
             if head is None:
                 self._fail(BadResponse("malformed response head"))
                 return
-            rest = buf[end + 4 :]
             if head.status >= 200:
                 break
             if head.status == 101:
                 self._fail(BadResponse("unexpected protocol switch"))
                 return
             send_now(fe.transport, buf[: end + 4] if head.relay is None else head.relay)
-            buf = rest
+            buf = buf[end + 4 :]
         self._buf = b""
         self.deadline = None
-        self._reusable = head.reusable
-        fe.response_started(head)
         framing = head.framing
-        self._framing = framing
         relay = head.relay
+        if (
+            framing == LENGTH
+            and relay is None
+            and head.session is None
+            and len(buf) - end - 4 == head.length
+        ):
+            # The common case: the whole answer in one read, relayed as it
+            # came, and the exchange is over (nothing to reset: _finish
+            # without its work).
+            send_now(fe.transport, buf)
+            self.frontend = None
+            fe.response_done(self, head.reusable)
+            return
+        self._reusable = head.reusable
+        if head.session is None:
+            fe.responding = True
+        else:
+            fe.response_started(head)
+        self._framing = framing
         if framing == LENGTH:
             n = head.length
-            if len(rest) == n and relay is None:
-                send_now(fe.transport, buf)
-                self._finish()
-                return
+            got = len(buf) - end - 4
             if relay is None:
                 relay = buf[: end + 4]
-            if len(rest) >= n:
-                if len(rest) > n:
+            if got >= n:
+                if got > n:
                     self._reusable = False
-                    rest = rest[:n]
-                send_now(fe.transport, relay + rest)
+                send_now(fe.transport, relay + buf[end + 4 : end + 4 + n])
                 self._finish()
             else:
-                send_now(fe.transport, relay + rest)
-                self._left = n - len(rest)
+                send_now(fe.transport, relay + buf[end + 4 :])
+                self._left = n - got
                 self._state = _BODY
                 self._produce(fe)
             return
+        rest = buf[end + 4 :]
         if relay is None:
             relay = buf[: end + 4]
         if framing == NO_BODY:
@@ -203,7 +241,8 @@ class BackendProtocol(Protocol):
         fe = self.frontend
         self._state = _HEAD
         self._scanner = None
-        self._unproduce(fe)
+        if self._producing:
+            self._unproduce(fe)
         self.frontend = None
         fe.response_done(self, self._reusable)
 
@@ -283,22 +322,40 @@ class BackendPool:
         addresses: Dict[str, Address],
         connect_timeout: float,
         max_idle: int = 256,
-        idle_time: float = 15.0,
+        idle_time: float = POOL_IDLE_TIME,
+        safe_idle: float = SAFE_REUSE_IDLE,
     ):
         self.reactor = reactor
         self.addresses = addresses
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle_time = idle_time
+        self.safe_idle = safe_idle
         self.idle: Dict[str, List[BackendProtocol]] = {name: [] for name in addresses}
         self.all: Set[BackendProtocol] = set()
         self.connecting: Set = set()
 
-    def take(self, node: str) -> Optional[BackendProtocol]:
+    def take(self, node: str, now: Optional[float] = None, safe: bool = False) -> Optional[BackendProtocol]:
+        """
+        The most recently used idle connection to C{node}, if any.  With
+        C{safe}, only one idle less than C{safe_idle} seconds (else
+        C{None}: the caller opens a new one).  Connections past
+        C{idle_time} are closed rather than used, even before the sweep.
+        """
         idle = self.idle[node]
+        if not idle:
+            return None
+        if now is None:
+            now = self.reactor.seconds()
+        if safe and idle[-1].idle_since < now - self.safe_idle:
+            return None
+        limit = now - self.idle_time
         while idle:
             conn = idle.pop()
-            if conn.connected:
+            if conn.idle_since < limit:
+                conn.transport.loseConnection()
+            elif conn.connected:
+                conn.reused = True
                 return conn
         return None
 

@@ -40,12 +40,14 @@ def send_now(transport, data: bytes) -> None:
     TCP transports are sent to directly (a TLS wrapper must encrypt), and
     anything left over or any error goes the ordinary way.
     """
+    # Twisted empties dataBuffer once everything in it is sent; a buffer
+    # left sent but not yet emptied only sends this the ordinary way.
     if (
         type(transport) in _TCP_TYPES
+        and not transport.dataBuffer
+        and not transport._tempDataLen
         and transport.connected
         and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
     ):
         try:
             sent = transport.socket.send(data)

@@ -30,40 +30,34 @@ UNTIL_CLOSE = 3
 
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])\Z")
 _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00\r\n]*)\Z")
-# Every header line of a head after its first line, each starting with CRLF.
+# A whole request head (request line and header lines) in one match.
 # Unambiguous (no two quantifiers can share a character), so it cannot
 # backtrack badly on hostile input.
-_HEADER_BLOCK = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z")
-# Lower-cased names that need the line-by-line path.
-_REQUEST_SPECIAL = re.compile(
-    rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[^:]*"
-    rb"|x-forwarded-for|x-forwarded-proto|forwarded|expect):"
+_REQUEST = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z"
+)
+# A request head whose header lines need nothing removed or merged, in one
+# match that also picks up the last Host, Cookie and Content-Length value
+# (untrimmed).  The other lines exclude those names, so every line can be
+# read one way only and the match stays linear.
+_PLAIN_REQUEST = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])"
+    rb"(?:\r\n(?:"
+    rb"(?i:host):([^\x00\r\n]*+)"
+    rb"|(?i:cookie):([^\x00\r\n]*+)"
+    rb"|(?i:content-length):([^\x00\r\n]*+)"
+    rb"|(?!(?i:c(?:ookie|ontent-length|onnection)|host|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
+    rb"|proxy-[^:]*|x-forwarded-(?:for|proto)|forwarded|expect):)"
+    rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*+"
+    rb"))*+\Z"
 )
 _COOKIE = re.compile(rb"\r\ncookie:")
-_TWICE = object()
 
 
 def _line_end(block: bytes, start: int) -> int:
     end = block.find(CRLF, start)
     return len(block) if end < 0 else end
-
-
-def _value(block: bytes, lower: bytes, marker: bytes):
-    """
-    The trimmed value of the header line starting with C{marker} (CRLF,
-    lower-case name, colon) in C{block}; C{None} when absent, C{_TWICE}
-    when the header appears more than once.
-    """
-    i = lower.find(marker)
-    if i < 0:
-        return None
-    start = i + len(marker)
-    end = block.find(CRLF, start)
-    if end < 0:
-        return block[start:].strip(b" \t")
-    if lower.find(marker, end) >= 0:
-        return _TWICE
-    return block[start:end].strip(b" \t")
 
 
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
@@ -147,58 +141,63 @@ def parse_request_head(
     refused with 400, so no server behind us can read a different request
     boundary than ours.
     """
-    i = head.find(CRLF)
-    if i < 0:
-        first, block = head, b""
-    else:
-        first, block = head[:i], head[i:]
-    if block.count(CRLF) > limits.max_headers:
+    # Every header line takes at least four bytes ("\r\nX:"), so a short
+    # head cannot have too many.
+    if len(head) > 4 * limits.max_headers and head.count(CRLF) > limits.max_headers:
         return Reject(431, "too many header lines")
-    m = _REQUEST_LINE.match(first)
-    if m is None:
-        return Reject(400, "malformed request line")
-    method, target, minor = m.group(1), m.group(2), m.group(3)
-    version = 11 if minor == b"1" else 10
-    if _HEADER_BLOCK.match(block) is None:
-        return Reject(400, "malformed header line")
-    lower = block.lower()
-    if _REQUEST_SPECIAL.search(lower) is None:
+    m = _PLAIN_REQUEST.match(head)
+    if m is not None:
         # The common case: nothing to remove, so the head is forwarded as
-        # it came and only Host, Cookie and Content-Length are looked at.
-        host = _value(block, lower, b"\r\nhost:")
-        if host is _TWICE:
-            return Reject(400, "more than one Host")
-        length_value = _value(block, lower, b"\r\ncontent-length:")
-        if length_value is _TWICE:
-            return Reject(400, "more than one Content-Length")
-        cookie = _value(block, lower, b"\r\ncookie:")
-        if cookie is _TWICE:
-            cookie = b"; ".join(
-                block[h.end() : _line_end(block, h.end())].strip(b" \t")
-                for h in _COOKIE.finditer(lower)
-            )
-        if host is None and version == 11:
-            return Reject(400, "HTTP/1.1 request without Host")
+        # it came; the match gave Host, Cookie and Content-Length (the last
+        # of each), and one search for each present says whether it came
+        # before too.  The request line cannot hold CRLF, so every
+        # "\r\nname:" in the lower-cased head starts a header line.
+        method, target, minor, host, cookie, length_value = m.group(1, 2, 3, 4, 5, 6)
+        version = 11 if minor == b"1" else 10
+        if host is None and cookie is None and length_value is None:
+            if version == 11:
+                return Reject(400, "HTTP/1.1 request without Host")
+            return RequestHead(method, target, version, None, None, NO_BODY, 0, False, head + _forwarding(client, secure, version))
+        lower = head.lower()
+        if host is None:
+            if version == 11:
+                return Reject(400, "HTTP/1.1 request without Host")
+        else:
+            if lower.find(b"\r\nhost:", 0, m.start(4) - 7) >= 0:
+                return Reject(400, "more than one Host")
+            host = host.strip(b" \t")
+        if cookie is not None:
+            if lower.find(b"\r\ncookie:", 0, m.start(5) - 9) >= 0:
+                cookie = b"; ".join(
+                    head[c.end() : _line_end(head, c.end())].strip(b" \t")
+                    for c in _COOKIE.finditer(lower)
+                )
+            else:
+                cookie = cookie.strip(b" \t")
         if length_value is None:
             framing = length = 0
         else:
+            if lower.find(b"\r\ncontent-length:", 0, m.start(6) - 17) >= 0:
+                return Reject(400, "more than one Content-Length")
+            length_value = length_value.strip(b" \t")
             if _DIGITS.match(length_value) is None:
                 return Reject(400, "invalid Content-Length")
             length = int(length_value)
             if length > limits.max_body_bytes:
                 return Reject(413, "request body too large")
             framing = LENGTH if length else NO_BODY
-        return RequestHead(
-            method,
-            target,
-            version,
-            host,
-            cookie,
-            framing,
-            length,
-            version == 11,
-            head + _forwarding(client, secure, version),
-        )
+        suffix = _FORWARDING.get((client, secure, version))
+        if suffix is None:
+            suffix = _forwarding(client, secure, version)
+        return RequestHead(method, target, version, host, cookie, framing, length, version == 11, head + suffix)
+    m = _REQUEST.match(head)
+    if m is None:
+        i = head.find(CRLF)
+        if _REQUEST_LINE.match(head if i < 0 else head[:i]) is None:
+            return Reject(400, "malformed request line")
+        return Reject(400, "malformed header line")
+    method, target, minor = m.group(1, 2, 3)
+    version = 11 if minor == b"1" else 10
     lines = head.split(CRLF)
     host = cookie = length_value = te = connection = None
     xff = forwarded = None

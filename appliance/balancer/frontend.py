@@ -1,8 +1,9 @@
 """
 The client side of the proxy: a plain L{Protocol} that buffers only the
-request head, forwards the raw bytes (rewritten by L{parse_request_head}) to
-a pooled server connection, and tries the next server when the rules in
-L{may_retry} allow.
+request head, holds or streams the body, and hands the request to
+L{ServerAttempts} (C{attempts.py}), which forwards the raw bytes (rewritten
+by L{parse_request_head}) to a pooled server connection and tries the next
+server when the rules in L{may_retry} allow.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendProtocol, ResponseTimeout
-from .flow import Throttle, send_now
+from .attempts import BODY_WAIT, BUSY, CLOSED, HEAD, HEAD_WAIT, IDLE, ServerAttempts
+from .backend import BackendProtocol
 from .chunked import ChunkedScanner
+from .flow import Throttle, send_now
 from .framing import (
     CRLF,
     HEAD_END,
@@ -25,28 +26,18 @@ from .framing import (
     RequestHead,
     error_response,
     parse_request_head,
-    simple_response,
 )
-from .response import ResponseHead
-from .policy import may_retry
+from .local import LB_HEALTH, is_lb_health, lb_health, redirect_https
 
 if TYPE_CHECKING:  # pragma: no cover
     from .service import Balancer
 
-LB_HEALTH = b"/_appliance/lb-health"
 
-_HEAD, _BUSY, _CLOSED = 0, 1, 2
-# What the connection's deadline is for.
-_IDLE, _HEAD_WAIT, _BODY_WAIT = 0, 1, 2
-
-
-class FrontendProtocol(Protocol):
+class FrontendProtocol(ServerAttempts, Protocol):
     """
     One client connection: requests are handled one at a time, in order
     (pipelined requests wait in the buffer).
     """
-
-    log = Logger()
 
     def __init__(self, balancer: "Balancer", secure: bool):
         self.balancer = balancer
@@ -55,8 +46,8 @@ class FrontendProtocol(Protocol):
         self.keep_alive = True
         self.method = b""
         self.deadline: Optional[float] = None
-        self._deadline_kind = _IDLE
-        self._state = _HEAD
+        self._deadline_kind = IDLE
+        self._state = HEAD
         self._buf = b""
         self._client = b""
         self._paused = False
@@ -76,8 +67,20 @@ class FrontendProtocol(Protocol):
         self._body_done = True
         self._scanner: Optional[ChunkedScanner] = None
         self._streaming = False
-        self._responding = False
+        self.responding = False
         self._started = 0.0
+        self._fresh_retry = False
+        # Read once per request: kept here rather than looked up through
+        # the balancer and its config every time.
+        config = balancer.config
+        self._seconds = balancer.clock.seconds
+        self._limits = balancer.limits
+        self._max_head = config.max_header_bytes
+        self._idle_timeout = config.idle_timeout
+        self._head_timeout = config.head_timeout
+        self._response_timeout = config.response_timeout
+        self._retry_body = config.retry_body_bytes
+        self._redirect = config.redirect_https and not secure
 
     # -- connection events
 
@@ -89,10 +92,10 @@ class FrontendProtocol(Protocol):
             pass
         self.throttle = Throttle(self.transport)
         self.balancer.frontends.add(self)
-        self._wait(_IDLE)
+        self._wait(IDLE)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        self._state = _CLOSED
+        self._state = CLOSED
         self.balancer.frontends.discard(self)
         if self._connecting is not None:
             self._connecting.waiter = None
@@ -104,14 +107,11 @@ class FrontendProtocol(Protocol):
             self.balancer.nodes.finished(conn.node, None)
 
     def _wait(self, kind: int) -> None:
-        b = self.balancer
         self._deadline_kind = kind
-        if kind == _IDLE:
-            self.deadline = b.clock.seconds() + b.config.idle_timeout
-        elif kind == _HEAD_WAIT:
-            self.deadline = b.clock.seconds() + b.config.head_timeout
+        if kind == HEAD_WAIT:
+            self.deadline = self._seconds() + self._head_timeout
         else:
-            self.deadline = b.clock.seconds() + b.config.idle_timeout
+            self.deadline = self._seconds() + self._idle_timeout
 
     def expired(self) -> None:
         """
@@ -119,9 +119,9 @@ class FrontendProtocol(Protocol):
         keep-alive connection or a stalled body is closed.
         """
         self.deadline = None
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return
-        if self._deadline_kind == _HEAD_WAIT:
+        if self._deadline_kind == HEAD_WAIT:
             self._reject(408)
         else:
             self.transport.loseConnection()
@@ -129,9 +129,9 @@ class FrontendProtocol(Protocol):
     # -- reading requests
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state == _HEAD:
+        if self._state == HEAD:
             self._read_head(self._buf + data if self._buf else data)
-        elif self._state == _BUSY:
+        elif self._state == BUSY:
             if self._body_done:
                 self._buf += data
                 self._pause_if_full()
@@ -139,72 +139,87 @@ class FrontendProtocol(Protocol):
                 self._read_body(data)
 
     def _read_head(self, buf: bytes) -> None:
-        limit = self.balancer.config.max_header_bytes
-        while buf.startswith(CRLF):
-            buf = buf[2:]
+        if buf[0] == 13:
+            # Blank lines before a request line are ignored (RFC 9112 2.2).
+            while buf.startswith(CRLF):
+                buf = buf[2:]
         end = buf.find(HEAD_END)
         if end < 0:
             self._buf = buf
-            if len(buf) > limit:
+            if len(buf) > self._max_head:
                 self._reject(431)
-            elif buf and self._deadline_kind != _HEAD_WAIT:
-                self._wait(_HEAD_WAIT)
+            elif buf and self._deadline_kind != HEAD_WAIT:
+                self._wait(HEAD_WAIT)
             return
-        if end > limit:
+        if end > self._max_head:
             self._reject(431)
             return
         self._buf = b""
-        b = self.balancer
-        head = parse_request_head(buf[:end], b.limits, self._client, self.secure)
+        head = parse_request_head(buf[:end], self._limits, self._client, self.secure)
         if type(head) is Reject:
             self.log.debug("refused {status}: {reason}", status=head.status, reason=head.reason)
             self._reject(head.status)
             return
         self.deadline = None
-        self._state = _BUSY
+        self._state = BUSY
         self._head = head
         self.method = head.method
         self.keep_alive = head.keep_alive
-        rest = buf[end + 4 :]
-        if head.target.startswith(LB_HEALTH) and head.target[len(LB_HEALTH) : len(LB_HEALTH) + 1] in (b"", b"?"):
-            self._local(head, b"ok\n", 200, "OK", rest)
+        start = end + 4
+        if head.target.startswith(LB_HEALTH) and is_lb_health(head.target):
+            self._local(*lb_health(head, self.keep_alive), buf[start:])
             return
-        if b.config.redirect_https and not self.secure:
-            self._redirect(head, rest)
+        if self._redirect:
+            self._local(*redirect_https(head, self.keep_alive, self.balancer.https_port), buf[start:])
             return
-        self._sent = False
-        self._responding = False
+        self.responding = False
         self._streaming = False
-        self._body = []
-        self._body_size = 0
+        self._fresh_retry = False
         framing = head.framing
         if framing == NO_BODY:
+            # The common case, straight through: no body, the next request
+            # (if pipelined) waits in the buffer.
             self._body_done = True
             self._replayable = True
-        elif framing == LENGTH:
-            self._body_done = False
-            self._body_left = head.length
-            self._replayable = head.length <= b.config.retry_body_bytes
-        else:
-            self._body_done = False
-            self._scanner = ChunkedScanner()
-            self._replayable = True
+            if len(buf) > start:
+                self._buf = buf[start:]
+                self._pause_if_full()
+            self._first_attempt(head)
+            return
         if head.expect_continue:
             # The body is read here (held for a retry or streamed), so the
             # client is told to go on now rather than when a server says so.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._plan, self._plan_complete = b.plan(head)
+        if framing == LENGTH and head.length <= self._retry_body and len(buf) - start >= head.length:
+            # A whole small body in the same read: held for a retry, sent
+            # with the head.
+            stop = start + head.length
+            self._body_done = True
+            self._replayable = True
+            self._body = [buf[start:stop]]
+            self._body_size = head.length
+            if len(buf) > stop:
+                self._buf = buf[stop:]
+                self._pause_if_full()
+            self._first_attempt(head)
+            return
+        self._body = []
+        self._body_size = 0
+        self._body_done = False
+        if framing == LENGTH:
+            self._body_left = head.length
+            self._replayable = head.length <= self._retry_body
+        else:
+            self._scanner = ChunkedScanner()
+            self._replayable = True
+        self._plan, self._plan_complete = self.balancer.plan(head)
         self._attempt = 0
         self._dispatched = False
+        rest = buf[start:]
         if rest:
-            if self._body_done:
-                self._buf = rest
-                self._pause_if_full()
-            else:
-                self._read_body(rest)
-                return
-        elif not self._body_done:
-            self._wait(_BODY_WAIT)
+            self._read_body(rest)
+            return
+        self._wait(BODY_WAIT)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -232,7 +247,7 @@ class FrontendProtocol(Protocol):
             except ValueError:
                 self._reject(400)
                 return
-            if self._scanner.size > self.balancer.config.max_body_bytes:
+            if self._scanner.size > self._limits.max_body_bytes:
                 self._reject(413)
                 return
             if k < 0:
@@ -256,229 +271,47 @@ class FrontendProtocol(Protocol):
             self._pause_if_full()
             self._dispatch()
             return
-        self._wait(_BODY_WAIT)
-        if not self._streaming and self._body_size > self.balancer.config.retry_body_bytes:
+        self._wait(BODY_WAIT)
+        if not self._streaming and self._body_size > self._retry_body:
             # Too large to hold for a retry: stream it to the first server,
             # and stop reading until that server is connected.
             self._replayable = False
             self._pause()
             self._dispatch()
 
-    # -- trying servers
-
-    def _try_next(self) -> None:
-        plan = self._plan
-        if self._attempt >= len(plan) and not self._plan_complete:
-            rest, self._plan_complete = self.balancer.plan(self._head, tried=plan)
-            plan = self._plan = plan + rest
-        if self._attempt >= len(plan):
-            self._fail(502 if self._sent else 503)
-            return
-        node = plan[self._attempt]
-        self._attempt += 1
-        self._node = node
-        self._sent = False
-        conn = self.balancer.pool.take(node)
-        if conn is not None:
-            self.server_connected(conn)
-        else:
-            self._connecting = self.balancer.pool.connect(node, self)
-
-    def server_connect_failed(self, node: str, reason: Failure) -> None:
-        """
-        Nothing was sent: passively mark the server down and try the next.
-        """
-        self._connecting = None
-        if self._state != _BUSY:
-            return
-        self.log.info(
-            "server {node} unreachable: {error}", node=node, error=reason.getErrorMessage()
-        )
-        self.balancer.nodes.refused(node, self.balancer.clock.seconds())
-        self._try_next()
-
-    def server_connected(self, conn: BackendProtocol) -> None:
-        self._connecting = None
-        if self._state != _BUSY:
-            self.balancer.pool.release(conn)
-            return
-        b = self.balancer
-        self._conn = conn
-        conn.attach(self)
-        b.nodes.started(conn.node)
-        self._started = b.clock.seconds()
-        conn.deadline = self._started + b.config.response_timeout
-        body = self._body
-        if body:
-            send_now(conn.transport, self._head.forward + b"".join(body))
-        else:
-            send_now(conn.transport, self._head.forward)
-        self._sent = True
-        if not self._body_done:
-            self._streaming = True
-            self._body = []
-            conn.transport.registerProducer(self.throttle, True)
-            self._resume()
-
-    def _response_deadline(self) -> float:
-        b = self.balancer
-        return b.clock.seconds() + b.config.response_timeout
-
-    # -- responses (called by BackendProtocol)
-
-    def response_started(self, head: ResponseHead) -> None:
-        self._responding = True
-        if head.session and self.balancer.sticky:
-            self.balancer.sticky_table.learn(head.session, self._node, self.balancer.clock.seconds())
-
-    def response_done(self, conn: BackendProtocol, reusable: bool) -> None:
-        b = self.balancer
-        now = b.clock.seconds()
-        self._conn = None
-        self._node = None
-        b.nodes.finished(conn.node, now - self._started)
-        if self._streaming:
-            self._stop_streaming(conn)
-        if reusable and self._body_done:
-            b.pool.release(conn, now)
-        else:
-            conn.transport.loseConnection()
-        self._head = None
-        if self._body:
-            self._body = []
-        if not self.keep_alive or not self._body_done:
-            self._state = _CLOSED
-            self.transport.loseConnection()
-            return
-        # The next request, as in _next_request, without asking the time again.
-        self._state = _HEAD
-        if self._paused:
-            self._resume()
-        self._deadline_kind = _IDLE
-        self.deadline = now + b.config.idle_timeout
-        if self._buf:
-            buf, self._buf = self._buf, b""
-            self._read_head(buf)
-
-    def backend_failed(self, conn: BackendProtocol, reason: Failure) -> None:
-        b = self.balancer
-        self._conn = None
-        b.nodes.finished(conn.node, None)
-        if self._streaming:
-            self._stop_streaming(conn)
-        if self._state != _BUSY:
-            return
-        if self._responding:
-            # Part of the answer is already with the client: only closing
-            # the connection tells it the response is incomplete.
-            self.log.warn(
-                "server {node} failed mid-response: {error}",
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._state = _CLOSED
-            self.transport.loseConnection()
-            return
-        replayable = self._replayable and self._body_done
-        if may_retry(self.method, self._sent, replayable):
-            self.log.info(
-                "retrying {method} after {node} failed: {error}",
-                method=self.method.decode("ascii", "replace"),
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._try_next()
-        else:
-            self.log.info(
-                "not retrying {method} after {node} failed: {error}",
-                method=self.method.decode("ascii", "replace"),
-                node=conn.node,
-                error=reason.getErrorMessage(),
-            )
-            self._fail(504 if reason.check(ResponseTimeout) else 502)
-
     def _next_request(self) -> None:
-        self._state = _HEAD
+        self._state = HEAD
         self._resume()
-        self._wait(_IDLE)
+        self._wait(IDLE)
         if self._buf:
             buf, self._buf = self._buf, b""
             self._read_head(buf)
 
     # -- local answers
 
-    def _local(self, head: RequestHead, body: bytes, status: int, reason: str, rest: bytes) -> None:
-        keep = self.keep_alive and head.framing == NO_BODY
-        if head.method == b"HEAD":
-            response = simple_response(status, reason, b"", close=not keep).replace(
-                b"Content-Length: 0", b"Content-Length: %d" % len(body)
-            )
-        elif head.method == b"GET":
-            response = simple_response(status, reason, body, close=not keep)
-        else:
-            response = simple_response(405, "Method Not Allowed", b"", (b"Allow: GET, HEAD",), close=not keep)
+    def _local(self, response: bytes, keep: bool, rest: bytes) -> None:
         self.transport.write(response)
-        self._finish_local(keep, rest)
-
-    def _redirect(self, head: RequestHead, rest: bytes) -> None:
-        keep = self.keep_alive and head.framing == NO_BODY
-        host = head.host or b"localhost"
-        if host.startswith(b"["):
-            host = host[: host.find(b"]") + 1]
-        else:
-            host = host.split(b":", 1)[0]
-        port = self.balancer.https_port
-        authority = host if port == 443 else host + b":%d" % port
-        target = head.target if head.target.startswith(b"/") else b"/"
-        status = 301 if head.method in (b"GET", b"HEAD") else 308
-        self.transport.write(
-            simple_response(
-                status,
-                "Moved Permanently" if status == 301 else "Permanent Redirect",
-                b"",
-                (b"Location: https://" + authority + target,),
-                close=not keep,
-            )
-        )
         self._finish_local(keep, rest)
 
     def _finish_local(self, keep: bool, rest: bytes) -> None:
         self._head = None
         if not keep:
-            self._state = _CLOSED
+            self._state = CLOSED
             self.transport.loseConnection()
             return
         self._buf = rest
         self._next_request()
 
     def _reject(self, status: int) -> None:
-        self._state = _CLOSED
+        self._state = CLOSED
         self.deadline = None
         self.transport.write(error_response(status))
         self.transport.loseConnection()
 
-    def _fail(self, status: int) -> None:
-        self.log.warn(
-            "answering {status} to {method}: no server could take it",
-            status=status,
-            method=self.method.decode("ascii", "replace"),
-        )
-        self._reject(status)
-
     # -- flow control
 
-    def _stop_streaming(self, conn: BackendProtocol) -> None:
-        """
-        The body is through (or the server gone): the server's transport may
-        have paused us and will no longer resume us, so resume here.
-        """
-        self._streaming = False
-        conn.transport.unregisterProducer()
-        self._paused = False
-        self.transport.resumeProducing()
-
     def _pause_if_full(self) -> None:
-        if len(self._buf) > self.balancer.config.max_header_bytes:
+        if len(self._buf) > self._max_head:
             self._pause()
 
     def _pause(self) -> None:

@@ -148,7 +148,8 @@ class Nodes:
         C{None} when it failed.
         """
         s = self.states[name]
-        s.outstanding = max(0, s.outstanding - 1)
+        if s.outstanding > 0:
+            s.outstanding -= 1
         if elapsed is not None:
             if s.samples == 0:
                 s.ewma = elapsed

@@ -19,12 +19,27 @@ from .framing import (
     UNTIL_CLOSE,
     _DIGITS,
     _HEADER,
-    _HEADER_BLOCK,
-    _TWICE,
-    _value,
 )
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
+# A whole response head (status line and header lines) in one match;
+# unambiguous, as the request side's.
+_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z"
+)
+# A response head with exactly one Content-Length (its digits captured)
+# and nothing hop-by-hop, in one match; the other lines exclude those
+# names, so every line can be read one way only and the match stays linear.
+_OTHER_LINE = (
+    rb"\r\n(?!(?i:c(?:ontent-length|onnection)|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
+    rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*+"
+)
+_PLAIN_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*+)?"
+    rb"(?:" + _OTHER_LINE + rb")*+"
+    rb"\r\n(?i:content-length):[ \t]*+([0-9]{1,18})[ \t]*+"
+    rb"(?:" + _OTHER_LINE + rb")*+\Z"
+)
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
     rb"|proxy-authenticate):"
@@ -78,37 +93,47 @@ def parse_response_head(
     C{Secure}.  The relayed head says C{Connection: close} when the client
     connection will close after it.
     """
-    i = head.find(CRLF)
-    if i < 0:
-        first, block = head, b""
-    else:
-        first, block = head[:i], head[i:]
-    m = _STATUS_LINE.match(first)
+    if cookie_name is None and client_keep_alive and method != b"HEAD":
+        m = _PLAIN_RESPONSE.match(head)
+        if m is not None:
+            # The common case: one Content-Length, nothing hop-by-hop, so
+            # the head is relayed as it came.
+            minor, code, length_value = m.group(1, 2, 3)
+            status = int(code)
+            if status >= 200 and status != 204 and status != 304:
+                length = int(length_value)
+                return ResponseHead(status, LENGTH if length else NO_BODY, length, minor == b"1", None, None)
+    m = _RESPONSE.match(head)
     if m is None:
         return None
     status = int(m.group(2))
     reusable = m.group(1) == b"1"
     length_value = te = None
     session = None
-    if _HEADER_BLOCK.match(block) is None:
-        return None
-    lower = block.lower()
+    # The status line cannot hold CRLF: every "\r\nname:" is a header line.
+    lower = head.lower()
     if cookie_name is None and _RESPONSE_SPECIAL.search(lower) is None:
         # The common case: relay the head as it came; only the length matters.
-        length_value = _value(block, lower, b"\r\ncontent-length:")
-        if length_value is _TWICE:
-            return None
-        if (
-            length_value is not None
-            and client_keep_alive
-            and method != b"HEAD"
-            and status >= 200
-            and status != 204
-            and status != 304
-            and _DIGITS.match(length_value) is not None
-        ):
-            length = int(length_value)
-            return ResponseHead(status, LENGTH if length else NO_BODY, length, reusable, None, None)
+        i = lower.find(b"\r\ncontent-length:")
+        if i >= 0:
+            i += 17
+            j = lower.find(b"\r\n", i)
+            if j < 0:
+                length_value = head[i:].strip(b" \t")
+            elif lower.find(b"\r\ncontent-length:", j) >= 0:
+                return None
+            else:
+                length_value = head[i:j].strip(b" \t")
+            if (
+                client_keep_alive
+                and status >= 200
+                and status != 204
+                and status != 304
+                and method != b"HEAD"
+                and _DIGITS.match(length_value) is not None
+            ):
+                length = int(length_value)
+                return ResponseHead(status, LENGTH if length else NO_BODY, length, reusable, None, None)
         return _finish_response(status, reusable, method, te, length_value, session, [head], client_keep_alive, True)
     lines = head.split(CRLF)
     out = [lines[0]]

@@ -25,6 +25,10 @@ from .health import HealthChecker
 from .policy import Nodes, StickyTable, make_policy, plan_plugin, plan_sticky, quick_pick
 
 
+# Cookie headers longer than this are read each time rather than kept.
+_MAX_KEPT_HEADER = 512
+
+
 class Balancer:
     """
     What every connection of one balancer shares: configuration, server
@@ -41,11 +45,13 @@ class Balancer:
         self.sticky = config.mode == "sticky"
         self.limits = Limits(config.max_header_bytes, config.max_headers, config.max_body_bytes)
         self.nodes = Nodes.of(self.addresses, config.down_time, config.health_rise, config.health_fall)
+        self._states = self.nodes.states
         self.policy = make_policy(config.policy)
         self.sticky_table = StickyTable(config.sticky_ttl)
         self.pool = BackendPool(clock, self.addresses, config.connect_timeout)
         self.frontends: Set[FrontendProtocol] = set()
         self._routes: Dict[bytes, Route] = {}
+        self._primaries: Dict[Optional[bytes], str] = {}
         # Where redirect_https sends clients; the port actually listened on.
         self.https_port = config.https.port if config.https is not None else None
 
@@ -68,6 +74,30 @@ class Balancer:
                 self._routes.clear()
             self._routes[value] = route
         return route
+
+    def first(self, cookie: Optional[bytes], now: float) -> Optional[str]:
+        """
+        The server a request with this C{Cookie} header goes to first when
+        that server is available, else C{None} (ask L{plan}).  In plugin
+        mode a client sends the same header on every request, so the
+        primary it names is kept per header value (bounded): one dictionary
+        look-up instead of reading the cookie again.
+        """
+        if self.sticky:
+            value = None if cookie is None else find(cookie, self.cookie_bytes)
+            return quick_pick(self.sticky_table.lookup(value, now), self.nodes, now)
+        primary = self._primaries.get(cookie)
+        if primary is None:
+            value = None if cookie is None else find(cookie, self.cookie_bytes)
+            primary = self.route(value).primary or ""
+            if cookie is None or len(cookie) <= _MAX_KEPT_HEADER:
+                if len(self._primaries) >= 10_000:
+                    self._primaries.clear()
+                self._primaries[cookie] = primary
+        state = self._states.get(primary)
+        if state is not None and state.up and now >= state.down_until:
+            return primary
+        return None
 
     def plan(self, head: RequestHead, tried: Tuple[str, ...] = ()) -> Tuple[Tuple[str, ...], bool]:
         """
