@@ -44,13 +44,13 @@ _REQUEST = re.compile(
 _PLAIN_REQUEST = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])"
     rb"(?:\r\n(?:"
-    rb"(?i:host):([^\x00\r\n]*+)"
-    rb"|(?i:cookie):([^\x00\r\n]*+)"
-    rb"|(?i:content-length):([^\x00\r\n]*+)"
+    rb"(?i:host):([^\x00\r\n]*)"
+    rb"|(?i:cookie):([^\x00\r\n]*)"
+    rb"|(?i:content-length):([^\x00\r\n]*)"
     rb"|(?!(?i:c(?:ookie|ontent-length|onnection)|host|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
     rb"|proxy-[^:]*|x-forwarded-(?:for|proto)|forwarded|expect):)"
-    rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*+"
-    rb"))*+\Z"
+    rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*"
+    rb"))*\Z"
 )
 _COOKIE = re.compile(rb"\r\ncookie:")
 

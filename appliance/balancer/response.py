@@ -32,13 +32,13 @@ _RESPONSE = re.compile(
 # names, so every line can be read one way only and the match stays linear.
 _OTHER_LINE = (
     rb"\r\n(?!(?i:c(?:ontent-length|onnection)|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
-    rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*+"
+    rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*"
 )
 _PLAIN_RESPONSE = re.compile(
-    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*+)?"
-    rb"(?:" + _OTHER_LINE + rb")*+"
-    rb"\r\n(?i:content-length):[ \t]*+([0-9]{1,18})[ \t]*+"
-    rb"(?:" + _OTHER_LINE + rb")*+\Z"
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?"
+    rb"(?:" + _OTHER_LINE + rb")*"
+    rb"\r\n(?i:content-length):[ \t]*([0-9]{1,18})[ \t]*"
+    rb"(?:" + _OTHER_LINE + rb")*\Z"
 )
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
