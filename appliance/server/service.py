@@ -15,7 +15,6 @@ from twisted.logger import Logger
 
 from appliance.config import Address, ClusterConfig
 from appliance.replication import peer as peer_edge
-from appliance.replication import tls
 from appliance.replication.link import PeerLink, PeerUnavailable
 from appliance.replication.replicator import Replicator
 from appliance.server import hosting
@@ -109,7 +108,12 @@ class SessionServerService(service.Service):
     def startService(self) -> None:
         super().startService()
         settings = self.cluster.cluster
-        server_tls = tls.server_options(settings) if settings.tls else None
+        server_tls = None
+        if settings.tls:
+            # Imported here: pyOpenSSL is needed only when TLS is configured.
+            from appliance.replication import tls
+
+            server_tls = tls.server_options(settings)
         factory = peer_edge.server_factory(
             self.node, self.cluster.node_names, settings.secret, self.node.limit
         )
@@ -118,7 +122,7 @@ class SessionServerService(service.Service):
             listen(self.reactor, self.config.http, hosting.site(self.reactor, self.cluster, self.node, self.health))
         )
         for other in self.node.peers:
-            client_tls = tls.client_options(settings, other.replication.host) if settings.tls else None
+            client_tls = tls.client_options(settings, other.replication.host) if server_tls else None
             endpoint = client_endpoint(self.reactor, other.replication, settings.replication_timeout, client_tls)
             link = PeerLink(
                 self.reactor,
