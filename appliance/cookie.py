@@ -17,7 +17,6 @@ from attrs import frozen
 
 SEPARATOR = "!"
 _SID = re.compile(r"^[A-Za-z0-9_-]{22}$")
-_SID_BYTES = re.compile(rb"^[A-Za-z0-9_-]{22}$")
 MAX_VALUE = 200
 
 

@@ -311,9 +311,6 @@ class Store:
             del self.sessions[sid]
         return differ
 
-    def load(self) -> int:
-        return len(self.sessions)
-
 
 def topology_distance(a, b) -> int:
     """
