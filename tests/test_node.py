@@ -351,3 +351,19 @@ class DurabilityTests(SynchronousTestCase):
             if route.sid is not None:
                 self.assertEqual(handle.data.get("cart", []), model)
                 self.assertNotEqual(route.primary, route.secondary)
+
+
+class ReadOnlyTakeoverTests(SynchronousTestCase):
+    def test_read_only_takeover_waits_for_protection(self):
+        """In sync mode even a read-only request that took a session over answers only once the secondary has it."""
+        c = Cluster()
+        _, d = c.request(self, "s1", cookie.NO_ROUTE, add("apple"))
+        route = cookie.decode(self.successResultOf(d).cookie, c.config.node_names)
+        c.down.add("s1")
+        _, d = c.request(self, "s3", route, lambda data: data["cart"], turn=False)
+        self.assertNoResult(d)
+        c.clock.advance(0)
+        outcome = self.successResultOf(d)
+        new = cookie.decode(outcome.cookie, c.config.node_names)
+        self.assertEqual((new.primary, new.secondary), ("s3", "s2"))
+        self.assertEqual(c.nodes["s2"].store.get(route.sid).values, {"cart": b'["apple"]'})

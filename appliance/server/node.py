@@ -131,20 +131,25 @@ class SessionNode:
     def _open(self, sid: str, route: cookie.Route):
         yield self._lock(sid)
         try:
-            session = yield self._resolve(sid, route)
+            session, protected = yield self._resolve(sid, route)
         except BaseException:
             self._unlock(sid)
             raise
         if session is None:
             self._unlock(sid)
             return Handle(SessionData())
-        return Handle(SessionData(session.values), session)
+        return Handle(SessionData(session.values), session, [] if protected is None else [protected])
 
     @defer.inlineCallbacks
     def _resolve(self, sid: str, route: cookie.Route):
+        """
+        The session to serve and the Deferred of its protection on a
+        secondary (taken over or promoted here), which the response waits
+        for in sync mode; C{(None, None)} when nobody holds it.
+        """
         local = self.store.get(sid)
         if local is not None and local.primary == self.name:
-            return local
+            return local, None
         sources = [n for n in (route.primary, route.secondary) if n and n != self.name]
         if local is not None and local.primary not in sources and local.primary != self.name:
             sources.insert(0, local.primary)
@@ -170,11 +175,10 @@ class SessionNode:
                 "promoted {sid} epoch={epoch} secondary={secondary}",
                 sid=sid, epoch=session.epoch, secondary=session.secondary,
             )
-            self._protect(session).addErrback(self._background_failure)
-            return session
-        return None
+            return session, self._protect(session).addErrback(self._background_failure)
+        return None, None
 
-    def _adopted(self, full: Full, source: str) -> Session:
+    def _adopted(self, full: Full, source: str):
         keep = full.secondary
         if keep is None or keep == self.name or not self.connected(keep):
             keep = self.pick_secondary()
@@ -183,8 +187,7 @@ class SessionNode:
             "took {sid} over from {source} epoch={epoch} secondary={secondary}",
             sid=full.sid, source=source, epoch=session.epoch, secondary=keep,
         )
-        self._protect(session).addErrback(self._background_failure)
-        return session
+        return session, self._protect(session).addErrback(self._background_failure)
 
     def _protect(self, session: Session) -> defer.Deferred:
         """
