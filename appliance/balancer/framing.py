@@ -62,10 +62,9 @@ def _line_end(block: bytes, start: int) -> int:
 
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 
-# Request headers dropped before forwarding: hop-by-hop (RFC 9110 7.6.1),
-# the forwarding headers we rewrite, and Transfer-Encoding, which is added
-# back when the chunked body is relayed as it came.
-_DROP_REQUEST = frozenset(
+# Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction;
+# Transfer-Encoding is added back when a chunked body is relayed as it came.
+HOP_BY_HOP = frozenset(
     [
         b"connection",
         b"keep-alive",
@@ -74,14 +73,20 @@ _DROP_REQUEST = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"proxy-connection",
-        b"proxy-authorization",
         b"proxy-authenticate",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"forwarded",
-        b"expect",
     ]
 )
+# Request headers dropped before forwarding: the hop-by-hop ones, the
+# forwarding headers we rewrite, and what the balancer answers itself.
+_DROP_REQUEST = HOP_BY_HOP | {
+    b"proxy-authorization",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"forwarded",
+    b"expect",
+}
+
+
 @frozen
 class Limits:
     """
@@ -179,13 +184,10 @@ def parse_request_head(
         else:
             if lower.find(b"\r\ncontent-length:", 0, m.start(6) - 17) >= 0:
                 return Reject(400, "more than one Content-Length")
-            length_value = length_value.strip(b" \t")
-            if _DIGITS.match(length_value) is None:
-                return Reject(400, "invalid Content-Length")
-            length = int(length_value)
-            if length > limits.max_body_bytes:
-                return Reject(413, "request body too large")
-            framing = LENGTH if length else NO_BODY
+            checked = _body_length(length_value.strip(b" \t"), limits)
+            if isinstance(checked, Reject):
+                return checked
+            framing, length = checked
         suffix = _FORWARDING.get((client, secure, version))
         if suffix is None:
             suffix = _forwarding(client, secure, version)
@@ -269,12 +271,10 @@ def _finish_request(
         framing, length = CHUNKED, 0
         out.append(b"Transfer-Encoding: chunked")
     elif length_value is not None:
-        if _DIGITS.match(length_value) is None:
-            return Reject(400, "invalid Content-Length")
-        length = int(length_value)
-        if length > limits.max_body_bytes:
-            return Reject(413, "request body too large")
-        framing = LENGTH if length else NO_BODY
+        checked = _body_length(length_value, limits)
+        if isinstance(checked, Reject):
+            return checked
+        framing, length = checked
     else:
         framing, length = NO_BODY, 0
 
@@ -362,3 +362,16 @@ REASONS = {
 def error_response(status: int, close: bool = True) -> bytes:
     reason = REASONS.get(status, "Error")
     return simple_response(status, reason, reason.encode("ascii") + b"\n", close=close)
+
+
+def _body_length(value: bytes, limits: "Limits") -> Union[Tuple[int, int], "Reject"]:
+    """
+    The framing and length a request's Content-Length value announces, or
+    why it is refused.
+    """
+    if _DIGITS.match(value) is None:
+        return Reject(400, "invalid Content-Length")
+    length = int(value)
+    if length > limits.max_body_bytes:
+        return Reject(413, "request body too large")
+    return (LENGTH if length else NO_BODY), length

@@ -14,6 +14,7 @@ from attrs import define
 from .framing import (
     CHUNKED,
     CRLF,
+    HOP_BY_HOP,
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
@@ -43,18 +44,6 @@ _PLAIN_RESPONSE = re.compile(
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
     rb"|proxy-authenticate):"
-)
-_DROP_RESPONSE = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-        b"proxy-authenticate",
-    ]
 )
 
 
@@ -144,7 +133,7 @@ def parse_response_head(
         if h is None:
             return None
         name = h.group(1).lower()
-        if name in _DROP_RESPONSE:
+        if name in HOP_BY_HOP:
             if name == b"transfer-encoding":
                 te = h.group(2).strip(b" \t")
             elif name == b"connection":
