@@ -27,6 +27,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
+from proc import cpu_seconds  # bench/ is on sys.path when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SID = "AAAAAAAAAAAAAAAAAAAAAA"
 COOKIE = f"APPSESSION={SID}!b1!"
@@ -148,21 +150,6 @@ def wrk(port: int, duration: int, connections: int, script: Optional[str] = None
     if errors:
         sys.stderr.write(f"  wrk reported problems on port {port}: {errors.group(0)}\n")
     return float(rate.group(1)), p99, int(total.group(1))
-
-
-def cpu_seconds(pid: Optional[int]) -> float:
-    """
-    User + system CPU time of process C{pid} so far (from /proc), 0 when
-    unknown (the direct target has no proxy process).
-    """
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(port: int, pid: Optional[int], duration: int, connections: int, script: Optional[str] = None):
