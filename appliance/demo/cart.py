@@ -6,6 +6,9 @@ session, C{environ["appliance.session"]}.
     POST   /cart/items         form field item; 200 the new list
     DELETE /cart/items/<item>  200 the new list (404 if not in the cart)
     POST   /cart/logout        200; the session ends everywhere
+
+Another method on one of these paths is 405 with C{Allow}; another path
+is 404 (both with a short text body).
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ def _reply(start_response, status: str, body: object):
         status,
         [("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")],
     )
+    return [data]
+
+
+def _refuse(start_response, status: str, allow: str = ""):
+    data = status.encode("ascii") + b"\n"
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
+    if allow:
+        headers.append(("Allow", allow))
+    start_response(status, headers)
     return [data]
 
 
@@ -56,4 +68,10 @@ def app(environ, start_response):
     if path == "/logout" and method == "POST":
         session.invalidate()
         return _reply(start_response, "200 OK", {"logged_out": True})
-    return _reply(start_response, "404 Not Found", {"error": "no such resource"})
+    allow = _ALLOW.get(path, "DELETE" if path.startswith("/items/") else "")
+    if allow:
+        return _refuse(start_response, "405 Method Not Allowed", allow)
+    return _refuse(start_response, "404 Not Found")
+
+
+_ALLOW = {"/": "GET, HEAD", "/items": "POST", "/logout": "POST"}

@@ -111,17 +111,36 @@ class HeldRequest(server.Request):
         server.Request.finish(self)
 
 
+def _body_length(content) -> int:
+    """
+    How many body bytes were received: twisted.web has already removed any
+    chunked framing, so this is the length a WSGI application may read.
+    """
+    if content is None:
+        return 0
+    content.seek(0, 2)
+    length = content.tell()
+    content.seek(0)
+    return length
+
+
 def wsgi_environ(request: server.Request, mount: str, session: SessionData) -> dict:
+    """
+    The WSGI environ of C{request}.  The body is handed over whole however
+    it was framed: C{CONTENT_LENGTH} is what was received (a chunked body
+    is decoded before the application runs), and the hop-by-hop
+    C{Transfer-Encoding} it came with is not passed on.
+    """
     path = request.path.decode("latin-1")
-    script = mount
-    path_info = path[len(mount) :]
+    headers = request.requestHeaders
+    framed = headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
     environ = {
         "REQUEST_METHOD": request.method.decode("ascii", "replace"),
-        "SCRIPT_NAME": script,
-        "PATH_INFO": path_info,
+        "SCRIPT_NAME": mount,
+        "PATH_INFO": path[len(mount) :],
         "QUERY_STRING": request.uri.partition(b"?")[2].decode("latin-1"),
         "CONTENT_TYPE": (request.getHeader(b"content-type") or b"").decode("latin-1"),
-        "CONTENT_LENGTH": (request.getHeader(b"content-length") or b"").decode("latin-1"),
+        "CONTENT_LENGTH": str(_body_length(request.content)) if framed else "",
         "SERVER_NAME": request.getRequestHostname().decode("latin-1"),
         "SERVER_PORT": str(request.getHost().port),
         "REMOTE_ADDR": getattr(request.getClientAddress(), "host", ""),
@@ -129,17 +148,21 @@ def wsgi_environ(request: server.Request, mount: str, session: SessionData) -> d
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": "https" if request.isSecure() else "http",
         "wsgi.input": request.content if request.content is not None else BytesIO(),
+        "wsgi.input_terminated": True,
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
         "appliance.session": session,
     }
-    for name, values in request.requestHeaders.getAllRawHeaders():
+    for name, values in headers.getAllRawHeaders():
         key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+        if key not in _NOT_PASSED:
             environ[key] = ",".join(v.decode("latin-1") for v in values)
     return environ
+
+
+_NOT_PASSED = frozenset(("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING"))
 
 
 def run_wsgi(app, environ) -> Tuple[str, list, List[bytes]]:
@@ -186,6 +209,18 @@ def write_wsgi_response(response: Tuple[str, list, List[bytes]], request: server
     request.finish()
 
 
+def plain_error(request: server.Request, code: int, phrase: bytes, allow: Optional[bytes] = None) -> bytes:
+    """
+    A short text answer for what the server itself refuses (no application
+    handles the path, or the method does not apply); returns the body.
+    """
+    request.setResponseCode(code, phrase)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    if allow is not None:
+        request.setHeader(b"allow", allow)
+    return b"%d %s\n" % (code, phrase)
+
+
 class NodeResource(resource.Resource):
     """
     The root of a session server: the health endpoint and every mounted
@@ -210,6 +245,8 @@ class NodeResource(resource.Resource):
     def render(self, request):
         path = request.path
         if path == HEALTH:
+            if request.method not in (b"GET", b"HEAD"):
+                return plain_error(request, 405, b"Method Not Allowed", allow=b"GET, HEAD")
             body = json.dumps(self.health()).encode("utf-8")
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
@@ -219,9 +256,7 @@ class NodeResource(resource.Resource):
             if text == mount or text.startswith(mount + "/"):
                 self._serve(request, app, target)
                 return server.NOT_DONE_YET
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"application/json")
-        return b'{"error": "no application here"}'
+        return plain_error(request, 404, b"Not Found")
 
     def _serve(self, request: HeldRequest, app: AppConfig, target) -> None:
         route = cookie.decode(request.getCookie(self.cookie_name), self.names)
@@ -305,6 +340,7 @@ def site(reactor, cluster: ClusterConfig, node: SessionNode, health) -> server.S
     s = NodeSite(
         NodeResource(reactor, cluster, node, health),
         parsePOSTFormSubmission=any(app.resource is not None for app in cluster.apps),
+        reactor=reactor,
     )
     s.access_log = cluster.cluster.access_log
     return s
