@@ -83,6 +83,7 @@ class ClusterSettings:
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
     max_session_bytes: int = 16 * 1024 * 1024
+    max_sessions: int = 100_000
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
@@ -449,6 +450,7 @@ class _Loader:
             heartbeat_interval=s.get("heartbeat_interval", _positive_duration, 1.0),
             heartbeat_misses=s.get("heartbeat_misses", _count, 3),
             max_session_bytes=s.get("max_session_bytes", _size, 16 * 1024 * 1024),
+            max_sessions=s.get("max_sessions", _count, 100_000),
             access_log=s.get("access_log", _boolean, False),
             **tls,
         )

@@ -25,9 +25,12 @@ from appliance import cookie
 from appliance.config import AppConfig, ClusterConfig
 from appliance.core.session import NotJSON, SessionData
 from appliance.core.store import Fenced, TooLarge
-from appliance.server.node import Handle, SessionNode
+from appliance.server.node import Handle, SessionNode, TooManySessions
 
 log = Logger()
+
+#: Seconds a client refused a new session (the node is full) is told to wait.
+FULL_RETRY_AFTER = b"10"
 
 HEALTH = b"/_appliance/health"
 
@@ -84,6 +87,9 @@ class HeldRequest(server.Request):
         if failure.check(Fenced):
             self._replace(503, {"error": "this session moved to another server; retry"})
             self.setHeader(b"retry-after", b"1")
+        elif failure.check(TooManySessions):
+            self._replace(503, {"error": "this server holds all the sessions it may; retry later"})
+            self.setHeader(b"retry-after", FULL_RETRY_AFTER)
         elif failure.check(TooLarge):
             self._replace(413, {"error": str(failure.value)})
         elif failure.check(NotJSON):

@@ -27,6 +27,13 @@ from appliance.replication.peer import IReplicationHandler, decode_hand_over, de
 log = Logger()
 
 
+class TooManySessions(Exception):
+    """
+    This node is primary of C{max_sessions} sessions: it creates no new one
+    until some end.
+    """
+
+
 @define
 class Handle:
     """
@@ -83,6 +90,8 @@ class SessionNode:
         self.limit = self.settings.max_session_bytes + 2 * wire.CHUNK
         self._locks: Dict[str, List[defer.Deferred]] = {}
         self.touched: Dict[str, set] = {}
+        self._primaries = 0
+        self._counted_at: Optional[float] = None
 
     # -- locks: writes on one session are serialised on its primary --------
 
@@ -202,7 +211,7 @@ class SessionNode:
         Commit what the request did and replicate it; fires with an
         L{Outcome} when the response may leave (in sync mode, after the
         secondary acknowledged).  Fails with L{Fenced} if the write was
-        refused, L{TooLarge} or L{NotJSON}.
+        refused, L{TooLarge}, L{NotJSON} or L{TooManySessions}.
         """
         now = self.now() if now is None else now
         session = handle.session
@@ -244,9 +253,12 @@ class SessionNode:
         if session is None:
             if not changes:
                 return Outcome()
+            if not self._room(now):
+                raise TooManySessions(self.settings.max_sessions)
             sid = cookie.new_sid()
             secondary = self.pick_secondary()
             full = self.store.create(sid, changes, secondary, now)
+            self._primaries += 1
             handle.session = self.store.get(sid)
             if secondary is not None:
                 handle.waits.append(self._deliver(secondary, full))
@@ -262,6 +274,21 @@ class SessionNode:
         elif delta is None and session.secondary is not None:
             self.touched.setdefault(session.secondary, set()).add(session.sid)
         return Outcome()
+
+    def _room(self, now: float) -> bool:
+        """
+        Whether this node may create one more session.  Counting its
+        primaries walks the store, so it is done only once the store holds
+        C{max_sessions} copies in all, and then at most once a second;
+        sessions created in between are added to the last count.
+        """
+        limit = self.settings.max_sessions
+        if len(self.store) < limit:
+            return True
+        if self._counted_at is None or now - self._counted_at >= 1.0:
+            self._primaries = sum(1 for s in self.store.sessions.values() if s.primary == self.name)
+            self._counted_at = now
+        return self._primaries < limit
 
     # -- replication results -----------------------------------------------
 
