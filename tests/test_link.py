@@ -23,7 +23,7 @@ class Net:
 
     def __init__(self):
         self.node, self.cluster = make_node("s2")
-        self.server_factory = peer.server_factory(self.node, self.cluster.node_names, "test-secret-123", 10**7)
+        self.server_factory = peer.server_factory(self.node, self.cluster.node_names, "test-secret-123", 10**7, Clock(), 5.0)
         self.pumps = []
         self.refuse = False
 

@@ -36,7 +36,10 @@ def make_node(name="s2", max_bytes="16MiB"):
 class PeerEdgeTests(SynchronousTestCase):
     def connect(self, user=b"s1", secret=b"test-secret-123", max_bytes="16MiB"):
         self.node, cluster = make_node(max_bytes=max_bytes)
-        server_factory = peer.server_factory(self.node, cluster.node_names, cluster.cluster.secret, self.node.limit)
+        self.clock = Clock()
+        server_factory = peer.server_factory(
+            self.node, cluster.node_names, cluster.cluster.secret, self.node.limit, self.clock, 5.0
+        )
         client_factory = pb.PBClientFactory()
         client, server, self.pump = connectedServerAndClient(
             lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None)

@@ -20,7 +20,7 @@ from zope.interface import Interface, implementer
 
 from appliance.cookie import valid_sid
 from appliance.core.session import Full
-from appliance.replication import wire
+from appliance.replication import guard, wire
 
 log = Logger()
 
@@ -148,7 +148,8 @@ def decode_sids(data: object) -> List[str]:
 @implementer(checkers.ICredentialsChecker)
 class SecretChecker:
     """
-    A peer is any configured node that knows the cluster secret.
+    A peer is any configured node that knows the cluster secret.  A refusal
+    is logged by L{appliance.replication.guard}, which knows the client.
     """
 
     credentialInterfaces = (credentials.IUsernamePassword, credentials.IUsernameHashedPassword)
@@ -161,7 +162,6 @@ class SecretChecker:
         name = creds.username.decode("utf-8", "replace") if isinstance(creds.username, bytes) else creds.username
         if name in self.nodes and creds.checkPassword(self.secret):
             return defer.succeed(name)
-        log.warn("replication login refused for {user!r}: unknown node or wrong secret", user=name)
         return defer.fail(error.UnauthorizedLogin())
 
 
@@ -178,9 +178,13 @@ class PeerRealm:
         return pb.IPerspective, PeerAvatar(avatarId, self.handler, self.nodes, self.limit), lambda: None
 
 
-def server_factory(handler: IReplicationHandler, nodes: Collection[str], secret: str, limit: int) -> pb.PBServerFactory:
+def server_factory(
+    handler: IReplicationHandler, nodes: Collection[str], secret: str, limit: int, clock, login_timeout: float
+) -> pb.PBServerFactory:
     """
-    The PB factory a node listens with.
+    The PB factory a node listens with: peers log in with the secret within
+    C{login_timeout} seconds on C{clock}, under L{guard}'s pre-login rules.
     """
-    p = portal.Portal(PeerRealm(handler, nodes, limit), [SecretChecker(nodes, secret)])
-    return pb.PBServerFactory(p)
+    return guard.GuardedServerFactory(
+        PeerRealm(handler, nodes, limit), [SecretChecker(nodes, secret)], clock, login_timeout
+    )

@@ -115,7 +115,8 @@ class SessionServerService(service.Service):
 
             server_tls = tls.server_options(settings)
         factory = peer_edge.server_factory(
-            self.node, self.cluster.node_names, settings.secret, self.node.limit
+            self.node, self.cluster.node_names, settings.secret, self.node.limit,
+            self.reactor, settings.replication_timeout,
         )
         self._ports.append(listen(self.reactor, self.config.replication, factory, server_tls))
         self._ports.append(
