@@ -9,6 +9,7 @@ minus its ID (see L{appliance.dns.responder}).
 
 from __future__ import annotations
 
+import struct
 from typing import List, Optional
 
 from attrs import frozen
@@ -36,6 +37,11 @@ _AA = 0x04
 _TC = 0x02
 _RD = 0x01
 _CD = 0x10
+_DO = 0x8000
+
+_COUNTS = struct.Struct("!4H")
+_RR = struct.Struct("!HHIH")
+_OPT = struct.Struct("!BHHIH")  # root name, type, UDP size, TTL, RDLENGTH
 
 
 @frozen
@@ -52,14 +58,83 @@ class Reply:
     period: int = 1
 
 
-def _header_only(query: bytes, rcode: int) -> bytes:
+def _flags1(query: bytes, extra: int = 0) -> int:
     """
-    A response carrying just the header: the query's ID, opcode and RD bit,
-    QR set, the given rcode and no sections.  For queries too broken to
-    echo.
+    The first flags byte of a response to C{query}: QR, the query's opcode
+    and, for a standard query only, its RD bit (it means nothing for
+    other opcodes, RFC 8906 section 8.1.4).
     """
-    flags1 = _QR | (query[2] & 0x79)  # opcode and RD from the query
-    return query[:2] + bytes((flags1, rcode & 0xF)) + b"\x00" * 8
+    flags = query[2] & 0x78
+    if flags == 0:
+        flags |= query[2] & _RD
+    return _QR | extra | flags
+
+
+def _skip_name(data: bytes, offset: int) -> Optional[int]:
+    """
+    The offset just past the name at C{offset} (a compression pointer
+    ends it; none is followed), or None if it runs off the end.
+    """
+    end = len(data)
+    while offset < end:
+        n = data[offset]
+        if n == 0:
+            return offset + 1
+        if n & 0xC0 == 0xC0:
+            return offset + 2 if offset + 2 <= end else None
+        if n > 63:
+            return None
+        offset += n + 1
+    return None
+
+
+def query_edns(query: bytes) -> Optional[int]:
+    """
+    The TTL field (extended rcode, version, flags) of the first OPT record
+    in the additional section of C{query}, or None when there is none or
+    the sections cannot be walked that far.  Reads only framing, so it
+    works where the rest of the query cannot be parsed.
+    """
+    if len(query) < 12:
+        return None
+    questions, answers, authority, additional = _COUNTS.unpack_from(query, 4)
+    offset: Optional[int] = 12
+    for _ in range(questions):
+        offset = _skip_name(query, offset)  # type: ignore[arg-type]
+        if offset is None:
+            return None
+        offset += 4
+    before = answers + authority
+    for index in range(before + additional):
+        offset = _skip_name(query, offset)  # type: ignore[arg-type]
+        if offset is None or offset + 10 > len(query):
+            return None
+        rtype, _, ttl, rdlength = _RR.unpack_from(query, offset)
+        if rtype == TYPE_OPT and index >= before:
+            return ttl
+        offset += 10 + rdlength
+    return None
+
+
+def _opt_record(edns: int) -> bytes:
+    """
+    Our OPT record for a response to a query whose OPT carried C{edns}:
+    version 0, our UDP size, the query's DO bit echoed.
+    """
+    return _OPT.pack(0, TYPE_OPT, UDP_MAXIMUM, edns & _DO, 0)
+
+
+def _error(query: bytes, rcode: int) -> bytes:
+    """
+    A response of the header alone, plus an OPT record when the query
+    carried one (RFC 6891 section 7): for queries too broken to echo, or
+    of an opcode we do not implement.
+    """
+    head = query[:2] + bytes((_flags1(query), rcode & 0xF))
+    edns = query_edns(query)
+    if edns is None:
+        return head + b"\x00" * 8
+    return head + b"\x00\x00\x00\x00\x00\x00\x00\x01" + _opt_record(edns)
 
 
 def _question_end(query: bytes) -> Optional[int]:
@@ -83,14 +158,18 @@ def _question_end(query: bytes) -> Optional[int]:
 
 def truncated(query: bytes) -> bytes:
     """
-    An empty response with TC set, echoing the question when it is simple:
-    what a rate-limited client gets to make it retry over TCP.
+    An empty response with TC set, echoing the question when it is simple
+    (and with an OPT record if the query had one): what a rate-limited
+    client gets to make it retry over TCP.
     """
-    flags1 = _QR | _AA | _TC | (query[2] & 0x79)
+    head = query[:2] + bytes((_flags1(query, _AA | _TC), 0))
     end = _question_end(query) if query[4:6] == b"\x00\x01" else None
-    if end is None:
-        return query[:2] + bytes((flags1, 0)) + b"\x00" * 8
-    return query[:2] + bytes((flags1, 0)) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]
+    question = b"" if end is None else query[12:end]
+    edns = query_edns(query)
+    counts = b"\x00\x00" if end is None else b"\x00\x01"
+    if edns is None:
+        return head + counts + b"\x00" * 6 + question
+    return head + counts + b"\x00\x00\x00\x00\x00\x01" + question + _opt_record(edns)
 
 
 def cache_key(query: bytes):
@@ -138,25 +217,25 @@ def respond(zone: Zone, query: bytes, rotation: int = 0, tcp: bool = False) -> O
     if len(query) < 12 or query[2] & _QR:
         return None
     if (query[2] >> 3) & 0xF != 0:
-        return Reply(_header_only(query, RCODE.NOTIMP))
+        return Reply(_error(query, RCODE.NOTIMP))
     if query[4:6] != b"\x00\x01":
-        return Reply(_header_only(query, RCODE.FORMERR))
+        return Reply(_error(query, RCODE.FORMERR))
     try:
         request = DNSRecord.parse(query)
     except (DNSError, RecursionError, Exception):
         # DNSError for what dnslib recognises as malformed, RecursionError
         # for long compression-pointer chains, and anything else a hostile
         # packet provokes: all are the sender's format error.
-        return Reply(_header_only(query, RCODE.FORMERR))
+        return Reply(_error(query, RCODE.FORMERR))
     question = request.q
     if _wire_length(question.qname) > 255 or any(len(p) > 63 for p in question.qname.label):
-        return Reply(_header_only(query, RCODE.FORMERR))
+        return Reply(_error(query, RCODE.FORMERR))
 
     opts = [rr for rr in request.ar if rr.rtype == TYPE_OPT]
     if len(opts) > 1 or (opts and opts[0].rname.label != ()):
-        return Reply(_header_only(query, RCODE.FORMERR))
+        return Reply(_error(query, RCODE.FORMERR))
     if any(rr.rtype == TYPE_OPT for rr in request.rr + request.auth):
-        return Reply(_header_only(query, RCODE.FORMERR))
+        return Reply(_error(query, RCODE.FORMERR))
     opt = opts[0] if opts else None
 
     header = DNSHeader(id=request.header.id, qr=1, aa=1, rd=request.header.rd, q=1)
