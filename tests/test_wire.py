@@ -53,6 +53,14 @@ class WireTests(SynchronousTestCase):
         bad = Delta(SID, 1, 2, "s1", "s2", {"x": b"{not json"}, ())
         self.assertRaises(wire.WireError, wire.decode, wire.encode([bad]), NODES)
 
+    def test_deeply_nested_value_refused(self):
+        """A value nested deeper than the JSON parser recurses is refused with WireError, not RecursionError."""
+        for depth in (5_000, 200_000):
+            deep = Delta(SID, 1, 2, "s1", "s2", {"x": b"[" * depth + b"]" * depth}, ())
+            with self.assertRaises(wire.WireError) as caught:
+                wire.decode(wire.encode([RECORDS[3], deep]), NODES)
+            self.assertIn("nested too deep", str(caught.exception))
+
     def test_bad_sid_format_and_kind(self):
         """A malformed sid, an unknown format or record kind is refused."""
         data = wire.encode([Remove(SID, 1)])

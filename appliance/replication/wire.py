@@ -165,6 +165,8 @@ class _Reader:
                 json.loads(data)
             except ValueError:
                 raise WireError(f"value of {key!r} is not JSON") from None
+            except RecursionError:
+                raise WireError(f"value of {key!r} is nested too deep") from None
             values[key] = data
         return values
 
