@@ -12,7 +12,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from attrs import field, frozen
 
@@ -170,6 +170,30 @@ class ClusterConfig:
     @property
     def node_names(self) -> Tuple[str, ...]:
         return tuple(n.name for n in self.nodes)
+
+    def listeners(self) -> Iterator[Tuple[str, str, Address]]:
+        """
+        (section, key, address) of every address this cluster listens on.
+        """
+        if self.dns is not None:
+            yield "dns", "listen", self.dns.listen
+        for b in self.balancers:
+            yield f"balancer:{b.name}", "listen", b.listen
+            if b.https is not None:
+                yield f"balancer:{b.name}", "https", b.https
+        for n in self.nodes:
+            yield f"node:{n.name}", "http", n.http
+            yield f"node:{n.name}", "replication", n.replication
+
+    def listen_error(self, host: str, port: int, problem: str) -> ConfigError:
+        """
+        The error to stop startup with when C{host}:C{port} cannot be
+        listened on: it names the section and key of that address.
+        """
+        for section, key, address in self.listeners():
+            if (address.host, address.port) == (host, port):
+                return ConfigError(self.path, section, key, f"cannot listen on {address}: {problem}")
+        return ConfigError(self.path, "-", None, f"cannot listen on {Address(host, port)}: {problem}")
 
     @classmethod
     def from_string(cls, text: str, path: str = "<string>") -> "ClusterConfig":
@@ -541,11 +565,13 @@ class _Loader:
         resource = s.get("resource", _import_path)
         if (wsgi is None) == (resource is None):
             raise s.error("wsgi", "give exactly one of wsgi = module:app or resource = module:resource")
-        threads = s.get("threads", _boolean, True)
-        if resource is not None and not threads:
-            raise s.error("threads", "twisted.web resources always render in the reactor thread")
+        threads = s.get("threads", _boolean)
+        if resource is not None and threads:
+            raise s.error("threads", "twisted.web resources always render in the reactor thread (threads = yes cannot apply)")
         s.done()
-        return AppConfig(name=name, mount=mount, wsgi=wsgi, resource=resource, threads=threads)
+        return AppConfig(
+            name=name, mount=mount, wsgi=wsgi, resource=resource, threads=resource is None and threads is not False
+        )
 
 
 def _ttl(value: str) -> int:

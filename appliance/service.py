@@ -9,9 +9,38 @@ import sys
 from typing import Optional, Sequence
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
 from appliance.config import ClusterConfig
+
+log = Logger()
+
+
+class ProcessServices(service.MultiService):
+    """
+    Every service of this process.  A listening address that cannot be
+    opened (in use, not permitted) stops startup with the one-line
+    C{appliance: FILE: [SECTION] KEY: problem} error, like any config
+    mistake, instead of a traceback.
+    """
+
+    def __init__(self, cluster: ClusterConfig):
+        super().__init__()
+        self.cluster = cluster
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as e:
+            problem = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            error = self.cluster.listen_error(e.interface, e.port, problem)
+            log.error("{error}", error=str(error))
+            # twistd has redirected sys.stderr into the log by now.
+            sys.__stderr__.write(f"appliance: {error}\n")
+            sys.__stderr__.flush()
+            raise SystemExit(1)
 
 
 def child_command(config_path: str, node: str) -> list:
@@ -42,7 +71,7 @@ def make_service(
     node: Optional[str] = None,
     roles: Sequence[str] = ("dns", "balancer", "server"),
 ) -> service.MultiService:
-    top = service.MultiService()
+    top = ProcessServices(cluster)
     everything = node is None
     if cluster.dns is not None and "dns" in roles and (everything or cluster.dns.node == node):
         from appliance.dns.service import DnsService

@@ -200,9 +200,12 @@ class StartupTests(SynchronousTestCase):
 
 class AppOptionTests(SynchronousTestCase):
     def test_threads_option(self):
-        """A WSGI app may run off the thread pool; a resource may not ask to."""
-        config = load(GOOD + "\n[app:x]\nmount = /x\nwsgi = m:app\nthreads = no\n")
-        self.assertFalse(config.apps[0].threads)
+        """A WSGI app runs in the thread pool unless threads = no; a resource never does and may not ask to."""
+        app = "\n[app:x]\nmount = /x\n"
+        self.assertTrue(load(GOOD + app + "wsgi = m:app\n").apps[0].threads)
+        self.assertFalse(load(GOOD + app + "wsgi = m:app\nthreads = no\n").apps[0].threads)
+        self.assertFalse(load(GOOD + app + "resource = m:r\n").apps[0].threads)
+        self.assertFalse(load(GOOD + app + "resource = m:r\nthreads = no\n").apps[0].threads)
         with self.assertRaises(ConfigError) as caught:
-            load(GOOD + "\n[app:x]\nmount = /x\nresource = m:r\nthreads = no\n")
+            load(GOOD + app + "resource = m:r\nthreads = yes\n")
         self.assertEqual((caught.exception.section, caught.exception.key), ("app:x", "threads"))

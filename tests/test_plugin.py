@@ -5,8 +5,10 @@ package installs and uninstalls cleanly.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -20,7 +22,7 @@ from appliance import tap
 from appliance.service import child_command, make_service
 from appliance.config import ClusterConfig
 
-from .helpers import ROOT
+from .helpers import ROOT, RealNodes, cluster_ini, free_ports, http, twistd, write
 
 SHIPPED = os.path.join(ROOT, "etc", "cluster.ini")
 
@@ -140,3 +142,50 @@ class AllInOneServiceTests(SynchronousTestCase):
                          sorted([DnsService.__name__, BalancerService.__name__, "SessionServerService"]))
         on_s1 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("dns", "balancer"))
         self.assertEqual(list(on_s1), [])
+
+
+class StartupErrorTests(SynchronousTestCase):
+    """
+    Startup problems found only when the services start, through a real
+    twistd: one line naming file, section and key, exit status 1.
+    """
+
+    def run_twistd(self, text, *args):
+        path = os.path.abspath(self.mktemp() + ".ini")
+        write(path, text)
+        proc = subprocess.run(twistd("--config", path, *args), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        return path, proc.returncode, lines
+
+    def test_port_in_use(self):
+        """A session server or DNS address already in use stops startup with one line naming its section and key."""
+        (dns,) = free_ports(1)
+        text, ports = cluster_ini(names=("s1", "s2"), dns=f"\n[dns]\nlisten = 127.0.0.1:{dns}\nnode = s1\n")
+        for roles, kind, port, where in (
+            ("server", socket.SOCK_STREAM, ports["s1"][0], "[node:s1] http"),
+            ("server", socket.SOCK_STREAM, ports["s1"][1], "[node:s1] replication"),
+            ("dns", socket.SOCK_DGRAM, dns, "[dns] listen"),
+        ):
+            held = socket.socket(socket.AF_INET, kind)
+            held.bind(("127.0.0.1", port))
+            if kind == socket.SOCK_STREAM:
+                held.listen(1)
+            try:
+                path, code, lines = self.run_twistd(text, "--node", "s1", "--roles", roles)
+            finally:
+                held.close()
+            self.assertEqual(
+                (code, lines), (1, [f"appliance: {path}: {where}: cannot listen on 127.0.0.1:{port}: Address already in use"])
+            )
+
+    def test_threads_for_a_resource(self):
+        """threads = yes on a resource application is refused at startup; threads = no starts."""
+        text, ports = cluster_ini(names=("s1",), apps="\n[app:counter]\nmount = /counter\nresource = tests.apps:counter\nthreads = yes\n")
+        path, code, lines = self.run_twistd(text, "--node", "s1")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].startswith(f"appliance: {path}: [app:counter] threads: "), lines)
+        nodes = RealNodes(self, names=("s1",), apps="\n[app:counter]\nmount = /counter\nresource = tests.apps:counter\nthreads = no\n")
+        status, _, body = http("GET", nodes.url("s1", "/counter"))
+        self.assertEqual((status, json.loads(body)["count"]), (200, 1))
