@@ -13,6 +13,7 @@ setup(
         "appliance.balancer",
         "appliance.dns",
         "appliance.demo",
+        "appliance.testing",
         "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/appliance_plugin.py"]},
