@@ -264,16 +264,35 @@ def state(pid):
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+def settled(predicate, timeout=10.0):
+    """
+    Whether C{predicate()} holds within C{timeout}: signals and exec take
+    effect asynchronously.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class ProcessTests(SynchronousTestCase):
     def test_pause_resume_kill_restart(self):
         """pause stops the process, resume continues it, kill ends it, restart runs it again with the same argv."""
         lab = BareLab(self, servers=2).lab
         argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+        host = os.stat(f"/run/netns/{lab.namespace('s1')}").st_ino
+
+        def in_host(popen):
+            return lambda: os.stat(f"/proc/{popen.pid}/ns/net").st_ino == host
+
         first = lab.spawn("sleeper", "s1", argv)
+        self.assertTrue(settled(in_host(first)))
         lab.pause("sleeper")
-        self.assertEqual(state(first.pid), "T")
+        self.assertTrue(settled(lambda: state(first.pid) == "T"))
         lab.resume("sleeper")
-        self.assertNotEqual(state(first.pid), "T")
+        self.assertTrue(settled(lambda: state(first.pid) != "T"))
         lab.kill("sleeper")
         self.assertEqual(first.returncode, -9)
         lab.restart("sleeper")
@@ -281,11 +300,7 @@ class ProcessTests(SynchronousTestCase):
         self.assertNotEqual(second.pid, first.pid)
         self.assertIsNone(second.poll())
         self.assertEqual(lab.processes["sleeper"].argv, argv)
-        host = os.stat(f"/run/netns/{lab.namespace('s1')}").st_ino
-        deadline = time.monotonic() + 10
-        while os.stat(f"/proc/{second.pid}/ns/net").st_ino != host and time.monotonic() < deadline:
-            time.sleep(0.01)  # ip netns exec enters the namespace, then execs argv
-        self.assertEqual(os.stat(f"/proc/{second.pid}/ns/net").st_ino, host)
+        self.assertTrue(settled(in_host(second)))
         self.assertEqual([e["what"] for e in lab.events], ["pause", "resume", "kill", "restart"])
 
 
