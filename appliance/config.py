@@ -80,8 +80,10 @@ class ClusterSettings:
     reprotect: str = "eager"
     replication_timeout: float = 5.0
     digest_interval: float = 30.0
-    heartbeat_interval: float = 1.0
+    heartbeat_interval: float = 0.25
     heartbeat_misses: int = 3
+    lease_time: float = 1.5
+    clock_drift: float = 0.01
     max_session_bytes: int = 16 * 1024 * 1024
     max_sessions: int = 100_000
     tls_cert: Optional[str] = None
@@ -92,6 +94,30 @@ class ClusterSettings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def lease_grace(self) -> float:
+        """
+        How long a server that lost its lease waits for it to come back
+        before it starts a new incarnation.
+        """
+        return self.lease_time / 4
+
+    @property
+    def takeover_wait(self) -> float:
+        """
+        How long a request may wait for the death of a session's primary to
+        be settled (a lease, the grace, and a few heartbeats to ask).
+        """
+        return self.lease_time + self.lease_grace + 4 * self.heartbeat_interval
+
+    @property
+    def lock_wait(self) -> float:
+        """
+        How long a request may wait for its session's lock: the holder may
+        be waiting for a replication answer or for a takeover to settle.
+        """
+        return self.replication_timeout + self.takeover_wait
 
 
 @frozen
@@ -112,6 +138,7 @@ class BalancerConfig:
     mode: str = "plugin"
     policy: str = "round_robin"
     node: Optional[str] = None
+    witness: Optional[Address] = None
     https: Optional[Address] = None
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
@@ -179,6 +206,8 @@ class ClusterConfig:
             yield "dns", "listen", self.dns.listen
         for b in self.balancers:
             yield f"balancer:{b.name}", "listen", b.listen
+            if b.witness is not None:
+                yield f"balancer:{b.name}", "witness", b.witness
             if b.https is not None:
                 yield f"balancer:{b.name}", "https", b.https
         for n in self.nodes:
@@ -194,6 +223,13 @@ class ClusterConfig:
             if (address.host, address.port) == (host, port):
                 return ConfigError(self.path, section, key, f"cannot listen on {address}: {problem}")
         return ConfigError(self.path, "-", None, f"cannot listen on {Address(host, port)}: {problem}")
+
+    @property
+    def witnesses(self) -> Tuple[BalancerConfig, ...]:
+        """
+        The balancers that vote (have a C{witness} address).
+        """
+        return tuple(b for b in self.balancers if b.witness is not None)
 
     @classmethod
     def from_string(cls, text: str, path: str = "<string>") -> "ClusterConfig":
@@ -431,6 +467,11 @@ class _Loader:
         if not nodes:
             raise ConfigError(self.path, "node:NAME", None, "at least one node is required")
         names = {n.name for n in nodes}
+        for b in balancers:
+            if b.witness is not None and b.name in names:
+                raise ConfigError(
+                    self.path, f"balancer:{b.name}", "witness", f"a witness needs a name no node has ([node:{b.name}] exists)"
+                )
         for label, section_name in [(b.node, f"balancer:{b.name}") for b in balancers] + [
             (dns.node if dns else None, "dns")
         ]:
@@ -471,8 +512,10 @@ class _Loader:
             reprotect=s.get("reprotect", _choice("eager", "lazy"), "eager"),
             replication_timeout=s.get("replication_timeout", _positive_duration, 5.0),
             digest_interval=s.get("digest_interval", _positive_duration, 30.0),
-            heartbeat_interval=s.get("heartbeat_interval", _positive_duration, 1.0),
+            heartbeat_interval=s.get("heartbeat_interval", _positive_duration, 0.25),
             heartbeat_misses=s.get("heartbeat_misses", _count, 3),
+            lease_time=s.get("lease_time", _positive_duration, 1.5),
+            clock_drift=s.get("clock_drift", _fraction, 0.01),
             max_session_bytes=s.get("max_session_bytes", _size, 16 * 1024 * 1024),
             max_sessions=s.get("max_sessions", _count, 100_000),
             access_log=s.get("access_log", _boolean, False),
@@ -480,6 +523,8 @@ class _Loader:
         )
         if len(settings.secret) < 8:
             raise s.error("secret", "must be at least 8 characters")
+        if settings.lease_time < 3 * settings.heartbeat_interval:
+            raise s.error("lease_time", "must be at least 3 heartbeat intervals (renewals must get through in time)")
         s.done()
         return settings
 
@@ -504,6 +549,8 @@ class _Loader:
     def balancer(self, s: _Section, name: str) -> BalancerConfig:
         listen = s.get("listen", _address, required=True)
         self.claim(s, "listen", listen)
+        witness = s.get("witness", _address)
+        self.claim(s, "witness", witness)
         https = s.get("https", _address)
         self.claim(s, "https", https)
         cert, key = s.get("tls_cert"), s.get("tls_key")
@@ -517,6 +564,7 @@ class _Loader:
             mode=s.get("mode", _choice("plugin", "sticky"), "plugin"),
             policy=s.get("policy", _choice("round_robin", "least_requests", "fastest"), "round_robin"),
             node=s.get("node", _name),
+            witness=witness,
             https=https,
             tls_cert=cert,
             tls_key=key,
@@ -579,6 +627,19 @@ def _ttl(value: str) -> int:
     if not 0 <= n <= 86400:
         raise ValueError("must be 0-86400 seconds")
     return n
+
+
+def _fraction(value: str) -> float:
+    text = value[:-1] if value.endswith("%") else value
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError("expected a fraction such as 0.01 or 1%") from None
+    if value.endswith("%"):
+        number /= 100
+    if not 0 <= number < 0.5:
+        raise ValueError("must be from 0 to less than 50%")
+    return number
 
 
 def _slip(value: str) -> int:

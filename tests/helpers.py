@@ -205,3 +205,25 @@ class RealNodes:
     def log(self, name):
         with open(os.path.join(self.dir, f"{name}.log"), errors="replace") as f:
             return f.read()
+
+
+def quorum_for(clock, cluster, name, now, call=None, connected=lambda peer: False, incarnation=1):
+    """
+    A real Quorum for node C{name} whose peers never answer (enough for a
+    one-node cluster, which is its own majority, or for edge tests).
+    """
+    from twisted.internet import defer
+
+    from appliance.core.membership import Membership, Timing
+    from appliance.replication.link import PeerUnavailable
+    from appliance.server.quorum import Quorum
+
+    settings = cluster.cluster
+    membership = Membership(
+        name, incarnation, cluster.node_names, [b.name for b in cluster.witnesses],
+        Timing(settings.lease_time, settings.clock_drift, settings.lease_grace), now(),
+    )
+    if call is None:
+        def call(peer, method, *args):
+            return defer.fail(PeerUnavailable(peer))
+    return Quorum(clock, membership, now, call, connected, lambda server: defer.succeed(False), settings.heartbeat_interval)

@@ -33,8 +33,16 @@ class ServerFailoverTests(SynchronousTestCase):
         self.assertEqual(status, 200, body)
         return json.loads(body)["items"], set_cookie_value(headers)
 
+    def restart(self, name):
+        """
+        Start C{name} again, as the all-in-one's supervisor does: with three
+        servers and no witness, two of them must be up for a majority.
+        """
+        self.nodes.start(name)
+        self.nodes.wait_linked(name)
+
     def test_secondary_takes_over_dead_primary(self):
-        """SIGKILL the primary: the secondary serves the whole cart and names itself primary."""
+        """SIGKILL the primary: the secondary serves the whole cart and names itself primary; again after a restart."""
         self.nodes.kill("s1")
         items, cookie = self.cart("s3")
         self.assertEqual(items, ["apple", "pear", "plum"])
@@ -42,16 +50,18 @@ class ServerFailoverTests(SynchronousTestCase):
         self.assertEqual((sid, primary, secondary), (self.sid, "s3", "s2"))
         self.cookie = cookie
         self.add("s3", "kiwi")
+        self.restart("s1")
         self.nodes.kill("s3")
         items, cookie = self.cart("s2")
         self.assertEqual(items, ["apple", "pear", "plum", "kiwi"])
         self.assertEqual(cookie.split("!")[1], "s2")
 
     def test_secondary_promotes_without_a_request(self):
-        """When the primary dies, its secondary promotes itself and re-protects the session before any request."""
+        """When the primary dies, its secondary promotes itself and re-protects the session before any request; a second death after a restart loses nothing."""
         self.nodes.kill("s1")
         wait_for(lambda: health(self.nodes.ports["s3"][0])["primaries"] == 1, 10, "s3 to promote")
         wait_for(lambda: health(self.nodes.ports["s2"][0])["sessions"] == 1, 10, "a new backup on s2")
+        self.restart("s1")
         self.nodes.kill("s3")
         items, cookie = self.cart("s2")
         self.assertEqual(items, ["apple", "pear", "plum"])

@@ -16,7 +16,7 @@ from appliance.config import ClusterConfig
 from appliance.server import hosting
 from appliance.server.node import SessionNode
 
-from .helpers import cluster_ini
+from .helpers import cluster_ini, quorum_for
 
 APPS = """
 [app:counter]
@@ -50,8 +50,9 @@ class HostingTests(TestCase):
         self.cluster = ClusterConfig.from_string(text)
         self.node = SessionNode(
             reactor, self.cluster, "s1", time.monotonic, call=None, connected=lambda p: False,
-            peer_load=lambda p: 0, send=None,
+            peer_load=lambda p: 0, send=None, quorum=quorum_for(reactor, self.cluster, "s1", time.monotonic),
         )
+        self.addCleanup(self.node.stop)
         site = hosting.site(reactor, self.cluster, self.node, lambda: {"node": "s1", "status": "ok"})
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

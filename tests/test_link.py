@@ -49,10 +49,15 @@ class LinkTests(SynchronousTestCase):
         self.net = Net()
         self.events = []
         self.link = PeerLink(
-            self.clock, self.net.connect, "s1", "s2", "test-secret-123", heartbeat_interval=1.0, misses=3,
+            self.clock, self.net.connect, "s1/5", "s2", "test-secret-123", heartbeat_interval=1.0, misses=3,
             call_timeout=2.0, on_up=lambda p: self.events.append(("up", p)), on_down=lambda p: self.events.append(("down", p)),
+            on_beat=lambda p, answer, asked_at: self.events.append(("beat", p, tuple(answer), asked_at)),
+            on_refused=lambda p: self.events.append(("refused", p)),
         )
         self.addCleanup(self.link.stop)
+
+    def changes(self):
+        return [e for e in self.events if e[0] != "beat"]
 
     def up(self):
         self.link.start()
@@ -60,17 +65,34 @@ class LinkTests(SynchronousTestCase):
         self.assertTrue(self.link.connected)
 
     def test_login_reports_up(self):
-        """A link logs in with the secret and reports the peer up."""
+        """A link logs in with the secret, reports the peer up and renews its lease at once."""
         self.up()
-        self.assertEqual(self.events, [("up", "s2")])
+        self.assertEqual(self.events, [("up", "s2"), ("beat", "s2", (0, 0, 7), 0.0)])
 
     def test_heartbeat_reports_load(self):
-        """Heartbeats carry the peer's session count back."""
+        """Heartbeats renew the lease, timed from when they were asked, and carry the peer's session count back."""
         self.up()
         self.net.node.store.sessions["x"] = object()
         self.clock.advance(1.0)
         self.net.flush()
         self.assertEqual(self.link.load, 1)
+        self.assertEqual(self.events[-1], ("beat", "s2", (0, 1, 7), 1.0))
+
+    def test_refused_connection_reported(self):
+        """A refused connection (nothing listens) is reported, as proof for a vote."""
+        self.net.refuse = True
+        self.link.start()
+        self.assertEqual(self.events, [("refused", "s2")])
+
+    def test_relogin_new_incarnation(self):
+        """relogin drops the connection and logs in again at once under the new name."""
+        self.up()
+        self.link.relogin("s1/6")
+        self.net.flush()
+        self.assertTrue(self.link.connected)
+        self.assertEqual(self.net.node.quorum.incarnation_of("s1"), 6)
+        self.assertTrue(self.net.node.quorum.is_dead("s1", 5))
+        self.assertEqual([e[0] for e in self.changes()], ["up", "down", "up"])
 
     def test_silent_peer_is_cut(self):
         """A peer that misses its heartbeats is cut and reported down."""
@@ -80,7 +102,7 @@ class LinkTests(SynchronousTestCase):
         self.assertTrue(self.link.connected)
         self.clock.advance(1.0)
         self.assertFalse(self.link.connected)
-        self.assertEqual(self.events, [("up", "s2"), ("down", "s2")])
+        self.assertEqual(self.changes(), [("up", "s2"), ("down", "s2")])
 
     def test_reconnects(self):
         """After a cut the link reconnects with backoff and comes up again."""
@@ -95,16 +117,16 @@ class LinkTests(SynchronousTestCase):
         self.clock.advance(0.2)
         self.net.flush()
         self.assertTrue(self.link.connected)
-        self.assertEqual(self.events, [("up", "s2"), ("down", "s2"), ("up", "s2")])
+        self.assertEqual(self.changes(), [("up", "s2"), ("down", "s2"), ("refused", "s2"), ("up", "s2")])
 
     def test_call_when_down(self):
         """A call on a down link fails at once with PeerUnavailable."""
-        self.failureResultOf(self.link.call("ping")).trap(PeerUnavailable)
+        self.failureResultOf(self.link.call("renew")).trap(PeerUnavailable)
 
     def test_call_timeout_cuts(self):
         """A call not answered in time fails and cuts the link, keeping calls ordered."""
         self.up()
-        d = self.link.call("ping")
+        d = self.link.call("renew")
         self.clock.advance(2.0)
         self.failureResultOf(d).trap(PeerUnavailable)
         self.assertFalse(self.link.connected)

@@ -14,27 +14,30 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.config import ClusterConfig
-from appliance.core.session import Delta, Full, Remove
+from appliance.core.membership import Renewal
+from appliance.core.session import Changes, Delta, Full, Remove
 from appliance.core.store import Result
 from appliance.replication import peer, wire
 from appliance.server.node import SessionNode
 
-from .helpers import cluster_ini
+from .helpers import cluster_ini, quorum_for
 
 SID = "P" * 22
 
 
-def make_node(name="s2", max_bytes="16MiB"):
+def make_node(name="s2", max_bytes="16MiB", clock=None):
     text, _ = cluster_ini(extra=f"max_session_bytes = {max_bytes}")
     cluster = ClusterConfig.from_string(text)
-    return SessionNode(
-        Clock(), cluster, name, now=lambda: 0.0, call=None, connected=lambda p: False,
-        peer_load=lambda p: 0, send=None,
-    ), cluster
+    clock = clock or Clock()
+    node = SessionNode(
+        clock, cluster, name, now=clock.seconds, call=None, connected=lambda p: False,
+        peer_load=lambda p: 0, send=None, quorum=quorum_for(clock, cluster, name, clock.seconds, incarnation=7),
+    )
+    return node, cluster
 
 
 class PeerEdgeTests(SynchronousTestCase):
-    def connect(self, user=b"s1", secret=b"test-secret-123", max_bytes="16MiB"):
+    def connect(self, user=b"s1/5", secret=b"test-secret-123", max_bytes="16MiB"):
         self.node, cluster = make_node(max_bytes=max_bytes)
         self.clock = Clock()
         server_factory = peer.server_factory(
@@ -72,9 +75,18 @@ class PeerEdgeTests(SynchronousTestCase):
         self.assertEqual(len(self.node.store), 0)
 
     def test_unknown_peer_refused(self):
-        """A name that is not a configured node is refused even with the secret."""
-        self.failureResultOf(self.connect(user=b"intruder")).trap(UnauthorizedLogin)
+        """A name that is not a configured node, or has no incarnation, is refused even with the secret."""
+        for user in (b"intruder/5", b"s1", b"s1/", b"s1/-3", b"s1/x", b"s1/" + b"9" * 30):
+            self.failureResultOf(self.connect(user=user)).trap(UnauthorizedLogin)
         self.flushLoggedErrors(UnauthorizedLogin)
+
+    def test_login_carries_incarnation(self):
+        """A login makes the peer's incarnation known, and a newer one supersedes it."""
+        self.logged_in()
+        self.assertEqual(self.node.quorum.incarnation_of("s1"), 5)
+        self.assertFalse(self.node.quorum.is_dead("s1", 5))
+        self.node.quorum.seen("s1", 6)
+        self.assertTrue(self.node.quorum.is_dead("s1", 5))
 
     def test_malformed_batch_refused_link_survives(self):
         """A malformed batch is refused with a PB error; the link goes on working."""
@@ -117,14 +129,39 @@ class PeerEdgeTests(SynchronousTestCase):
         self.assertIsNotNone(self.node.store.get("R" * 22))
 
     def test_hand_over(self):
-        """hand_over returns the full state with a raised epoch; an unknown sid is NoSuchSession."""
+        """A backup is handed over (epoch + 1) only once its primary is known dead; an unknown sid is NoSuchSession."""
         remote = self.logged_in()
-        self.node.store.apply(Full(SID, 1, 3, "s3", "s2", 60.0, 0.0, {"a": b"1"}), 0.0)
-        chunks = self.successResultOf(self.call(remote, "hand_over", SID))
+        self.node.quorum.membership.lease.granted("s1", 0.0)
+        self.node.quorum.seen("s3", 4)
+        self.node.store.apply(Full(SID, 1, 3, "s3", "s2", 60.0, 0.0, {"a": b"1"}), 0.0, 4)
+        self.failureResultOf(self.call(remote, "hand_over", SID, -1)).trap(peer.PrimaryAlive)
+        chunks = self.successResultOf(self.call(remote, "hand_over", SID, 4))
         full = peer.decode_hand_over(chunks, {"s1", "s2", "s3"}, 10**6)
         self.assertEqual((full.epoch, full.version, full.primary, full.values), (2, 3, "s1", {"a": b"1"}))
-        self.failureResultOf(self.call(remote, "hand_over", "Z" * 22)).trap(peer.NoSuchSession)
-        self.failureResultOf(self.call(remote, "hand_over", "../etc")).trap(peer.Refused)
+        self.assertEqual(self.node.store.get(SID).primary_inc, 5)
+        self.failureResultOf(self.call(remote, "hand_over", "Z" * 22, -1)).trap(peer.NoSuchSession)
+        self.failureResultOf(self.call(remote, "hand_over", "../etc", -1)).trap(peer.Refused)
+        self.failureResultOf(self.call(remote, "hand_over", SID, "4")).trap(peer.Refused)
+
+    def test_primary_hands_over(self):
+        """A primary hands its session over (and drops its copy) only while it holds its lease."""
+        remote = self.logged_in()
+        self.node.store.incarnation = 7
+        self.node.store.create(SID, Changes({"a": b"1"}), "s3", 0.0)
+        self.failureResultOf(self.call(remote, "hand_over", SID, -1)).trap(peer.NotNow)
+        self.node.quorum.membership.lease.granted("s3", 0.0)
+        chunks = self.successResultOf(self.call(remote, "hand_over", SID, -1))
+        full = peer.decode_hand_over(chunks, {"s1", "s2", "s3"}, 10**6)
+        self.assertEqual((full.epoch, full.primary, full.secondary), (2, "s1", "s3"))
+        self.assertIsNone(self.node.store.get(SID))
+
+    def test_locate(self):
+        """locate answers (epoch, version, primary, incarnation) of the copies held, nothing for others."""
+        remote = self.logged_in()
+        self.node.store.apply(Full(SID, 3, 9, "s1", "s2", 60.0, 0.0, {}), 0.0, 5)
+        chunks = self.successResultOf(self.call(remote, "locate", [wire.encode_sids([SID, "Q" * 22])]))
+        self.assertEqual(wire.decode_copies(wire.join(chunks, 10**6), {"s1", "s2", "s3"}), [(SID, 3, 9, "s1", 5)])
+        self.failureResultOf(self.call(remote, "locate", [b"short"])).trap(peer.Refused)
 
     def test_fenced_reply(self):
         """After a takeover, a delta from the old epoch is answered 'fenced'."""
@@ -136,6 +173,15 @@ class PeerEdgeTests(SynchronousTestCase):
         self.assertEqual(wire.decode_results(answer, 2), [Result.FENCED, Result.FENCED])
         self.assertEqual(self.node.store.get(SID).values, {})
 
+    def test_dead_incarnation_fenced(self):
+        """Records from an incarnation known dead are answered 'fenced' and applied nowhere."""
+        remote = self.logged_in()
+        self.node.quorum.seen("s1", 6)
+        full = Full(SID, 1, 1, "s1", "s2", 60.0, 0.0, {})
+        answer = self.successResultOf(self.call(remote, "replicate", [wire.encode([full])]))
+        self.assertEqual(wire.decode_results(answer, 1), [Result.FENCED])
+        self.assertIsNone(self.node.store.get(SID))
+
     def test_digest(self):
         """A digest returns the sids whose copies differ."""
         remote = self.logged_in()
@@ -146,17 +192,23 @@ class PeerEdgeTests(SynchronousTestCase):
         self.assertEqual(peer.decode_sids(answer), [other])
         self.failureResultOf(self.call(remote, "digest", [b"abc"])).trap(peer.Refused)
 
-    def test_ping_reports_load(self):
-        """ping answers with how many sessions the node holds."""
+    def test_renew_reports_grant_load_and_incarnation(self):
+        """renew grants the lease and answers with how many sessions the node holds and its incarnation."""
         remote = self.logged_in()
-        self.node.store.apply(Full(SID, 1, 1, "s1", "s2", 60.0, 0.0, {}), 0.0)
-        self.assertEqual(self.successResultOf(self.call(remote, "ping")), 1)
+        self.node.store.apply(Full(SID, 1, 1, "s1", "s2", 60.0, 0.0, {}), 0.0, 5)
+        self.assertEqual(tuple(self.successResultOf(self.call(remote, "renew"))), (0, 1, 7))
+        self.node.quorum.seen("s1", 6)
+        self.assertEqual(self.successResultOf(self.call(remote, "renew"))[0], int(Renewal.DEAD))
 
-    def test_sees(self):
-        """sees answers whether this node's link to another node is up; unknown names are refused."""
+    def test_vote(self):
+        """vote answers whether this voter holds that incarnation dead; malformed questions are refused."""
         remote = self.logged_in()
-        self.assertIs(self.successResultOf(self.call(remote, "sees", "s3")), False)
-        self.failureResultOf(self.call(remote, "sees", "nobody")).trap(peer.Refused)
+        self.node.quorum.seen("s3", 4)
+        self.assertIs(self.successResultOf(self.call(remote, "vote", "s3", 3)), True)
+        self.assertIs(self.successResultOf(self.call(remote, "vote", "s2", 7)), False)
+        self.assertIs(self.successResultOf(self.call(remote, "vote", "s2", 6)), True)
+        for args in (("nobody", 1), ("s3", -1), ("s3", "4"), ("s3", 2**70)):
+            self.failureResultOf(self.call(remote, "vote", *args)).trap(peer.Refused)
 
     def test_no_copyable_from_network(self):
         """An object sent as a Copyable is refused by the jelly security options."""

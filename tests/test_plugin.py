@@ -62,7 +62,7 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(server.name, "s1")
 
     def test_node_service_listens(self):
-        """Starting a node's service listens on its HTTP and replication ports and links to its peers."""
+        """Starting a node's service listens on its HTTP and replication ports and links to its peers and the witness."""
         cluster = ClusterConfig.from_path(SHIPPED)
         reactor = MemoryReactorClock()
         top = make_service(reactor, cluster, SHIPPED, "s1", ("server",))
@@ -71,7 +71,7 @@ class PluginTests(SynchronousTestCase):
         ports = sorted(p[0] for p in reactor.tcpServers)
         self.assertEqual(ports, [8081, 8791])
         targets = sorted(c[1] for c in reactor.tcpClients)
-        self.assertEqual(targets, [8792, 8793])
+        self.assertEqual(targets, [8790, 8792, 8793])
 
     def test_child_command(self):
         """Each all-in-one session server is the same plugin in its own process."""

@@ -227,6 +227,27 @@ class ServerAttempts:
             )
             self._fail(504 if reason.check(ResponseTimeout) else 502)
 
+    def server_declined(self, conn: BackendProtocol) -> None:
+        """
+        The server answered that it did nothing with the request (it may
+        not serve it now): the request goes to the next server, a POST
+        too, when its whole body is still here to send.
+        """
+        b = self.balancer
+        self._conn = None
+        b.nodes.finished(conn.node, None)
+        if self._streaming:
+            self._stop_streaming(conn)
+        if self._state != BUSY:
+            return
+        if not (self._replayable and self._body_done):
+            self._fail(503)
+            return
+        self.log.info("{node} did not serve {method}: trying the next server", node=conn.node,
+                      method=self.method.decode("ascii", "replace"))
+        self._sent = False
+        self._try_next()
+
     def _fail(self, status: int) -> None:
         self.log.warn(
             "answering {status} to {method}: no server could take it",

@@ -50,6 +50,18 @@ class ResponseTimeout(Exception):
     """
 
 
+class ServerGone(Exception):
+    """
+    The balancer's witness found the server silent (dead, paused or cut
+    off): what it was asked will not be answered.
+    """
+
+
+# A session server marks a 503 with this header when it did nothing with the
+# request (it may not serve it now): the request may go to another server.
+NOT_SERVED = b"\r\nappliance-not-served:"
+
+
 class BackendProtocol(Protocol):
     """
     One connection to a session server, carrying one exchange at a time.
@@ -130,6 +142,11 @@ class BackendProtocol(Protocol):
                 self._fail(BadResponse("malformed response head"))
                 return
             if head.status >= 200:
+                if head.status == 503 and NOT_SERVED in buf[:end].lower():
+                    self.frontend = None
+                    self.transport.abortConnection()
+                    fe.server_declined(self)
+                    return
                 break
             if head.status == 101:
                 self._fail(BadResponse("unexpected protocol switch"))
@@ -365,6 +382,25 @@ class BackendPool:
         connector = self.reactor.connectTCP(address.host, address.port, factory, timeout=self.connect_timeout)
         self.connecting.add(connector)
         return factory
+
+    def abandon(self, node: str) -> int:
+        """
+        C{node} is gone: every exchange with it fails now (the requests
+        waiting on it are retried or answered as L{may_retry} says), and its
+        idle connections and connection attempts are dropped.  Returns how
+        many requests were waiting on it.
+        """
+        failed = 0
+        for conn in [c for c in self.all if c.node == node]:
+            if conn.frontend is not None:
+                failed += 1
+                conn._fail(ServerGone(node))
+            else:
+                conn.transport.abortConnection()
+        self.idle[node] = []
+        for connector in [c for c in self.connecting if c.factory.node == node]:
+            connector.disconnect()
+        return failed
 
     def opened(self, conn: BackendProtocol) -> None:
         self.all.add(conn)

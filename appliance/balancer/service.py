@@ -8,7 +8,8 @@ listening and closes every connection when stopped.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -125,6 +126,25 @@ class Balancer:
             full = tuple(n for n in full if n not in tried)
         return full, True
 
+    def server_silent(self, name: str) -> None:
+        """
+        The witness found C{name} silent for a lease (dead, paused or cut
+        off from here): route nothing to it until it is heard again, and
+        let nothing wait on it.
+        """
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.down_until = float("inf")
+        failed = self.pool.abandon(name)
+        if failed:
+            self.log.warn("{node} is silent: {n} requests in flight to it retried or failed", node=name, n=failed)
+
+    def server_heard(self, name: str) -> None:
+        state = self._states.get(name)
+        if state is not None and state.down_until == float("inf"):
+            state.down_until = 0.0
+
     def sweep(self) -> None:
         """
         Enforce every deadline: slow request heads, idle clients, idle
@@ -185,15 +205,18 @@ class BalancerService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor, cluster: ClusterConfig, config: BalancerConfig):
+    def __init__(self, reactor, cluster: ClusterConfig, config: BalancerConfig, now: Callable[[], float] = time.monotonic):
         self.reactor = reactor
         self.cluster = cluster
         self.config = config
+        self.now = now
         self.name = f"balancer:{config.name}"
         self.balancer: Optional[Balancer] = None
+        self.witness = None
         self.ports: List = []
         self._sweep: Optional[LoopingCall] = None
         self._health: Optional[HealthChecker] = None
+        self._watch: Optional[LoopingCall] = None
 
     def startService(self) -> None:
         config = self.config
@@ -220,6 +243,8 @@ class BalancerService(Service):
             self.reactor, balancer.nodes, balancer.addresses, config.health_interval, config.connect_timeout
         )
         self._health.start()
+        if config.witness is not None:
+            self._start_witness(balancer)
         Service.startService(self)
         self.log.info(
             "balancer {name} listening on {listen} ({mode}, {policy})",
@@ -229,8 +254,41 @@ class BalancerService(Service):
             policy=config.policy,
         )
 
+    def _start_witness(self, balancer: Balancer) -> None:
+        """
+        Vote on who is alive, on the C{witness} address (PB, the cluster
+        secret, and TLS when replication uses it).
+        """
+        from appliance.replication import witness
+
+        settings = self.cluster.cluster
+        nodes = {n.name: n for n in self.cluster.nodes}
+
+        def probe(server: str) -> Deferred:
+            address = nodes[server].replication
+            return witness.probe(self.reactor, address.host, address.port, settings.heartbeat_interval)
+
+        self.witness = witness.Witness(
+            tuple(nodes), settings.lease_time, settings.heartbeat_interval, self.now, probe,
+            on_silent=balancer.server_silent, on_heard=balancer.server_heard,
+        )
+        factory = witness.witness_factory(self.witness, settings.secret)
+        address = self.config.witness
+        if settings.tls:
+            from appliance.replication import tls
+
+            port = self.reactor.listenSSL(address.port, factory, tls.server_options(settings), interface=address.host)
+        else:
+            port = self.reactor.listenTCP(address.port, factory, interface=address.host)
+        self.ports.append(port)
+        self._watch = LoopingCall(self.witness.check)
+        self._watch.clock = self.reactor
+        self._watch.start(settings.heartbeat_interval, now=False)
+
     def stopService(self) -> Deferred:
         Service.stopService(self)
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
         if self._health is not None:

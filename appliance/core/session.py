@@ -49,7 +49,9 @@ class Session:
     One session as a node holds it, as primary or as backup.
 
     C{last_access} is on the holder's monotonic clock; C{size} is the sum of
-    the value bytes, kept to enforce the size limit without recounting.
+    the value bytes, kept to enforce the size limit without recounting;
+    C{primary_inc} is the incarnation of the primary this copy came from
+    (see L{appliance.core.membership}).
     """
 
     sid: str
@@ -61,6 +63,7 @@ class Session:
     last_access: float
     timeout: float
     size: int = 0
+    primary_inc: int = 0
 
     def expires_at(self) -> float:
         return self.last_access + self.timeout

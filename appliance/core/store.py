@@ -50,6 +50,8 @@ class Store:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.sessions: Dict[str, Session] = {}
+        # This node's incarnation, stamped on the primaries it holds.
+        self.incarnation = 0
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -86,6 +88,7 @@ class Store:
             last_access=now,
             timeout=self.timeout,
             size=size,
+            primary_inc=self.incarnation,
         )
         self.sessions[sid] = session
         return session.full(now)
@@ -142,15 +145,15 @@ class Store:
         session.secondary = secondary
         return session.full(now)
 
-    def apply(self, record: Record, now: float) -> Result:
+    def apply(self, record: Record, now: float, incarnation: int = 0) -> Result:
         """
         The backup's rules: exact base version applies; same or older is a
         duplicate; a gap or an unknown session asks for the full state; an
-        older epoch is fenced.
+        older epoch is fenced.  C{incarnation} is the sending primary's.
         """
         local = self.sessions.get(record.sid)
         if isinstance(record, Full):
-            return self._apply_full(local, record, now)
+            return self._apply_full(local, record, now, incarnation)
         if local is None:
             return Result.OK if isinstance(record, Remove) else Result.GAP
         if record.epoch < local.epoch:
@@ -176,10 +179,11 @@ class Store:
         local.version = record.version
         local.primary = record.primary
         local.secondary = record.secondary
+        local.primary_inc = incarnation
         local.last_access = now
         return Result.OK
 
-    def _apply_full(self, local: Optional[Session], record: Full, now: float) -> Result:
+    def _apply_full(self, local: Optional[Session], record: Full, now: float, incarnation: int) -> Result:
         if local is not None:
             if record.epoch < local.epoch:
                 return Result.FENCED
@@ -195,6 +199,7 @@ class Store:
             last_access=now - record.idle,
             timeout=record.timeout,
             size=sum(len(v) for v in record.values.values()),
+            primary_inc=incarnation,
         )
         return Result.OK
 
@@ -247,6 +252,7 @@ class Store:
             last_access=now,
             timeout=full.timeout,
             size=sum(len(v) for v in full.values.values()),
+            primary_inc=self.incarnation,
         )
         self.sessions[full.sid] = session
         return session
@@ -261,6 +267,7 @@ class Store:
             return None
         session.epoch = max(session.epoch + 1, floor + 1)
         session.primary = self.node
+        session.primary_inc = self.incarnation
         session.secondary = secondary
         session.last_access = now
         return session
@@ -275,6 +282,38 @@ class Store:
             del self.sessions[sid]
         return gone
 
+    def orphans(self, primary: str, incarnation: int) -> List[Session]:
+        """
+        Backups whose primary is C{primary} at C{incarnation} or older.
+        """
+        return [
+            s
+            for s in self.sessions.values()
+            if s.primary == primary and s.primary_inc <= incarnation and primary != self.node
+        ]
+
+    def copies(self, sids: Iterable[str]) -> List[Tuple[str, int, int, str, int]]:
+        """
+        (sid, epoch, version, primary, primary's incarnation) of each of
+        C{sids} held here: what a node looking for the newest copy of a
+        session needs to know.
+        """
+        out = []
+        for sid in sids:
+            s = self.sessions.get(sid)
+            if s is not None:
+                out.append((sid, s.epoch, s.version, s.primary, s.primary_inc))
+        return out
+
+    def clear(self) -> int:
+        """
+        Forget every session (a new incarnation starts empty); returns how
+        many there were.
+        """
+        n = len(self.sessions)
+        self.sessions = {}
+        return n
+
     def backed_by(self, peer: str) -> List[Session]:
         """
         Primary copies whose secondary is C{peer}.
@@ -288,12 +327,14 @@ class Store:
         """
         return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer)]
 
-    def compare(self, primary: str, digest: Iterable[Tuple[str, int, int]]) -> List[str]:
+    def compare(self, primary: str, digest: Iterable[Tuple[str, int, int]], incarnation: int = 0) -> List[str]:
         """
         On the backup: the sids from C{primary}'s digest that differ from the
-        copies here (so need the full state).  Backups that C{primary} still
-        claims to own but left out of its digest are dropped: it removed
-        them and the removal was lost.
+        copies here (so need the full state).  Backups that this incarnation
+        of C{primary} still claims to own but left out of its digest are
+        dropped: it removed them (or moved them to another secondary) and
+        the news was lost.  Backups of an older incarnation are not its to
+        disown: they are orphans (see L{orphans}).
         """
         listed = {}
         differ = []
@@ -305,7 +346,10 @@ class Store:
         stale = [
             sid
             for sid, s in self.sessions.items()
-            if s.primary == primary and s.secondary == self.node and sid not in listed
+            if s.primary == primary
+            and s.primary_inc == incarnation
+            and s.secondary == self.node
+            and sid not in listed
         ]
         for sid in stale:
             del self.sessions[sid]

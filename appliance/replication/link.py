@@ -1,16 +1,20 @@
 """
-A node's connection to one peer: log in, keep the link alive with
-heartbeats, reconnect with backoff, and time calls out.
+A node's connection to one peer (another session server, or a witness
+balancer): log in, keep the link alive with heartbeats, reconnect with
+backoff, and time calls out.
 
-A link that misses C{misses} heartbeats in a row, or whose call times out, is
-cut: PB calls on one connection are ordered, and a stuck call would hold every
-later one behind it.  Losing a peer is a normal event, reported to
-C{on_down}; a new login is reported to C{on_up}.
+The heartbeat is the lease renewal (C{renew}): its answer and the moment it
+was asked go to C{on_beat}, which decides what they mean.  A link that misses
+C{misses} heartbeats in a row, or whose call times out, is cut: PB calls on
+one connection are ordered, and a stuck call would hold every later one
+behind it.  Losing a peer is a normal event, reported to C{on_down}; a new
+login is reported to C{on_up}; a refused connection (nothing listens there)
+to C{on_refused}.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, error
@@ -39,7 +43,15 @@ class PeerLink:
         call_timeout: float,
         on_up: Callable[[str], None],
         on_down: Callable[[str], None],
+        on_beat: Callable[[str, Tuple, float], None] = lambda peer, answer, asked_at: None,
+        on_refused: Callable[[str], None] = lambda peer: None,
+        now: Optional[Callable[[], float]] = None,
     ):
+        """
+        C{me} is the login name (C{NAME/INCARNATION}, see L{relogin});
+        C{now} the monotonic clock heartbeats are timed by (default: the
+        reactor's).
+        """
         self.clock = clock
         self._connect = connect
         self.me = me
@@ -50,6 +62,9 @@ class PeerLink:
         self.call_timeout = call_timeout
         self.on_up = on_up
         self.on_down = on_down
+        self.on_beat = on_beat
+        self.on_refused = on_refused
+        self.now = now if now is not None else clock.seconds
         self.remote: Optional[pb.RemoteReference] = None
         self.load = 0
         self._broker = None
@@ -67,6 +82,22 @@ class PeerLink:
     def start(self) -> None:
         self._running = True
         self._try()
+
+    def relogin(self, me: str) -> None:
+        """
+        Log in again under another name (a new incarnation): the current
+        connection is dropped and a new one made at once.
+        """
+        self.me = me
+        if self._attempt is not None:
+            self._attempt.cancel()
+        self._cut()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._delay = 0.1
+        if self._running:
+            self._try()
 
     def stop(self) -> None:
         self._running = False
@@ -94,9 +125,11 @@ class PeerLink:
         self._attempt = None
         if not self._running:
             return
+        if failure.check(error.ConnectionRefusedError):
+            self.on_refused(self.peer)
         if not failure.check(
             error.ConnectError, error.ConnectionLost, error.ConnectionDone, defer.TimeoutError,
-            pb.PBConnectionLost,
+            pb.PBConnectionLost, defer.CancelledError,
         ):
             log.failure("login to {peer} failed", failure, peer=self.peer)
         self._schedule()
@@ -117,8 +150,9 @@ class PeerLink:
         self._missed = 0
         remote.notifyOnDisconnect(self._lost)
         log.info("replication link {me} -> {peer} up", me=self.me, peer=self.peer)
-        self._beat = self.clock.callLater(self.heartbeat_interval, self._heartbeat)
         self.on_up(self.peer)
+        if self.remote is remote:
+            self._heartbeat()
 
     def _lost(self, remote) -> None:
         if self.remote is not remote:
@@ -146,11 +180,13 @@ class PeerLink:
         self._beat = None
         if self.remote is None:
             return
+        asked_at = self.now()
 
-        def pong(load):
-            if isinstance(load, int):
-                self.load = load
+        def pong(answer):
             self._missed = 0
+            if isinstance(answer, (list, tuple)) and len(answer) >= 2 and type(answer[1]) is int:
+                self.load = answer[1]
+            self.on_beat(self.peer, answer, asked_at)
 
         def missed(failure):
             self._missed += 1
@@ -158,7 +194,7 @@ class PeerLink:
                 log.warn("{peer} missed {n} heartbeats; cutting the link", peer=self.peer, n=self._missed)
                 self._cut()
 
-        d = self.remote.callRemote("ping")
+        d = self._remote_call(self.remote, "renew")
         d.addTimeout(self.heartbeat_interval, self.clock)
         d.addCallbacks(pong, missed)
         if self.remote is not None:
@@ -172,15 +208,24 @@ class PeerLink:
         remote = self.remote
         if remote is None:
             return defer.fail(PeerUnavailable(self.peer))
-        d = remote.callRemote(name, *args)
+        d = self._remote_call(remote, name, *args)
         d.addTimeout(self.call_timeout, self.clock)
 
         def failed(failure):
             if failure.check(defer.TimeoutError) and self.remote is remote:
                 log.warn("{peer} did not answer {name} in time; cutting the link", peer=self.peer, name=name)
                 self._cut()
-            if failure.check(pb.PBConnectionLost, defer.TimeoutError, error.ConnectionLost):
+            if failure.check(pb.PBConnectionLost, pb.DeadReferenceError, defer.TimeoutError, error.ConnectionLost):
                 raise PeerUnavailable(self.peer)
             return failure
 
         return d.addErrback(failed)
+
+    @staticmethod
+    def _remote_call(remote, name: str, *args) -> defer.Deferred:
+        """
+        C{callRemote}, but a link going down while it is called fails the
+        Deferred instead of raising (PB raises L{pb.DeadReferenceError}
+        synchronously on a broker that is disconnecting).
+        """
+        return defer.maybeDeferred(remote.callRemote, name, *args)

@@ -1,16 +1,16 @@
 """
 The server side of replication: what a logged-in peer may call.
 
-Peers log in through L{twisted.cred} with their node name and the cluster
-secret (PB's challenge-response: the secret never crosses the wire).  An
-unauthenticated connection reaches nothing but the login.  Every argument is
+Peers log in through L{twisted.cred} as C{NAME/INCARNATION} with the
+cluster secret (PB's challenge-response: the secret never crosses the wire).
+An unauthenticated connection reaches nothing but the login.  Every argument is
 validated here before the node sees it; errors a peer should see subclass
 L{pb.Error} so no traceback crosses the wire.
 """
 
 from __future__ import annotations
 
-from typing import Collection, List
+from typing import Collection, List, Tuple
 
 from twisted.cred import checkers, credentials, error, portal
 from twisted.internet import defer
@@ -37,25 +37,84 @@ class Refused(pb.Error):
     """
 
 
+class NotNow(pb.Error):
+    """
+    This node cannot hand the session over now (it does not hold its
+    lease, or the session stays busy).
+    """
+
+
+class PrimaryAlive(pb.Error):
+    """
+    This node holds a backup of the session, and its primary is not known
+    dead: take it from the primary.
+    """
+
+
+# What a peer may answer with, turned back into these classes on arrival
+# (PB delivers a remote exception as a copy that carries only its name).
+REMOTE_ERRORS = (NoSuchSession, Refused, NotNow, PrimaryAlive)
+
+
+def localize(failure):
+    """
+    An errback for calls to a peer: one of L{REMOTE_ERRORS} raised there is
+    raised here as itself.
+    """
+    for error in REMOTE_ERRORS:
+        if failure.check(error) and not isinstance(failure.value, error):
+            raise error(str(failure.value))
+    return failure
+
+
+def username(name: str, incarnation: int) -> bytes:
+    return f"{name}/{incarnation}".encode("ascii")
+
+
+def parse_username(user, nodes: Collection[str]):
+    """
+    C{(name, incarnation)} from a login name, or C{None}.
+    """
+    if isinstance(user, bytes):
+        user = user.decode("ascii", "replace")
+    name, _, number = user.partition("/")
+    if name not in nodes or not number.isdigit() or len(number) > 20:
+        return None
+    return name, int(number)
+
+
 class IReplicationHandler(Interface):
     """
     What the node does with replication traffic; implemented by the session
     server, called only with validated values.
     """
 
-    def received(peer, records):
+    def peer_seen(peer, incarnation):
+        """
+        C{peer} logged in as C{incarnation}.
+        """
+
+    def received(peer, incarnation, records):
         """
         Apply records from C{peer}; return a list of L{Result}, one each.
         """
 
-    def hand_over(peer, sid):
+    def hand_over(peer, incarnation, sid, dead):
         """
-        C{peer} takes C{sid} over: return its L{Full} state, or C{None}.
+        C{peer} takes C{sid} over: fire with its L{Full} state, or C{None}.
+        C{dead} is the incarnation of the session's primary the requester
+        knows to be dead, or -1.
         """
 
-    def digest_received(peer, entries):
+    def digest_received(peer, incarnation, entries):
         """
         Compare C{peer}'s digest; return the sids that need the full state.
+        """
+
+    def locate(sids):
+        """
+        (sid, epoch, version, primary, primary's incarnation) of the copies
+        held here of C{sids}.
         """
 
     def load():
@@ -63,20 +122,28 @@ class IReplicationHandler(Interface):
         How many sessions this node holds (for placement).
         """
 
-    def sees(peer):
+    def renew(peer, incarnation):
         """
-        Whether this node's link to C{peer} is up.
+        C{peer} renews its lease: (a L{appliance.core.membership.Renewal},
+        this node's load, this node's incarnation).
+        """
+
+    def vote(server, incarnation):
+        """
+        Fire with whether this voter holds C{incarnation} of C{server} dead.
         """
 
 
 @implementer(pb.IPerspective)
 class PeerAvatar(pb.Avatar):
     """
-    One logged-in peer.  C{self.peer} is its authenticated node name.
+    One logged-in peer.  C{self.peer} is its authenticated node name,
+    C{self.incarnation} the incarnation it logged in as.
     """
 
-    def __init__(self, peer: str, handler: IReplicationHandler, nodes: Collection[str], limit: int):
+    def __init__(self, peer: str, incarnation: int, handler: IReplicationHandler, nodes: Collection[str], limit: int):
         self.peer = peer
+        self.incarnation = incarnation
         self.handler = handler
         self.nodes = nodes
         self.limit = limit
@@ -100,31 +167,48 @@ class PeerAvatar(pb.Avatar):
 
     def perspective_replicate(self, chunks) -> bytes:
         records = self._records(chunks)
-        return wire.encode_results(self.handler.received(self.peer, records))
+        return wire.encode_results(self.handler.received(self.peer, self.incarnation, records))
 
-    def perspective_hand_over(self, sid) -> List[bytes]:
-        if not valid_sid(sid):
-            raise Refused("malformed session id")
-        full = self.handler.hand_over(self.peer, sid)
-        if full is None:
-            raise NoSuchSession(sid)
-        return wire.split(wire.encode([full]))
+    def perspective_hand_over(self, sid, dead=-1):
+        if not valid_sid(sid) or not _incarnation(dead, -1):
+            raise Refused("malformed session id or incarnation")
+
+        def answer(full):
+            if full is None:
+                raise NoSuchSession(sid)
+            return wire.split(wire.encode([full]))
+
+        return defer.maybeDeferred(self.handler.hand_over, self.peer, self.incarnation, sid, dead).addCallback(answer)
 
     def perspective_digest(self, chunks) -> bytes:
         try:
             entries = wire.decode_digest(wire.join(chunks, self.limit))
         except wire.WireError as e:
             raise Refused(str(e))
-        return "".join(self.handler.digest_received(self.peer, entries)).encode("ascii")
+        return "".join(self.handler.digest_received(self.peer, self.incarnation, entries)).encode("ascii")
 
-    def perspective_ping(self) -> int:
-        return self.handler.load()
+    def perspective_locate(self, chunks) -> List[bytes]:
+        try:
+            sids = decode_sids(wire.join(chunks, self.limit))
+        except wire.WireError as e:
+            raise Refused(str(e))
+        return wire.split(wire.encode_copies(self.handler.locate(sids)))
 
-    def perspective_sees(self, peer) -> bool:
-        if not isinstance(peer, str) or peer not in self.nodes:
-            raise Refused("unknown node")
-        return self.handler.sees(peer)
+    def perspective_renew(self) -> Tuple[int, int, int]:
+        """
+        The lease renewal that is also the heartbeat: (answer, this node's
+        load, this node's incarnation).
+        """
+        return self.handler.renew(self.peer, self.incarnation)
 
+    def perspective_vote(self, server, incarnation) -> defer.Deferred:
+        if not isinstance(server, str) or server not in self.nodes or not _incarnation(incarnation, 0):
+            raise Refused("unknown node or malformed incarnation")
+        return defer.maybeDeferred(self.handler.vote, server, incarnation)
+
+
+def _incarnation(value, lowest: int) -> bool:
+    return type(value) is int and lowest <= value < 2**64
 
 def decode_hand_over(chunks, nodes: Collection[str], limit: int) -> Full:
     """
@@ -148,8 +232,9 @@ def decode_sids(data: object) -> List[str]:
 @implementer(checkers.ICredentialsChecker)
 class SecretChecker:
     """
-    A peer is any configured node that knows the cluster secret.  A refusal
-    is logged by L{appliance.replication.guard}, which knows the client.
+    A peer is any configured node that knows the cluster secret; its
+    avatar id is C{(name, incarnation)}.  A refusal is logged by
+    L{appliance.replication.guard}, which knows the client.
     """
 
     credentialInterfaces = (credentials.IUsernamePassword, credentials.IUsernameHashedPassword)
@@ -159,9 +244,9 @@ class SecretChecker:
         self.secret = secret.encode("utf-8")
 
     def requestAvatarId(self, creds):
-        name = creds.username.decode("utf-8", "replace") if isinstance(creds.username, bytes) else creds.username
-        if name in self.nodes and creds.checkPassword(self.secret):
-            return defer.succeed(name)
+        who = parse_username(creds.username, self.nodes)
+        if who is not None and creds.checkPassword(self.secret):
+            return defer.succeed(who)
         return defer.fail(error.UnauthorizedLogin())
 
 
@@ -175,7 +260,9 @@ class PeerRealm:
     def requestAvatar(self, avatarId, mind, *interfaces):
         if pb.IPerspective not in interfaces:
             raise TypeError("only PB perspectives are served")
-        return pb.IPerspective, PeerAvatar(avatarId, self.handler, self.nodes, self.limit), lambda: None
+        name, incarnation = avatarId
+        self.handler.peer_seen(name, incarnation)
+        return pb.IPerspective, PeerAvatar(name, incarnation, self.handler, self.nodes, self.limit), lambda: None
 
 
 def server_factory(

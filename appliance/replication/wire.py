@@ -266,3 +266,38 @@ def join(chunks: object, limit: int) -> bytes:
         if total > limit:
             raise WireError(f"payload over {limit} bytes")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_COPY = struct.Struct("!22sIQQ")  # sid, epoch, version, primary's incarnation
+
+
+def encode_copies(copies: Iterable[Tuple[str, int, int, str, int]]) -> bytes:
+    """
+    The answer to a look-up of session copies: (sid, epoch, version,
+    primary, primary's incarnation) per copy held.
+    """
+    out: List[bytes] = []
+    for sid, epoch, version, primary, incarnation in copies:
+        out.append(_COPY.pack(sid.encode("ascii"), epoch, version, incarnation))
+        _name(out, primary)
+    return b"".join(out)
+
+
+def decode_copies(data: object, nodes: Collection[str]) -> List[Tuple[str, int, int, str, int]]:
+    if not isinstance(data, bytes):
+        raise WireError("malformed copy list")
+    reader = _Reader(data)
+    out = []
+    while reader.pos < len(data):
+        sid, epoch, version, incarnation = reader.unpack(_COPY)
+        if not _SID.match(sid):
+            raise WireError("malformed session id")
+        primary = reader.name(nodes)
+        if primary is None:
+            raise WireError("a copy names its primary")
+        out.append((sid.decode("ascii"), epoch, version, primary, incarnation))
+    return out
+
+
+def encode_sids(sids: Iterable[str]) -> bytes:
+    return "".join(sids).encode("ascii")

@@ -25,6 +25,7 @@ from appliance import cookie
 from appliance.config import AppConfig, ClusterConfig
 from appliance.core.session import NotJSON, SessionData
 from appliance.core.store import Fenced, TooLarge
+from appliance.server.errors import NotServing, Unprotected
 from appliance.server.node import Handle, SessionNode, TooManySessions
 
 log = Logger()
@@ -62,9 +63,19 @@ class HeldRequest(server.Request):
     _held: Optional[List[bytes]] = None
     _on_finish = None
 
-    def hold(self, on_finish) -> None:
+    def hold(self, on_finish, on_abandon) -> None:
+        """
+        Hold the response until C{on_finish(request)} (the commit) is done;
+        C{on_abandon()} runs instead when the client leaves first.
+        """
         self._held = []
         self._on_finish = on_finish
+        self.notifyFinish().addErrback(self._abandoned, on_abandon)
+
+    def _abandoned(self, reason, on_abandon) -> None:
+        if self._on_finish is not None:
+            self._on_finish = None
+            on_abandon()
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
@@ -84,7 +95,12 @@ class HeldRequest(server.Request):
         return None
 
     def _commit_failed(self, failure: Failure) -> None:
-        if failure.check(Fenced):
+        if failure.check(NotServing):
+            self.not_served(str(failure.value))
+        elif failure.check(Unprotected):
+            self._replace(503, {"error": "no second copy of this change could be made; retry"})
+            self.setHeader(b"retry-after", b"1")
+        elif failure.check(Fenced):
             self._replace(503, {"error": "this session moved to another server; retry"})
             self.setHeader(b"retry-after", b"1")
         elif failure.check(TooManySessions):
@@ -98,6 +114,15 @@ class HeldRequest(server.Request):
         else:
             log.failure("committing a session failed", failure)
             self._replace(500, {"error": "internal error"})
+
+    def not_served(self, why: str) -> None:
+        """
+        503 that says nothing was done here (the balancer may send the
+        request to another server).
+        """
+        self._replace(503, {"error": "this server cannot serve the session now; retry", "why": why})
+        self.setHeader(b"retry-after", b"1")
+        self.setHeader(b"appliance-not-served", b"1")
 
     def _replace(self, code: int, body: dict) -> None:
         self.setResponseCode(code)
@@ -272,7 +297,7 @@ class NodeResource(resource.Resource):
 
     def _run(self, handle: Handle, request: HeldRequest, app: AppConfig, target, route) -> None:
         request.appliance_session = handle.data
-        request.hold(lambda req: self._commit(req, handle, route))
+        request.hold(lambda req: self._commit(req, handle, route), lambda: self.node.abandon(handle))
         if app.wsgi is not None:
             environ = wsgi_environ(request, app.mount, handle.data)
             if app.threads:
@@ -316,6 +341,10 @@ class NodeResource(resource.Resource):
 
     def _failed(self, failure: Failure, request: HeldRequest) -> None:
         if request.finished or request._disconnected:
+            return
+        if failure.check(NotServing):
+            request.not_served(str(failure.value))
+            request._release()
             return
         log.failure("could not open a session", failure)
         request.setResponseCode(503)

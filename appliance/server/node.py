@@ -1,15 +1,20 @@
 """
-A session server's sessions: open one for a request (taking it over when
-this node does not own it), commit what the request changed, replicate it,
-and keep every primary copy protected by a live secondary.
+A session server's sessions on the request path: open one for a request
+(taking it over when this node does not own it), commit what the request
+changed, replicate it, and answer only once that is safe.
 
-The decisions come from L{appliance.core.store}; this module sequences them
-with the PB links and the replicator.
+Who may serve is L{appliance.core.membership}'s rule, carried by
+L{appliance.server.quorum.Quorum}: a node serves only while it holds its
+lease, and takes a session over from a backup copy only once the session's
+primary is voted dead and no other server holds a newer copy.  Keeping
+copies protected (delivery outcomes, re-protection, promotion, digests) is
+L{appliance.server.protection}; the per-session locks are
+L{appliance.server.locks}.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from attrs import define, field
 from twisted.internet import defer, task
@@ -22,28 +27,27 @@ from appliance.core.session import Full, Session, SessionData
 from appliance.core.store import Fenced, Record, Result, Store, place_secondary
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
-from appliance.replication.peer import IReplicationHandler, decode_hand_over, decode_sids
+from appliance.replication.peer import IReplicationHandler, NoSuchSession, NotNow, PrimaryAlive, decode_hand_over
+from appliance.server.errors import NotServing, TooManySessions, Unprotected
+from appliance.server.locks import Busy, SessionLocks
+from appliance.server.protection import Copy, Protection, newest
+from appliance.server.quorum import Quorum
 
 log = Logger()
-
-
-class TooManySessions(Exception):
-    """
-    This node is primary of C{max_sessions} sessions: it creates no new one
-    until some end.
-    """
 
 
 @define
 class Handle:
     """
     One request's hold on a session.  C{session} is C{None} until the
-    request writes something (no session is created for pure reads).
+    request writes something (no session is created for pure reads);
+    C{locked} is the sid whose lock the request holds.
     """
 
     data: SessionData
     session: Optional[Session] = None
     waits: List[defer.Deferred] = field(factory=list)
+    locked: Optional[str] = None
 
 
 @define
@@ -69,6 +73,7 @@ class SessionNode:
         connected: Callable[[str], bool],
         peer_load: Callable[[str], int],
         send: Callable[[str, Record], defer.Deferred],
+        quorum: Quorum,
     ):
         """
         C{now} is a monotonic clock for expiry; C{call(peer, method, *args)}
@@ -84,34 +89,48 @@ class SessionNode:
         self.call = call
         self.connected = connected
         self.peer_load = peer_load
-        self._send = send
+        self.send = send
+        self.quorum = quorum
         self.store = Store(name, self.settings.session_timeout, self.settings.max_session_bytes)
+        self.store.incarnation = quorum.incarnation
         self.peers = [n for n in cluster.nodes if n.name != name]
         self.limit = self.settings.max_session_bytes + 2 * wire.CHUNK
-        self._locks: Dict[str, List[defer.Deferred]] = {}
-        self.touched: Dict[str, set] = {}
+        self.locks = SessionLocks(clock, self.settings.lock_wait)
+        self.protection = Protection(self)
+        self.touched: dict = {}
         self._primaries = 0
         self._counted_at: Optional[float] = None
+        self.sync = self.settings.replication == "sync"
+        self.stopped = False
+        self._sleeps: set = set()
+        quorum.on_dead = self.dead
 
-    # -- locks: writes on one session are serialised on its primary --------
+    def sleep(self) -> defer.Deferred:
+        """
+        One heartbeat's pause in background work; fails with L{NotServing}
+        once the node stops.
+        """
+        if self.stopped:
+            return defer.fail(NotServing("stopped"))
+        d = task.deferLater(self.clock, self.quorum.interval, lambda: None)
+        self._sleeps.add(d)
+        return d.addBoth(self._woke, d)
 
-    def _lock(self, sid: str) -> defer.Deferred:
-        waiters = self._locks.get(sid)
-        if waiters is None:
-            self._locks[sid] = []
-            return defer.succeed(None)
-        d = defer.Deferred()
-        waiters.append(d)
-        return d
+    def _woke(self, result, d):
+        self._sleeps.discard(d)
+        if self.stopped:
+            raise NotServing("stopped")
+        return result
 
-    def _unlock(self, sid: str) -> None:
-        waiters = self._locks.get(sid)
-        if waiters is None:
-            return
-        if waiters:
-            waiters.pop(0).callback(None)
-        else:
-            del self._locks[sid]
+    def stop(self) -> None:
+        """
+        The node stops: waiters are answered and background work ends.
+        """
+        self.stopped = True
+        self.quorum.stop()
+        self.locks.fail_all(NotServing("this node is stopping"))
+        for d in list(self._sleeps):
+            d.cancel()
 
     # -- placement ---------------------------------------------------------
 
@@ -125,67 +144,93 @@ class SessionNode:
     def open(self, route: cookie.Route) -> defer.Deferred:
         """
         The session a request with this cookie route works on, locked for
-        the request; L{close} releases it.
+        the request; L{close} (or L{abandon}) releases it.  Fails with
+        L{NotServing} when this node may not serve it now.
         """
+        if not self.quorum.may_serve():
+            return defer.fail(NotServing("this node does not hold its lease"))
         sid = route.sid
         if sid is None:
             return defer.succeed(Handle(SessionData()))
         local = self.store.get(sid)
-        if local is not None and local.primary == self.name and sid not in self._locks:
-            self._locks[sid] = []
-            return defer.succeed(Handle(SessionData(local.values), local))
+        if (
+            local is not None
+            and local.primary == self.name
+            and local.secondary is not None
+            and self.locks.try_take(sid)
+        ):
+            return defer.succeed(Handle(SessionData(local.values), local, locked=sid))
         return self._open(sid, route)
 
     @defer.inlineCallbacks
     def _open(self, sid: str, route: cookie.Route):
-        yield self._lock(sid)
         try:
-            session, protected = yield self._resolve(sid, route)
+            yield self.locks.take(sid)
+        except Busy:
+            raise NotServing("the session is busy")
+        try:
+            session, waits = yield self._acquire(sid, route)
         except BaseException:
-            self._unlock(sid)
+            self.locks.release(sid)
             raise
         if session is None:
-            self._unlock(sid)
+            self.locks.release(sid)
             return Handle(SessionData())
-        return Handle(SessionData(session.values), session, [] if protected is None else [protected])
+        return Handle(SessionData(session.values), session, waits, locked=sid)
 
     @defer.inlineCallbacks
-    def _resolve(self, sid: str, route: cookie.Route):
+    def _acquire(self, sid: str, route: cookie.Route):
         """
-        The session to serve and the Deferred of its protection on a
-        secondary (taken over or promoted here), which the response waits
-        for in sync mode; C{(None, None)} when nobody holds it.
+        Under the session's lock: the session to serve and what the
+        response must wait for (its protection on a secondary), taking it
+        over when another node holds it; C{(None, [])} when nobody does.
         """
-        local = self.store.get(sid)
-        if local is not None and local.primary == self.name:
-            return local, None
-        sources = [n for n in (route.primary, route.secondary) if n and n != self.name]
-        if local is not None and local.primary not in sources and local.primary != self.name:
-            sources.insert(0, local.primary)
-        floor = 0
-        for source in sources:
-            if not self.connected(source):
-                continue
+        protection = self.protection
+        for _ in range(3):
+            local = self.store.get(sid)
+            if local is not None and local.primary == self.name:
+                if local.secondary is None:
+                    try:
+                        yield protection.protect(local)
+                    except Unprotected:
+                        raise NotServing(f"no second copy of {sid} can be made now")
+                return local, []
+            found, complete = yield protection.locate([sid])
+            copies = found[sid]
+            mine = protection.local_copy(sid)
+            if mine is not None:
+                copies.append(mine)
+            if not copies:
+                return None, []
+            owner = [c for c in copies if c.holder == c.primary and c.holder != self.name]
+            if owner:
+                source, dead = owner[0], None
+            else:
+                best = newest(copies)
+                if not self.quorum.is_dead(best.primary, best.primary_inc):
+                    dead = yield self.quorum.await_dead(best.primary, best.primary_inc, self.settings.takeover_wait)
+                    if not dead:
+                        raise NotServing(f"{best.primary} holds {sid} and is not known dead")
+                    continue
+                if not complete:
+                    raise NotServing("a server that may hold a newer copy does not answer")
+                if best.holder == self.name:
+                    floor = max(c.epoch for c in copies)
+                    session = self.store.promote(sid, None, self.now(), floor)
+                    log.info("promoted {sid} epoch={epoch}", sid=sid, epoch=session.epoch)
+                    return session, [protection.protect(session, exclude=(best.primary,))]
+                source, dead = best, (best.primary_inc if best.primary != self.name else None)
             try:
-                chunks = yield self.call(source, "hand_over", sid)
+                chunks = yield self.call(source.holder, "hand_over", sid, -1 if dead is None else dead)
                 full = decode_hand_over(chunks, self.cluster.node_names, self.limit)
-            except Exception as e:
-                log.info("{source} could not hand {sid} over: {why}", source=source, sid=sid, why=type(e).__name__)
+            except (NoSuchSession, PrimaryAlive):
                 continue
+            except (NotNow, PeerUnavailable, wire.WireError) as e:
+                raise NotServing(f"{source.holder} could not hand {sid} over: {type(e).__name__}")
             if full.sid != sid:
-                continue
-            if local is None or full.version >= local.version:
-                return self._adopted(full, source)
-            floor = full.epoch
-            break
-        if local is not None:
-            session = self.store.promote(sid, self.pick_secondary(), self.now(), floor)
-            log.info(
-                "promoted {sid} epoch={epoch} secondary={secondary}",
-                sid=sid, epoch=session.epoch, secondary=session.secondary,
-            )
-            return session, self._protect(session).addErrback(self._background_failure)
-        return None, None
+                raise NotServing(f"{source.holder} answered for another session")
+            return self._adopted(full, source.holder)
+        raise NotServing(f"{sid} kept moving")
 
     def _adopted(self, full: Full, source: str):
         keep = full.secondary
@@ -196,42 +241,52 @@ class SessionNode:
             "took {sid} over from {source} epoch={epoch} secondary={secondary}",
             sid=full.sid, source=source, epoch=session.epoch, secondary=keep,
         )
-        return session, self._protect(session).addErrback(self._background_failure)
+        return session, [self.protection.protect(session)]
 
-    def _protect(self, session: Session) -> defer.Deferred:
+    def abandon(self, handle: Handle) -> None:
         """
-        Send the full state to the session's secondary.
+        The request ended without a response (its client left): release
+        the session without committing anything.
         """
-        if session.secondary is None:
-            return defer.succeed(None)
-        return self._deliver(session.secondary, session.full(self.now()))
+        self._release(handle)
+
+    def _release(self, handle: Handle) -> None:
+        sid, handle.locked = handle.locked, None
+        if sid is not None:
+            self.locks.release(sid)
 
     def close(self, handle: Handle, now: Optional[float] = None) -> defer.Deferred:
         """
         Commit what the request did and replicate it; fires with an
         L{Outcome} when the response may leave (in sync mode, after the
-        secondary acknowledged).  Fails with L{Fenced} if the write was
-        refused, L{TooLarge}, L{NotJSON} or L{TooManySessions}.
+        secondary acknowledged), and only then releases the session.  Fails
+        with L{Fenced} if the write was refused, L{Unprotected} when no
+        second copy could be made, L{NotServing}, L{TooLarge}, L{NotJSON}
+        or L{TooManySessions}.
         """
         now = self.now() if now is None else now
-        session = handle.session
         try:
             outcome = self._commit(handle, now)
         except Exception:
+            self._release(handle)
             return defer.fail()
-        finally:
-            if session is not None:
-                self._unlock(session.sid)
-        if self.settings.replication != "sync" or not handle.waits:
-            for d in handle.waits:
-                d.addErrback(lambda f: None)
+        waits = handle.waits
+        if not self.sync or not waits:
+            self._release(handle)
+            for d in waits:
+                d.addErrback(self.background_failure)
             return defer.succeed(self._final(handle, outcome))
-        if len(handle.waits) == 1:
-            done = handle.waits[0]
+        if len(waits) == 1:
+            done = waits[0]
         else:
-            done = defer.gatherResults(handle.waits, consumeErrors=True)
+            done = defer.gatherResults(waits, consumeErrors=True)
             done.addErrback(lambda f: f.value.subFailure)
-        return done.addCallback(lambda _: self._final(handle, outcome))
+
+        def released(result):
+            self._release(handle)
+            return result
+
+        return done.addBoth(released).addCallback(lambda _: self._final(handle, outcome))
 
     def _final(self, handle: Handle, outcome: Outcome) -> Outcome:
         session = handle.session
@@ -243,11 +298,12 @@ class SessionNode:
 
     def _commit(self, handle: Handle, now: float) -> Outcome:
         data, session = handle.data, handle.session
+        deliver = self.protection.deliver
         if data.invalidated:
             if session is not None:
                 removal = self.store.remove(session.sid)
                 if session.secondary is not None and removal is not None:
-                    handle.waits.append(self._deliver(session.secondary, removal))
+                    handle.waits.append(deliver(session.secondary, removal))
             return Outcome(ended=True)
         changes = data.changes()
         if session is None:
@@ -255,23 +311,22 @@ class SessionNode:
                 return Outcome()
             if not self._room(now):
                 raise TooManySessions(self.settings.max_sessions)
-            sid = cookie.new_sid()
             secondary = self.pick_secondary()
+            if secondary is None and not self.quorum.alone():
+                raise NotServing("no secondary is reachable for a new session")
+            sid = cookie.new_sid()
             full = self.store.create(sid, changes, secondary, now)
             self._primaries += 1
             handle.session = self.store.get(sid)
             if secondary is not None:
-                handle.waits.append(self._deliver(secondary, full))
+                handle.waits.append(deliver(secondary, full))
             return Outcome()
         delta = self.store.commit(session, changes, now)
-        if session.secondary is None and self.settings.reprotect == "lazy":
-            self.store.set_secondary(session, self.pick_secondary(), now)
-            if session.secondary is not None:
-                handle.waits.append(self._protect(session))
-                return Outcome()
-        if delta is not None and session.secondary is not None:
-            handle.waits.append(self._deliver(session.secondary, delta))
-        elif delta is None and session.secondary is not None:
+        if session.secondary is None:
+            handle.waits.append(self.protection.protect(session))
+        elif delta is not None:
+            handle.waits.append(deliver(session.secondary, delta))
+        elif not handle.waits:
             self.touched.setdefault(session.secondary, set()).add(session.sid)
         return Outcome()
 
@@ -290,151 +345,64 @@ class SessionNode:
             self._counted_at = now
         return self._primaries < limit
 
-    # -- replication results -----------------------------------------------
+    def background_failure(self, failure) -> None:
+        if not failure.check(Fenced, PeerUnavailable, Unprotected, NotServing, Busy):
+            log.failure("background replication failed", failure)
 
-    def _deliver(self, peer: str, record: Record) -> defer.Deferred:
+    # -- link and membership events ----------------------------------------
+
+    def peer_down(self, peer: str) -> None:
         """
-        Send C{record} to C{peer} and see it through: a gap is answered with
-        the full state, a lost peer by re-protecting on another node, and a
-        fence drops our copy and fails with L{Fenced}.
+        The link to C{peer} is gone.  In eager mode our primaries it backed
+        are re-protected elsewhere at once; its sessions backed here wait
+        for a verdict of its death before they are promoted.
         """
-        d = self._send(peer, record)
-        d.addCallbacks(self._delivered, self._undelivered, callbackArgs=(peer, record), errbackArgs=(peer, record))
-        return d
+        if self.settings.reprotect == "eager":
+            self.reprotect_all(peer)
+        self.protection.watch(peer)
 
-    def _delivered(self, result: Result, peer: str, record: Record):
-        if result.acknowledged:
-            return None
-        session = self.store.get(record.sid)
-        if result is Result.FENCED:
-            if self.store.fenced(record.sid, record.epoch):
-                log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=record.sid, epoch=record.epoch)
-            raise Fenced(record.sid)
-        if session is None or session.primary != self.name or session.secondary != peer:
-            return None
-        return self._deliver(peer, session.full(self.now()))
-
-    def _undelivered(self, failure, peer: str, record: Record):
-        failure.trap(PeerUnavailable)
-        session = self.store.get(record.sid)
-        if session is None or session.primary != self.name:
-            return None
-        if session.secondary != peer:
-            return None
-        return self._reprotect(session, exclude=(peer,))
-
-    def _reprotect(self, session: Session, exclude: tuple = ()) -> defer.Deferred:
-        secondary = self.pick_secondary(exclude)
-        self.store.set_secondary(session, secondary, self.now())
-        return self._protect(session)
-
-    # -- link events -------------------------------------------------------
-
-    def peer_down(self, peer: str) -> defer.Deferred:
-        """
-        The link to C{peer} is gone.  Its backups here are promoted (once the
-        other nodes agree it is gone), so that a session whose primary died
-        is not left with one copy until its next request; in eager mode our
-        own primaries it backed are re-protected elsewhere.
-        """
-        d = self.promote_orphans(peer)
-        if self.settings.reprotect != "eager":
-            return d
+    def reprotect_all(self, peer: str) -> int:
         sessions = self.store.backed_by(peer)
         for session in sessions:
-            self._reprotect(session, exclude=(peer,)).addErrback(self._background_failure)
-        if sessions:
-            log.info(
-                "{peer} lost: re-protected {n} sessions ({unprotected} without a secondary)",
-                peer=peer, n=len(sessions), unprotected=sum(1 for s in sessions if s.secondary is None),
+            self.protection.locked(
+                session.sid, lambda s, peer=peer: self.protection.protect(s, exclude=(peer,)) if s.secondary == peer else None
             )
-        return d
+        if sessions:
+            log.info("{peer} lost: re-protecting {n} sessions", peer=peer, n=len(sessions))
+        return len(sessions)
 
-    @defer.inlineCallbacks
-    def promote_orphans(self, peer: str):
+    def dead(self, peer: str, incarnation: int) -> None:
         """
-        Become primary of every session this node backs for C{peer}, once no
-        other live node reaches C{peer} either.  A node that still reaches it
-        may simply not have noticed the death yet, so ask again each
-        heartbeat for as long as a dead peer takes to be noticed; if it is
-        still reachable from there, it is a partition between the two of us
-        and the primary goes on serving.
+        C{peer} at C{incarnation} is voted dead (or restarted): promote its
+        sessions backed here.
         """
-        for attempt in range(self.settings.heartbeat_misses + 2):
-            if attempt:
-                yield task.deferLater(self.clock, self.settings.heartbeat_interval, lambda: None)
-            if self.connected(peer) or not self._orphans(peer):
-                return 0
-            seen_by = yield self._seen_by(peer)
-            if seen_by is None:
-                break
-        else:
-            log.info("{peer} unreachable from here but not from {other}: not promoting", peer=peer, other=seen_by)
-            return 0
-        now = self.now()
-        orphans = self._orphans(peer)
-        for session in orphans:
-            self.store.promote(session.sid, self.pick_secondary(exclude=(peer,)), now)
-            self._protect(session).addErrback(self._background_failure)
-        log.info("{peer} is gone: promoted {n} of its sessions backed here", peer=peer, n=len(orphans))
-        return len(orphans)
-
-    def _orphans(self, peer: str) -> List[Session]:
-        return [s for s in self.store.sessions.values() if s.primary == peer and s.secondary == self.name]
-
-    @defer.inlineCallbacks
-    def _seen_by(self, peer: str):
-        """
-        The name of a live node whose link to C{peer} is up, or C{None}.
-        """
-        for other in self.peers:
-            if other.name == peer or not self.connected(other.name):
-                continue
-            try:
-                sees = yield self.call(other.name, "sees", peer)
-            except Exception:
-                continue
-            if sees is True:
-                return other.name
-        return None
+        if self.store.orphans(peer, incarnation):
+            self.protection.promote_orphans(peer, incarnation).addErrback(self.background_failure)
 
     def peer_up(self, peer: str) -> defer.Deferred:
         """
         A link came up: compare digests before it carries deltas again, and
         (eagerly) protect sessions that have no secondary.
         """
-        d = self.resync(peer)
+        d = self.protection.resync(peer)
         if self.settings.reprotect == "eager":
             for session in self.store.backed_by(None):
-                self._reprotect(session).addErrback(self._background_failure)
+                self.protection.locked(session.sid, lambda s: self.protection.protect(s) if s.secondary is None else None)
         return d
 
-    @defer.inlineCallbacks
-    def resync(self, peer: str):
-        """
-        Send C{peer} our digest of the sessions it backs, and the full state
-        of every one it reports different.
-        """
-        entries = self.store.digest(peer)
-        try:
-            answer = yield self.call(peer, "digest", wire.split(wire.encode_digest(entries)))
-            sids = decode_sids(answer)
-        except (PeerUnavailable, wire.WireError) as e:
-            log.info("digest with {peer} failed: {why}", peer=peer, why=type(e).__name__)
-            return 0
-        resent = 0
-        for sid in sids:
-            session = self.store.primary_of(sid)
-            if session is not None and session.secondary == peer:
-                self._protect(session).addErrback(self._background_failure)
-                resent += 1
-        if resent:
-            log.info("resynced {n} sessions on {peer}", n=resent, peer=peer)
-        return resent
+    def resync(self, peer: str) -> defer.Deferred:
+        return self.protection.resync(peer)
 
-    def _background_failure(self, failure) -> None:
-        if not failure.check(Fenced, PeerUnavailable):
-            log.failure("background replication failed", failure)
+    def reset(self, incarnation: int) -> int:
+        """
+        Start again as a new, empty incarnation: every copy this node held
+        may have been taken over while it could not tell.
+        """
+        dropped = self.store.clear()
+        self.store.incarnation = incarnation
+        self.locks.fail_all(NotServing("this node restarted its incarnation"))
+        self.touched = {}
+        return dropped
 
     # -- periodic work -----------------------------------------------------
 
@@ -448,32 +416,66 @@ class SessionNode:
             for sid in sids:
                 session = self.store.primary_of(sid)
                 if session is not None and session.secondary == peer:
-                    self._send(peer, self.store.touch(session, session.last_access)).addErrback(lambda f: None)
+                    self.send(peer, self.store.touch(session, session.last_access)).addErrback(self.background_failure)
 
     def expire(self) -> List[str]:
-        gone = self.store.expired(self.now())
-        for sid in gone:
-            self._locks.pop(sid, None)
-        return gone
+        return self.store.expired(self.now())
 
     # -- IReplicationHandler -----------------------------------------------
 
-    def received(self, peer: str, records) -> List[Result]:
+    def peer_seen(self, peer: str, incarnation: int) -> None:
+        self.quorum.seen(peer, incarnation)
+
+    def received(self, peer: str, incarnation: int, records) -> List[Result]:
+        if self.quorum.is_dead(peer, incarnation):
+            return [Result.FENCED] * len(records)
         now = self.now()
-        return [self.store.apply(r, now) for r in records]
+        apply = self.store.apply
+        return [apply(r, now, incarnation) for r in records]
 
-    def hand_over(self, peer: str, sid: str) -> Optional[Full]:
-        full = self.store.hand_over(sid, peer, self.now())
-        if full is not None:
+    @defer.inlineCallbacks
+    def hand_over(self, peer: str, incarnation: int, sid: str, dead: int):
+        """
+        C{peer} takes C{sid} over.  A primary hands over while it holds its
+        lease; a backup only once its primary is known dead (C{dead} is the
+        incarnation of it the requester found voted dead, or -1).
+        """
+        try:
+            yield self.locks.take(sid)
+        except Busy:
+            raise NotNow("the session is busy")
+        try:
+            if not self.quorum.may_serve():
+                raise NotNow("this node does not hold its lease")
+            local = self.store.get(sid)
+            if local is None:
+                return None
+            if local.primary != self.name:
+                if dead >= local.primary_inc:
+                    self.quorum.known_dead(local.primary, dead)
+                if not self.quorum.is_dead(local.primary, local.primary_inc):
+                    raise PrimaryAlive(local.primary)
+            full = self.store.hand_over(sid, peer, self.now())
+            kept = self.store.get(sid)
+            if kept is not None:
+                kept.primary_inc = incarnation
             log.info("handed {sid} over to {peer} epoch={epoch}", sid=sid, peer=peer, epoch=full.epoch)
-        return full
+            return full
+        finally:
+            self.locks.release(sid)
 
-    def digest_received(self, peer: str, entries) -> List[str]:
-        return self.store.compare(peer, entries)
+    def locate(self, sids: List[str]):
+        return self.store.copies(sids)
+
+    def digest_received(self, peer: str, incarnation: int, entries) -> List[str]:
+        return self.store.compare(peer, entries, incarnation)
 
     def load(self) -> int:
         return len(self.store)
 
-    def sees(self, peer: str) -> bool:
-        return self.connected(peer)
+    def vote(self, server: str, incarnation: int) -> defer.Deferred:
+        return self.quorum.vote(server, incarnation)
 
+    def renew(self, peer: str, incarnation: int):
+        answer = self.quorum.membership.voter.renew(peer, incarnation, self.now())
+        return int(answer), len(self.store), self.quorum.incarnation

@@ -1,6 +1,7 @@
 """
 One session server: HTTP for the applications, PB for replication, a link
-to every peer, and the periodic work (expiry, touches, digests).
+to every peer and every witness balancer (its heartbeat renews this node's
+lease), and the periodic work (expiry, touches, digests, the lease watch).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
 from appliance.config import Address, ClusterConfig
+from appliance.core.membership import Membership, Timing
 from appliance.replication import peer as peer_edge
+from appliance.replication import witness
 from appliance.replication.link import PeerLink, PeerUnavailable
 from appliance.replication.replicator import Replicator
 from appliance.server import hosting
 from appliance.server.node import SessionNode
+from appliance.server.quorum import Quorum
 
 log = Logger()
 
@@ -44,11 +48,19 @@ def client_endpoint(reactor, address: Address, timeout: float, tls_options=None)
     return endpoint
 
 
+def new_incarnation(after: int = 0) -> int:
+    """
+    A number larger than C{after} and than any earlier start's (wall-clock
+    nanoseconds: a restarted process gets a larger one).
+    """
+    return max(time.time_ns(), after + 1)
+
+
 class SessionServerService(service.Service):
     """
     Session server C{name} of C{cluster}.  C{now} is the monotonic clock
-    sessions expire by; C{minute_of_day} the local time batching windows
-    follow.
+    sessions expire and leases run by; C{minute_of_day} the local time
+    batching windows follow.
     """
 
     def __init__(
@@ -63,8 +75,22 @@ class SessionServerService(service.Service):
         self.cluster = cluster
         self.name = name
         self.config = cluster.node(name)
+        self.now = now
         settings = cluster.cluster
+        self.settings = settings
         self.links: Dict[str, PeerLink] = {}
+        self.servers = frozenset(n for n in cluster.node_names if n != name)
+        self.membership = Membership(
+            name,
+            new_incarnation(),
+            cluster.node_names,
+            [b.name for b in cluster.witnesses],
+            Timing(settings.lease_time, settings.clock_drift, settings.lease_grace),
+            now(),
+        )
+        self.quorum = Quorum(
+            reactor, self.membership, now, self._call, self._connected, self._probe, settings.heartbeat_interval
+        )
         self.replicator = Replicator(reactor, settings, self._call, minute_of_day)
         self.node = SessionNode(
             reactor,
@@ -72,38 +98,86 @@ class SessionServerService(service.Service):
             name,
             now,
             self._call,
-            lambda peer: peer in self.links and self.links[peer].connected,
+            self._connected,
             lambda peer: self.links[peer].load if peer in self.links else 0,
             self.replicator.send,
+            self.quorum,
         )
         self._ports = []
         self._loops = []
+
+    def _connected(self, peer: str) -> bool:
+        link = self.links.get(peer)
+        return link is not None and link.connected
 
     def _call(self, peer: str, method: str, *args) -> defer.Deferred:
         link = self.links.get(peer)
         if link is None:
             return defer.fail(PeerUnavailable(peer))
-        return link.call(method, *args)
+        return link.call(method, *args).addErrback(peer_edge.localize)
+
+    def _probe(self, server: str) -> defer.Deferred:
+        address = self.cluster.node(server).replication
+        return witness.probe(self.reactor, address.host, address.port, self.settings.heartbeat_interval)
 
     def health(self) -> dict:
         return {
             "node": self.name,
             "pid": os.getpid(),
-            "status": "ok",
+            "incarnation": self.membership.incarnation,
+            "status": "ok" if self.quorum.may_serve() else "no-lease",
             "sessions": len(self.node.store),
             "primaries": sum(1 for s in self.node.store.sessions.values() if s.primary == self.name),
             "unreplicated": self.replicator.unreplicated(),
             "replication": self.cluster.cluster.replication,
-            "peers": {name: link.connected for name, link in sorted(self.links.items())},
+            "peers": {name: link.connected for name, link in sorted(self.links.items()) if name in self.servers},
+            "witnesses": {name: link.connected for name, link in sorted(self.links.items()) if name not in self.servers},
         }
 
     def _peer_up(self, peer: str) -> None:
+        if peer not in self.servers:
+            return
         self.replicator.hold(peer)
         self.node.peer_up(peer).addBoth(lambda _: self.replicator.release(peer))
 
     def _peer_down(self, peer: str) -> None:
+        if peer not in self.servers:
+            return
         self.replicator.fail(peer)
-        self.node.peer_down(peer).addErrback(lambda f: log.failure("handling the loss of {peer} failed", f, peer=peer))
+        self.node.peer_down(peer)
+
+    def _refused(self, peer: str) -> None:
+        if peer in self.servers:
+            self.quorum.refused(peer)
+
+    def _beat(self, peer: str, answer, asked_at: float) -> None:
+        why = self.quorum.beat(peer, answer, asked_at)
+        if why is not None:
+            self._end(why)
+
+    def _watch_lease(self) -> None:
+        why = self.quorum.watch()
+        if why is not None:
+            self._end(why)
+
+    def _end(self, why: str) -> None:
+        """
+        Start a new, empty incarnation: the old one may have been voted dead
+        and its sessions taken over.
+        """
+        old = self.membership.incarnation
+        incarnation = new_incarnation(old)
+        self.quorum.begin(incarnation)
+        dropped = self.node.reset(incarnation)
+        for peer in self.servers:
+            self.replicator.fail(peer)
+        user = peer_edge.username(self.name, incarnation).decode("ascii")
+        for link in self.links.values():
+            link.relogin(user)
+        log.warn(
+            "{name}: {why}; starting incarnation {new} (was {old}), {dropped} session copies dropped",
+            name=self.name, why=why, new=incarnation, old=old, dropped=dropped,
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -122,28 +196,36 @@ class SessionServerService(service.Service):
         self._ports.append(
             listen(self.reactor, self.config.http, hosting.site(self.reactor, self.cluster, self.node, self.health))
         )
-        for other in self.node.peers:
-            client_tls = tls.client_options(settings, other.replication.host) if server_tls else None
-            endpoint = client_endpoint(self.reactor, other.replication, settings.replication_timeout, client_tls)
+        user = peer_edge.username(self.name, self.membership.incarnation).decode("ascii")
+        targets = [(n.name, n.replication) for n in self.node.peers] + [
+            (b.name, b.witness) for b in self.cluster.witnesses
+        ]
+        for other, address in targets:
+            client_tls = tls.client_options(settings, address.host) if server_tls else None
+            endpoint = client_endpoint(self.reactor, address, settings.replication_timeout, client_tls)
             link = PeerLink(
                 self.reactor,
                 endpoint.connect,
-                self.name,
-                other.name,
+                user,
+                other,
                 settings.secret,
                 settings.heartbeat_interval,
                 settings.heartbeat_misses,
                 settings.replication_timeout,
                 self._peer_up,
                 self._peer_down,
+                on_beat=self._beat,
+                on_refused=self._refused,
+                now=self.now,
             )
-            self.links[other.name] = link
+            self.links[other] = link
             link.start()
         sweep = min(settings.session_timeout / 4, 5.0)
         for interval, work in (
             (sweep, self.node.expire),
             (sweep, self.node.send_touches),
             (settings.digest_interval, self._digest_all),
+            (settings.heartbeat_interval, self._watch_lease),
         ):
             loop = task.LoopingCall(work)
             loop.clock = self.reactor
@@ -158,7 +240,7 @@ class SessionServerService(service.Service):
 
     def _digest_all(self) -> None:
         for name, link in self.links.items():
-            if link.connected:
+            if link.connected and name in self.servers:
                 self.node.resync(name)
 
     def stopService(self) -> Optional[defer.Deferred]:
@@ -169,5 +251,6 @@ class SessionServerService(service.Service):
         self._loops = []
         for link in self.links.values():
             link.stop()
+        self.node.stop()
         ports, self._ports = self._ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

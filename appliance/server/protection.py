@@ -1,0 +1,306 @@
+"""
+Keeping every session protected by a second copy: what a replication answer
+means for a session (acknowledged, send the full state, fenced, pick another
+secondary), re-protection when a secondary is lost, promotion of the backups
+of a primary once it is voted dead, the search for the newest copy of a
+session, and digests.
+
+The rules are L{appliance.core.store} and L{appliance.core.membership};
+this module sequences them with the links, under the session locks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
+
+from attrs import frozen
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from appliance.core.session import Remove, Session, Touch
+from appliance.core.store import Fenced, Record, Result
+from appliance.replication import wire
+from appliance.replication.link import PeerUnavailable
+from appliance.replication.peer import decode_sids
+from appliance.server.errors import NotServing, Unprotected
+from appliance.server.locks import Busy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from appliance.server.node import SessionNode
+
+log = Logger()
+
+
+@frozen
+class Copy:
+    """
+    One node's copy of a session, as a look-up reports it.
+    """
+
+    sid: str
+    holder: str
+    epoch: int
+    version: int
+    primary: str
+    primary_inc: int
+
+    @property
+    def rank(self) -> Tuple[int, int, str]:
+        """
+        Newer first: higher epoch, then version; between equal copies, the
+        first holder by name wins, so that every node picks the same one.
+        """
+        return (-self.epoch, -self.version, self.holder)
+
+
+def newest(copies: Iterable[Copy]) -> Optional[Copy]:
+    best = None
+    for c in copies:
+        if best is None or c.rank < best.rank:
+            best = c
+    return best
+
+
+class Protection:
+    def __init__(self, node: "SessionNode"):
+        self.node = node
+        self.store = node.store
+        self.locks = node.locks
+        self.quorum = node.quorum
+        self._watching: Dict[str, int] = {}
+
+    # -- delivery ----------------------------------------------------------
+
+    def deliver(self, peer: str, record: Record, avoid: Tuple[str, ...] = ()) -> defer.Deferred:
+        """
+        Send C{record} to C{peer} and see it through: fires once the
+        session's latest state is acknowledged by its secondary; fails with
+        L{Fenced} when a newer owner refused it and with L{Unprotected} when
+        no secondary can be had.  C{avoid}: peers that already failed on
+        the way here.
+        """
+        d = self.node.send(peer, record)
+        d.addCallbacks(self._delivered, self._undelivered, callbackArgs=(peer, record, avoid), errbackArgs=(peer, record, avoid))
+        return d
+
+    def _delivered(self, result: Result, peer: str, record: Record, avoid: Tuple[str, ...]):
+        if result.acknowledged or isinstance(record, (Remove, Touch)):
+            return None
+        if result is Result.FENCED:
+            if self.store.fenced(record.sid, record.epoch):
+                log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=record.sid, epoch=record.epoch)
+            raise Fenced(record.sid)
+        session = self._mine(record.sid)
+        if session.secondary == peer:
+            return self.deliver(peer, session.full(self.node.now()), avoid)
+        return self.protect(session, avoid)
+
+    def _undelivered(self, failure, peer: str, record: Record, avoid: Tuple[str, ...]):
+        failure.trap(PeerUnavailable)
+        if isinstance(record, (Remove, Touch)):
+            return None
+        session = self._mine(record.sid)
+        if session.secondary == peer:
+            session.secondary = None
+        return self.protect(session, avoid + (peer,))
+
+    def _mine(self, sid: str) -> Session:
+        session = self.store.primary_of(sid)
+        if session is None:
+            raise Fenced(sid)
+        return session
+
+    def protect(self, session: Session, exclude: Tuple[str, ...] = ()) -> defer.Deferred:
+        """
+        Send the full state to the session's secondary, picking one first
+        if it has none (or its link is down).  Without any, the session may
+        stay a single copy only when every other server is known dead.
+        """
+        node = self.node
+        if session.secondary is None or not node.connected(session.secondary) or session.secondary in exclude:
+            lost = () if session.secondary is None else (session.secondary,)
+            self.store.set_secondary(session, node.pick_secondary(exclude + lost), node.now())
+        if session.secondary is None:
+            if self.quorum.alone():
+                return defer.succeed(None)
+            return defer.fail(Unprotected(session.sid))
+        return self.deliver(session.secondary, session.full(node.now()), exclude)
+
+    def locked(self, sid: str, work) -> defer.Deferred:
+        """
+        Run C{work(session)} on one of our primaries under its lock, in the
+        background: failures that are part of the job (fenced, no secondary,
+        a lost peer, a busy session) are logged quietly.
+        """
+        d = self.locks.take(sid)
+
+        def run(_):
+            session = self.store.primary_of(sid)
+            if session is None:
+                return None
+            return work(session)
+
+        def release(result):
+            self.locks.release(sid)
+            return result
+
+        d.addCallback(run)
+        d.addBoth(release)
+        return d.addErrback(self.node.background_failure)
+
+    # -- looking for the newest copy ---------------------------------------
+
+    @defer.inlineCallbacks
+    def locate(self, sids: List[str], exclude: Tuple[str, ...] = ()):
+        """
+        Every copy of C{sids} held by the other servers that are not known
+        dead: C{({sid: [Copy, ...]}, complete)}, where C{complete} says
+        whether every server that might hold a copy answered.
+        """
+        node = self.node
+        found: Dict[str, List[Copy]] = {sid: [] for sid in sids}
+        asks = []
+        complete = True
+        request = wire.split(wire.encode_sids(sids))
+        for server in node.cluster.node_names:
+            if server == node.name or server in exclude:
+                continue
+            incarnation = self.quorum.incarnation_of(server)
+            if incarnation is None or self.quorum.is_dead(server, incarnation):
+                continue
+            if not node.connected(server):
+                complete = False
+                continue
+            asks.append(node.call(server, "locate", request).addCallback(self._copies, server))
+        if asks:
+            answers = yield defer.DeferredList(asks, consumeErrors=True)
+            for ok, result in answers:
+                if not ok:
+                    complete = False
+                    continue
+                for copy in result:
+                    if copy.sid in found:
+                        found[copy.sid].append(copy)
+        return found, complete
+
+    def _copies(self, chunks, server: str) -> List[Copy]:
+        entries = wire.decode_copies(wire.join(chunks, self.node.limit), self.node.cluster.node_names)
+        return [Copy(sid, server, epoch, version, primary, inc) for sid, epoch, version, primary, inc in entries]
+
+    def local_copy(self, sid: str) -> Optional[Copy]:
+        s = self.store.get(sid)
+        if s is None:
+            return None
+        return Copy(sid, self.node.name, s.epoch, s.version, s.primary, s.primary_inc)
+
+    # -- orphans: backups of a primary voted dead --------------------------
+
+    def watch(self, peer: str) -> None:
+        """
+        The link to C{peer} is down: while this node backs sessions of its
+        last known incarnation, ask for a verdict each heartbeat; once it is
+        voted dead, its sessions are promoted (L{promote_orphans}).
+        """
+        incarnation = self.quorum.incarnation_of(peer)
+        if incarnation is None or self._watching.get(peer) == incarnation:
+            return
+        if not self.store.orphans(peer, incarnation):
+            return
+        self._watching[peer] = incarnation
+
+        def done(dead):
+            if self._watching.get(peer) == incarnation:
+                del self._watching[peer]
+            return dead
+
+        self.quorum.await_dead(peer, incarnation, None).addBoth(done).addErrback(self.node.background_failure)
+
+    @defer.inlineCallbacks
+    def promote_orphans(self, peer: str, incarnation: int):
+        """
+        Become primary of the backups held here whose primary was C{peer} at
+        C{incarnation} (voted dead), unless another server holds a newer
+        copy: then ours is stale and goes.  Asks again each heartbeat while
+        a server that may hold a newer copy does not answer.
+        """
+        node = self.node
+        promoted = dropped = 0
+        while True:
+            if not self.quorum.may_serve():
+                yield node.sleep()
+                continue
+            orphans = self.store.orphans(peer, incarnation)
+            if not orphans:
+                break
+            found, complete = yield self.locate([s.sid for s in orphans], exclude=(peer,))
+            if not complete:
+                yield node.sleep()
+                continue
+            for session in orphans:
+                outcome = yield self._promote_one(session.sid, peer, incarnation, found[session.sid])
+                if outcome == "promoted":
+                    promoted += 1
+                elif outcome == "dropped":
+                    dropped += 1
+            break
+        if promoted or dropped:
+            log.info(
+                "{peer} (incarnation {incarnation}) is dead: promoted {promoted} of its sessions backed here"
+                " ({dropped} stale copies dropped)",
+                peer=peer, incarnation=incarnation, promoted=promoted, dropped=dropped,
+            )
+        return promoted
+
+    @defer.inlineCallbacks
+    def _promote_one(self, sid: str, peer: str, incarnation: int, others: List[Copy]):
+        try:
+            yield self.locks.take(sid)
+        except Busy:
+            return "busy"
+        try:
+            local = self.store.get(sid)
+            if local is None or local.primary != peer or local.primary_inc > incarnation:
+                return "moved"
+            mine = self.local_copy(sid)
+            best = newest(others + [mine])
+            if best is not mine and (best.epoch, best.version) > (mine.epoch, mine.version):
+                del self.store.sessions[sid]
+                return "dropped"
+            if best is not mine:
+                return "theirs"
+            floor = max(c.epoch for c in others + [mine])
+            session = self.store.promote(sid, None, self.node.now(), floor)
+            try:
+                yield self.protect(session, exclude=(peer,))
+            except (Unprotected, Fenced, PeerUnavailable):
+                pass
+            return "promoted"
+        finally:
+            self.locks.release(sid)
+
+    # -- digests -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def resync(self, peer: str):
+        """
+        Send C{peer} our digest of the sessions it backs, and the full state
+        of every one it reports different.
+        """
+        node = self.node
+        entries = self.store.digest(peer)
+        try:
+            answer = yield node.call(peer, "digest", wire.split(wire.encode_digest(entries)))
+            sids = decode_sids(answer)
+        except (PeerUnavailable, wire.WireError) as e:
+            log.info("digest with {peer} failed: {why}", peer=peer, why=type(e).__name__)
+            return 0
+        resent = 0
+        for sid in sids:
+            session = self.store.primary_of(sid)
+            if session is not None and session.secondary == peer:
+                self.locked(sid, lambda s, peer=peer: self.deliver(peer, s.full(node.now())) if s.secondary == peer else None)
+                resent += 1
+        if resent:
+            log.info("resynced {n} sessions on {peer}", n=resent, peer=peer)
+        return resent
+
