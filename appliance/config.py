@@ -96,20 +96,12 @@ class ClusterSettings:
         return self.tls_cert is not None
 
     @property
-    def lease_grace(self) -> float:
-        """
-        How long a server that lost its lease waits for it to come back
-        before it starts a new incarnation.
-        """
-        return self.lease_time / 4
-
-    @property
     def takeover_wait(self) -> float:
         """
         How long a request may wait for the death of a session's primary to
-        be settled (a lease, the grace, and a few heartbeats to ask).
+        be settled (a lease and a few heartbeats to ask).
         """
-        return self.lease_time + self.lease_grace + 4 * self.heartbeat_interval
+        return self.lease_time + 4 * self.heartbeat_interval
 
     @property
     def lock_wait(self) -> float:

@@ -221,7 +221,7 @@ def quorum_for(clock, cluster, name, now, call=None, connected=lambda peer: Fals
     settings = cluster.cluster
     membership = Membership(
         name, incarnation, cluster.node_names, [b.name for b in cluster.witnesses],
-        Timing(settings.lease_time, settings.clock_drift, settings.lease_grace), now(),
+        Timing(settings.lease_time, settings.clock_drift), now(),
     )
     if call is None:
         def call(peer, method, *args):

@@ -81,7 +81,7 @@ class SimServer(Process):
         self.incarnation = next(_incarnations)
         self.membership = Membership(
             name, self.incarnation, sim.config.node_names, sim.witness_names,
-            Timing(settings.lease_time, settings.clock_drift, settings.lease_grace), self.now(),
+            Timing(settings.lease_time, settings.clock_drift), self.now(),
         )
         self.quorum = Quorum(
             self.clock, self.membership, self.now,
@@ -123,9 +123,7 @@ class SimServer(Process):
             self.node.peer_down(peer)
 
     def beat(self, voter: str, answer, asked_at: float) -> None:
-        why = self.quorum.beat(voter, answer, asked_at)
-        if why is not None:
-            self.end()
+        self.quorum.beat(voter, answer, asked_at)
 
     def watch(self) -> None:
         if self.quorum.watch() is not None:

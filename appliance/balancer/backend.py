@@ -307,7 +307,7 @@ class _ConnectFactory(ClientFactory):
         return proto
 
     def clientConnectionFailed(self, connector, reason: Failure) -> None:
-        self.pool.connecting.discard(connector)
+        self.pool.connecting.pop(connector, None)
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
             waiter.server_connect_failed(self.node, reason)
@@ -316,7 +316,7 @@ class _ConnectFactory(ClientFactory):
 class _PoolProtocol(BackendProtocol):
     def connectionMade(self) -> None:
         BackendProtocol.connectionMade(self)
-        self.pool.connecting.discard(getattr(self.transport, "connector", None))
+        self.pool.connecting.pop(getattr(self.transport, "connector", None), None)
         self.pool.opened(self)
         factory = self.factory
         waiter, factory.waiter = factory.waiter, None
@@ -350,7 +350,8 @@ class BackendPool:
         self.safe_idle = safe_idle
         self.idle: Dict[str, List[BackendProtocol]] = {name: [] for name in addresses}
         self.all: Set[BackendProtocol] = set()
-        self.connecting: Set = set()
+        # Connection attempts under way, and the server each is to.
+        self.connecting: Dict[object, str] = {}
 
     def take(self, node: str, now: Optional[float] = None, safe: bool = False) -> Optional[BackendProtocol]:
         """
@@ -380,7 +381,7 @@ class BackendPool:
         address = self.addresses[node]
         factory = _ConnectFactory(self, node, waiter)
         connector = self.reactor.connectTCP(address.host, address.port, factory, timeout=self.connect_timeout)
-        self.connecting.add(connector)
+        self.connecting[connector] = node
         return factory
 
     def abandon(self, node: str) -> int:
@@ -398,8 +399,9 @@ class BackendPool:
             else:
                 conn.transport.abortConnection()
         self.idle[node] = []
-        for connector in [c for c in self.connecting if c.factory.node == node]:
-            connector.disconnect()
+        for connector in [c for c, to in self.connecting.items() if to == node]:
+            # The reactor then reports the attempt failed to its factory.
+            connector.stopConnecting()
         return failed
 
     def opened(self, conn: BackendProtocol) -> None:

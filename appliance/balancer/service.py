@@ -36,6 +36,8 @@ class Balancer:
     state, the policy, the sticky table and the connection pool.
     """
 
+    log = Logger()
+
     def __init__(self, clock, cluster: ClusterConfig, config: BalancerConfig):
         self.clock = clock
         self.cluster = cluster

@@ -52,15 +52,11 @@ class Renewal(enum.IntEnum):
 class Timing:
     """
     C{lease}: how long a voter's grant binds it.  C{drift}: the bound on the
-    relative rate error between any two monotonic clocks of the cluster.
-    C{grace}: how long a server that lost its lease waits for it to come
-    back before it ends its incarnation (so that a voter that still hears it
-    may vote it dead).
+    rate error of any monotonic clock of the cluster against real time.
     """
 
     lease: float
     drift: float = 0.01
-    grace: float = 0.0
 
     @property
     def held_for(self) -> float:
@@ -169,6 +165,11 @@ class Lease:
     asked plus L{Timing.held_for}.  Its own vote counts as a grant that
     never lapses.  L{expires} is the moment the majority-th best grant
     lapses: the server may serve while the time is before it.
+
+    A lease that lapsed is never renewed again: by then a majority may have
+    voted this incarnation dead, and a voter that restarts forgets its
+    votes, so grants asked after the lapse are ignored and the server ends
+    its incarnation (L{should_end}).
     """
 
     def __init__(self, me: str, voters: Sequence[str], timing: Timing):
@@ -186,6 +187,8 @@ class Lease:
         self.expires = ranked[self.needed - 1]
 
     def granted(self, voter: str, asked_at: float) -> None:
+        if self.expires != NEVER and asked_at >= self.expires:
+            return
         until = asked_at + self.timing.held_for
         if voter in self.until and until > self.until[voter]:
             self.until[voter] = until
@@ -196,12 +199,12 @@ class Lease:
 
     def should_end(self, now: float) -> bool:
         """
-        A lease held once and lost for longer than the grace: the voters that
-        still hear this incarnation cannot vote it dead while it lives, so it
-        ends itself.  A server that never held its lease has served nothing
-        and just waits.
+        A lease held once and lapsed: this incarnation can never serve again
+        and ends (which also lets the voters that still hear it vote it
+        dead: they see a newer incarnation).  A server that never held its
+        lease has served nothing and just waits.
         """
-        return self.expires != NEVER and now >= self.expires + self.timing.grace
+        return self.expires != NEVER and now >= self.expires
 
 
 class Membership:
@@ -237,8 +240,8 @@ class Membership:
 
     def renewed(self, voter: str, answer: Renewal, asked_at: float) -> bool:
         """
-        A voter answered a renewal asked at C{asked_at}; returns C{False}
-        when the answer ends this incarnation.
+        A voter answered a renewal asked at C{asked_at}; returns whether it
+        granted it.
         """
         if answer is Renewal.GRANTED:
             self.lease.granted(voter, asked_at)

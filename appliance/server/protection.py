@@ -110,21 +110,37 @@ class Protection:
             raise Fenced(sid)
         return session
 
-    def protect(self, session: Session, exclude: Tuple[str, ...] = ()) -> defer.Deferred:
+    def protect(self, session: Session, exclude: Tuple[str, ...] = (), wait: bool = True) -> defer.Deferred:
         """
         Send the full state to the session's secondary, picking one first
         if it has none (or its link is down).  Without any, the session may
-        stay a single copy only when every other server is known dead.
+        stay a single copy only when every other server is known dead:
+        first wait (a bounded while) for the verdicts on the servers that
+        cannot be reached.
         """
         node = self.node
         if session.secondary is None or not node.connected(session.secondary) or session.secondary in exclude:
             lost = () if session.secondary is None else (session.secondary,)
             self.store.set_secondary(session, node.pick_secondary(exclude + lost), node.now())
-        if session.secondary is None:
-            if self.quorum.alone():
-                return defer.succeed(None)
+        if session.secondary is not None:
+            return self.deliver(session.secondary, session.full(node.now()), exclude)
+        if self.quorum.alone():
+            return defer.succeed(None)
+        if not wait:
             return defer.fail(Unprotected(session.sid))
-        return self.deliver(session.secondary, session.full(node.now()), exclude)
+        waits = []
+        for server in node.cluster.node_names:
+            incarnation = self.quorum.incarnation_of(server)
+            if server != node.name and incarnation is not None and not self.quorum.is_dead(server, incarnation):
+                waits.append(self.quorum.await_dead(server, incarnation, node.settings.takeover_wait))
+        d = defer.gatherResults(waits, consumeErrors=True)
+
+        def again(_):
+            if self.store.primary_of(session.sid) is not session:
+                raise Fenced(session.sid)
+            return self.protect(session, exclude, wait=False)
+
+        return d.addCallback(again)
 
     def locked(self, sid: str, work) -> defer.Deferred:
         """

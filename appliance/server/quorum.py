@@ -48,6 +48,7 @@ class Quorum:
         self.interval = interval
         self.on_dead: Callable[[str, int], None] = lambda server, incarnation: None
         self._serving = False
+        self._refused: set = set()
         self._timers: set = set()
         self._polls: Dict[Tuple[str, int], List[defer.Deferred]] = {}
 
@@ -64,15 +65,16 @@ class Quorum:
     def may_serve(self) -> bool:
         return self.membership.may_serve(self.now())
 
-    def beat(self, voter: str, answer, asked_at: float) -> Optional[str]:
+    def beat(self, voter: str, answer, asked_at: float) -> None:
         """
         A renewal asked at C{asked_at} was answered (answer, load, the
-        voter's incarnation).  Returns why this incarnation must end, if
-        the answer says so.
+        voter's incarnation).  A refusal only means this voter's grant is
+        gone for this incarnation (it voted it dead, perhaps while one of
+        us was cut off); the incarnation ends when its lease lapses.
         """
         if not (isinstance(answer, (list, tuple)) and len(answer) == 3 and all(type(a) is int for a in answer)):
             log.warn("{voter} answered a lease renewal wrongly: {answer!r}", voter=voter, answer=answer)
-            return None
+            return
         code, _, incarnation = answer
         if voter in self.membership.servers and incarnation > 0:
             self.seen(voter, incarnation)
@@ -81,16 +83,16 @@ class Quorum:
             renewal = Renewal(code)
         except ValueError:
             log.warn("{voter} answered a lease renewal with an unknown code {code}", voter=voter, code=code)
-            return None
-        if self.membership.renewed(voter, renewal, asked_at):
-            return None
-        return f"{voter} holds this incarnation dead ({renewal.name})"
+            return
+        if not self.membership.renewed(voter, renewal, asked_at) and voter not in self._refused:
+            self._refused.add(voter)
+            log.warn("{voter} no longer renews this incarnation's lease ({why})", voter=voter, why=renewal.name)
 
     def watch(self) -> Optional[str]:
         """
         Called every heartbeat: logs when this node gains or loses its
-        lease, and returns why this incarnation must end when its lease
-        stayed lost past the grace.
+        lease, and returns why this incarnation must end: its lease
+        lapsed, and a lapsed lease never comes back.
         """
         now = self.now()
         serving = self.membership.may_serve(now)
@@ -101,12 +103,13 @@ class Quorum:
             else:
                 log.warn("{me} lost its lease (no majority of voters renewed it): not serving", me=self.me)
         if self.membership.lease.should_end(now):
-            return "its lease stayed lost"
+            return "its lease lapsed"
         return None
 
     def begin(self, incarnation: int) -> None:
         self.membership.begin(incarnation, self.now())
         self._serving = False
+        self._refused = set()
 
     def alone(self) -> bool:
         """
@@ -172,6 +175,10 @@ class Quorum:
         m = self.membership
         if m.is_dead(server, incarnation):
             return True
+        if not self.may_serve():
+            # Only a node that may serve acts on a verdict; one cut off from
+            # the majority would only bury healthy peers with its own vote.
+            return False
         own = yield self.vote(server, incarnation)
         votes = [(self.me, own)]
         asks = []

@@ -85,7 +85,7 @@ class SessionServerService(service.Service):
             new_incarnation(),
             cluster.node_names,
             [b.name for b in cluster.witnesses],
-            Timing(settings.lease_time, settings.clock_drift, settings.lease_grace),
+            Timing(settings.lease_time, settings.clock_drift),
             now(),
         )
         self.quorum = Quorum(
@@ -151,9 +151,7 @@ class SessionServerService(service.Service):
             self.quorum.refused(peer)
 
     def _beat(self, peer: str, answer, asked_at: float) -> None:
-        why = self.quorum.beat(peer, answer, asked_at)
-        if why is not None:
-            self._end(why)
+        self.quorum.beat(peer, answer, asked_at)
 
     def _watch_lease(self) -> None:
         why = self.quorum.watch()
