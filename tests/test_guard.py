@@ -96,7 +96,7 @@ class GuardTests(SynchronousTestCase):
         broker.makeConnection(transport)
         return broker, transport
 
-    def pb_client(self, secret=b"test-secret-123", user=b"s1"):
+    def pb_client(self, secret=b"test-secret-123", user=b"s1/5"):
         client_factory = pb.PBClientFactory()
         client, server, pump = connectedServerAndClient(
             lambda: self.factory.buildProtocol(None), lambda: client_factory.buildProtocol(None)

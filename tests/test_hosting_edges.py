@@ -17,7 +17,7 @@ from appliance.config import ClusterConfig
 from appliance.server import hosting
 from appliance.server.node import SessionNode
 
-from .helpers import RealNodes, free_ports, http, wait_for
+from .helpers import RealNodes, free_ports, http, wait_for, quorum_for
 from .memory_http import exchange, request, responses
 
 ECHO = """
@@ -61,7 +61,8 @@ def inline_config(extra_apps: str = "", cluster_extra: str = "") -> ClusterConfi
 def memory_site(cluster: ClusterConfig, clock=None):
     clock = clock or MemoryReactorClock()
     node = SessionNode(
-        clock, cluster, "s1", clock.seconds, call=None, connected=lambda p: False, peer_load=lambda p: 0, send=None
+        clock, cluster, "s1", clock.seconds, call=None, connected=lambda p: False, peer_load=lambda p: 0, send=None,
+        quorum=quorum_for(clock, cluster, "s1", clock.seconds),
     )
     return hosting.site(clock, cluster, node, lambda: {"node": "s1", "status": "ok"}), node
 

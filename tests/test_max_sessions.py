@@ -15,7 +15,7 @@ from appliance.config import ClusterConfig
 from appliance.core.session import Full
 from appliance.server.node import SessionNode, TooManySessions
 
-from .helpers import cluster_ini
+from .helpers import cluster_ini, quorum_for
 from .memory_http import exchange, request, responses
 from .test_hosting_edges import inline_config, memory_site
 
@@ -25,11 +25,13 @@ FORM = ("Content-Type: application/x-www-form-urlencoded",)
 
 class NodeCapTests(SynchronousTestCase):
     def setUp(self):
-        text, _ = cluster_ini(names=("s1", "s2"), extra="max_sessions = 3")
+        text, _ = cluster_ini(names=("s1",), extra="max_sessions = 3")
         self.clock = Clock()
+        cluster = ClusterConfig.from_string(text)
         self.node = SessionNode(
-            self.clock, ClusterConfig.from_string(text), "s1", self.clock.seconds, call=None,
+            self.clock, cluster, "s1", self.clock.seconds, call=None,
             connected=lambda p: False, peer_load=lambda p: 0, send=None,
+            quorum=quorum_for(self.clock, cluster, "s1", self.clock.seconds),
         )
 
     def write(self, route=NO_COOKIE, value="x"):
