@@ -152,7 +152,7 @@ class GuardTests(SynchronousTestCase):
         self.failureResultOf(d).trap(UnauthorizedLogin)
         self.assertEqual(self.flushLoggedErrors(), [])
         (line,) = self.logs.lines()
-        self.assertIn("replication login refused for 's1'", line)
+        self.assertIn("replication login refused for 's1/5'", line)
         self.assertNotIn("Traceback", "\n".join(formatEvent(e) for e in self.logs.events))
         self.clock.advance(0)
         self.assertTrue(server.transport.disconnecting)
