@@ -118,6 +118,17 @@ class SilentServerTests(SynchronousTestCase):
         h.balancer.server_heard("s1")
         self.assertTrue(h.balancer.nodes["s1"].available(h.reactor.seconds()))
 
+    def test_silent_server_never_tried_last(self):
+        """When every other server declines, the request is answered rather than sent to the silent server."""
+        h = Harness(self)
+        h.balancer.server_silent("s1")
+        h.send(b"GET /cart HTTP/1.1\r\nHost: x\r\n" + cookie_header() + b"\r\n")
+        for expected in (9002, 9003):
+            port, server, st = h.accept()
+            self.assertEqual(port, expected)
+            server.dataReceived(NOT_SERVED)
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 503"))
+
 
 class NotServedTests(SynchronousTestCase):
     def test_post_not_served_goes_to_next_server(self):

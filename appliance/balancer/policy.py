@@ -30,7 +30,10 @@ class NodeState:
     What the balancer knows about one session server.
 
     A server is available when the active checks last said it is up and no
-    refused connection put it down less than C{down_time} ago.
+    refused connection put it down less than C{down_time} ago.  A server
+    the witness found C{silent} (dead, paused or cut off) is not tried at
+    all, not even last: a request sent to a paused server would wait for
+    the response timeout.
     """
 
     name: str
@@ -41,6 +44,7 @@ class NodeState:
     up: bool = True
     passes: int = 0
     failures: int = 0
+    silent: bool = False
 
     def available(self, now: float) -> bool:
         return self.up and now >= self.down_until
@@ -192,8 +196,8 @@ def _plan(preferred: Sequence[str], nodes: Nodes, policy: IPolicy, now: float) -
     tried (fail open) rather than every request refused.
     """
     states = nodes.states
-    first = [n for n in preferred if n in states]
-    others = [s for s in policy.order(list(states.values())) if s.name not in first]
+    first = [n for n in preferred if n in states and not states[n].silent]
+    others = [s for s in policy.order(list(states.values())) if s.name not in first and not s.silent]
     order = [states[n] for n in first] + others
     up = [s.name for s in order if s.available(now)]
     down = [s.name for s in order if not s.available(now)]

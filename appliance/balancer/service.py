@@ -137,6 +137,7 @@ class Balancer:
         state = self._states.get(name)
         if state is None:
             return
+        state.silent = True
         state.down_until = float("inf")
         failed = self.pool.abandon(name)
         if failed:
@@ -144,7 +145,8 @@ class Balancer:
 
     def server_heard(self, name: str) -> None:
         state = self._states.get(name)
-        if state is not None and state.down_until == float("inf"):
+        if state is not None and state.silent:
+            state.silent = False
             state.down_until = 0.0
 
     def sweep(self) -> None:
