@@ -94,6 +94,7 @@ def cluster_ini(servers: int, replication: str = "sync", settings: Optional[Dict
     section name (C{{"cluster": {"batch_interval": "1s"}}}).
 
     Set here, and why: addresses (one host each), the secret (required), the
+    balancer's witness address (as shipped: it votes on who is alive), the
     balancer's C{node = s1} (a balancer runs with C{--node s1 --roles
     balancer} in host C{lb}), one machine per server (so placement spreads
     secondaries), the demo cart without threads, as shipped.
@@ -101,7 +102,12 @@ def cluster_ini(servers: int, replication: str = "sync", settings: Optional[Dict
     hosts = hosts_of(servers)
     sections: Dict[str, Dict[str, str]] = {
         "cluster": {"name": "app.lab.test", "secret": SECRET, "cookie": "APPSESSION", "replication": replication},
-        "balancer:lb1": {"listen": f"{LB_ADDRESS}:{HTTP_PORT}", "node": "s1", "mode": "plugin"},
+        "balancer:lb1": {
+            "listen": f"{LB_ADDRESS}:{HTTP_PORT}",
+            "witness": f"{LB_ADDRESS}:{REPLICATION_PORT}",
+            "node": "s1",
+            "mode": "plugin",
+        },
     }
     for i, name in enumerate(server_names(servers), 1):
         address = hosts[name].address
