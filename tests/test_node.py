@@ -187,7 +187,7 @@ class QuorumTests(Base):
         self.fails("s1", route, add("later"), NotServing)
 
     def test_cut_off_primary_ends_and_secondary_serves(self):
-        """The secondary serves the session once the cut-off primary's lease surely ran out; the primary starts a new, empty incarnation."""
+        """The secondary serves the session once the cut-off primary's lease surely ran out; the primary starts a new incarnation that never serves its old copy, which goes once the cut heals."""
         s = self.sim()
         route = self.start(["a"])
         old = s.servers["s1"].incarnation
@@ -196,7 +196,26 @@ class QuorumTests(Base):
         self.assertEqual(items, ["a"])
         self.assertEqual(route.primary, "s3")
         self.assertGreater(s.servers["s1"].incarnation, old)
-        self.assertEqual(len(s.servers["s1"].node.store), 0)
+        self.assertEqual(s.servable(route.sid), ["s3"])
+        s.heal()
+        s.settle()
+        self.assertEqual(s.servable(route.sid), ["s3"])
+        stale = s.servers["s1"].node.store.get(route.sid)
+        self.assertTrue(stale is None or stale.primary == "s3")
+
+    def test_lapsed_lease_keeps_the_only_copies(self):
+        """Two peers die at once and the third loses its lease: it keeps its sessions and serves them again once the peers are back."""
+        s = self.sim()
+        route = self.start(["a", "b"], on="s3")
+        s.kill("s1")
+        s.kill("s2")
+        s.run(2 * s.settings.lease_time)
+        self.assertEqual(s.servable(route.sid), [])
+        s.restart("s1")
+        s.restart("s2")
+        s.settle()
+        self.assertEqual(s.servable(route.sid), ["s3"])
+        self.assertEqual(self.cart("s3", route)[0], ["a", "b"])
 
     def test_single_copy_only_when_alone(self):
         """Two servers and a witness: when one dies the other keeps serving with a single copy."""

@@ -280,10 +280,12 @@ class Membership:
     def is_dead(self, server: str, incarnation: Optional[int]) -> bool:
         """
         Whether a verdict says this incarnation of C{server} is dead (an
-        unknown incarnation is not).
+        unknown incarnation is not; this node's own earlier ones are).
         """
         if incarnation is None:
             return False
+        if server == self.me:
+            return incarnation < self.incarnation
         return incarnation <= self.verdicts.get(server, -1)
 
     def known_dead(self, server: str, incarnation: int) -> None:

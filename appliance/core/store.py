@@ -3,7 +3,7 @@ The rules of a session on one node: commit on the primary, apply on the
 backup, take over, fence, expire, compare digests.
 
 A L{Store} holds every session the node has, as primary or as backup; the
-role of a copy is C{session.primary == store.node}.  Methods take the time
+role of a copy is L{Store.mine}: primary here, in this incarnation.  Methods take the time
 and return decisions; the PB and HTTP edges carry them out.
 """
 
@@ -59,12 +59,20 @@ class Store:
     def get(self, sid: str) -> Optional[Session]:
         return self.sessions.get(sid)
 
+    def mine(self, session: Session) -> bool:
+        """
+        Whether this node, in its current incarnation, is the copy's primary
+        (a copy this node was primary of in an earlier incarnation is an
+        orphan like any backup of a dead primary).
+        """
+        return session.primary == self.node and session.primary_inc == self.incarnation
+
     def primary_of(self, sid: str) -> Optional[Session]:
         """
         The session if this node is its primary.
         """
         session = self.sessions.get(sid)
-        if session is not None and session.primary == self.node:
+        if session is not None and self.mine(session):
             return session
         return None
 
@@ -99,7 +107,7 @@ class Store:
         one and the delta to replicate is returned (C{None} if nothing
         changed, which only touches the session).
         """
-        if self.sessions.get(session.sid) is not session or session.primary != self.node:
+        if self.sessions.get(session.sid) is not session or not self.mine(session):
             raise Fenced(session.sid)
         session.last_access = now
         if not changes:
@@ -226,7 +234,7 @@ class Store:
         if session is None:
             return None
         session.epoch += 1
-        if session.primary == self.node or session.secondary != self.node:
+        if self.mine(session) or session.secondary != self.node:
             del self.sessions[sid]
             secondary = session.secondary
         else:
@@ -289,7 +297,7 @@ class Store:
         return [
             s
             for s in self.sessions.values()
-            if s.primary == primary and s.primary_inc <= incarnation and primary != self.node
+            if s.primary == primary and s.primary_inc <= incarnation and not self.mine(s)
         ]
 
     def copies(self, sids: Iterable[str]) -> List[Tuple[str, int, int, str, int]]:
@@ -318,8 +326,8 @@ class Store:
         """
         Primary copies whose secondary is C{peer}.
         """
-        node = self.node
-        return [s for s in self.sessions.values() if s.primary == node and s.secondary == peer]
+        mine = self.mine
+        return [s for s in self.sessions.values() if s.secondary == peer and mine(s)]
 
     def digest(self, peer: str) -> List[Tuple[str, int, int]]:
         """

@@ -137,7 +137,9 @@ class PeerLink:
     def _schedule(self) -> None:
         if self._running and self._retry is None:
             self._retry = self.clock.callLater(self._delay, self._try)
-            self._delay = min(self._delay * 2, 2.0)
+            # Capped well under a lease: a peer that restarts must be
+            # renewing leases again before anyone's lapses.
+            self._delay = min(self._delay * 2, max(0.1, 2 * self.heartbeat_interval))
 
     def _logged_in(self, remote, factory) -> None:
         self._attempt = None

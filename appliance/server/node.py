@@ -155,7 +155,7 @@ class SessionNode:
         local = self.store.get(sid)
         if (
             local is not None
-            and local.primary == self.name
+            and self.store.mine(local)
             and local.secondary is not None
             and self.locks.try_take(sid)
         ):
@@ -188,7 +188,7 @@ class SessionNode:
         protection = self.protection
         for _ in range(3):
             local = self.store.get(sid)
-            if local is not None and local.primary == self.name:
+            if local is not None and self.store.mine(local):
                 if local.secondary is None:
                     try:
                         yield protection.protect(local)
@@ -219,7 +219,7 @@ class SessionNode:
                     session = self.store.promote(sid, None, self.now(), floor)
                     log.info("promoted {sid} epoch={epoch}", sid=sid, epoch=session.epoch)
                     return session, [protection.protect(session, exclude=(best.primary,))]
-                source, dead = best, (best.primary_inc if best.primary != self.name else None)
+                source, dead = best, best.primary_inc
             try:
                 chunks = yield self.call(source.holder, "hand_over", sid, -1 if dead is None else dead)
                 full = decode_hand_over(chunks, self.cluster.node_names, self.limit)
@@ -341,7 +341,8 @@ class SessionNode:
         if len(self.store) < limit:
             return True
         if self._counted_at is None or now - self._counted_at >= 1.0:
-            self._primaries = sum(1 for s in self.store.sessions.values() if s.primary == self.name)
+            mine = self.store.mine
+            self._primaries = sum(1 for s in self.store.sessions.values() if mine(s))
             self._counted_at = now
         return self._primaries < limit
 
@@ -395,14 +396,20 @@ class SessionNode:
 
     def reset(self, incarnation: int) -> int:
         """
-        Start again as a new, empty incarnation: every copy this node held
-        may have been taken over while it could not tell.
+        Start again as a new incarnation.  The sessions this node was
+        primary of may have been taken over while it could not tell, so
+        they are served no more as they are: they become orphans of the
+        old incarnation, promoted again like any backup of a dead primary
+        (only where no newer copy exists).  Returns how many copies that
+        makes.
         """
-        dropped = self.store.clear()
+        old = self.store.incarnation
         self.store.incarnation = incarnation
         self.locks.fail_all(NotServing("this node restarted its incarnation"))
         self.touched = {}
-        return dropped
+        orphans = len(self.store.orphans(self.name, old))
+        self.dead(self.name, old)
+        return orphans
 
     # -- periodic work -----------------------------------------------------
 
@@ -450,7 +457,7 @@ class SessionNode:
             local = self.store.get(sid)
             if local is None:
                 return None
-            if local.primary != self.name:
+            if not self.store.mine(local):
                 if dead >= local.primary_inc:
                     self.quorum.known_dead(local.primary, dead)
                 if not self.quorum.is_dead(local.primary, local.primary_inc):

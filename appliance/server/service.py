@@ -127,7 +127,7 @@ class SessionServerService(service.Service):
             "incarnation": self.membership.incarnation,
             "status": "ok" if self.quorum.may_serve() else "no-lease",
             "sessions": len(self.node.store),
-            "primaries": sum(1 for s in self.node.store.sessions.values() if s.primary == self.name),
+            "primaries": sum(1 for s in self.node.store.sessions.values() if self.node.store.mine(s)),
             "unreplicated": self.replicator.unreplicated(),
             "replication": self.cluster.cluster.replication,
             "peers": {name: link.connected for name, link in sorted(self.links.items()) if name in self.servers},
@@ -173,8 +173,9 @@ class SessionServerService(service.Service):
         for link in self.links.values():
             link.relogin(user)
         log.warn(
-            "{name}: {why}; starting incarnation {new} (was {old}), {dropped} session copies dropped",
-            name=self.name, why=why, new=incarnation, old=old, dropped=dropped,
+            "{name}: {why}; starting incarnation {new} (was {old}); its {orphans} primaries wait to be promoted"
+            " where no newer copy exists",
+            name=self.name, why=why, new=incarnation, old=old, orphans=dropped,
         )
 
     def startService(self) -> None:
