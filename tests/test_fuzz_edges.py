@@ -30,7 +30,7 @@ from .test_dns_support import NAME, ZONE, zone
 from .test_guard import HELLO, deep_login, many_strings
 from .test_peer import make_node
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NODES = ("s1", "s2", "s3")
 SIDS = ["A" * 22, "B" * 22, "C" * 22, "D" * 22]
 
@@ -178,7 +178,7 @@ class AvatarFuzzTests(SynchronousTestCase):
         node.store.apply(Full(SIDS[0], 2, 3, "s1", "s2", 60.0, 0.0, {"a": b"1"}), 0.0)
         node.store.apply(Full(SIDS[1], 1, 1, "s3", "s2", 60.0, 0.0, {"b": b"[2]"}), 0.0)
         node.store.create(SIDS[2], Changes({"c": b'"x"'}), "s1", 0.0)
-        return node, peer.PeerAvatar("s1", node, cluster.node_names, node.limit)
+        return node, peer.PeerAvatar("s1", 5, node, cluster.node_names, node.limit)
 
     @FUZZ
     @given(st.one_of(batches(primary=st.sampled_from(["s1", "s1", "s3"])).map(wire.split), plain))
@@ -207,16 +207,67 @@ class AvatarFuzzTests(SynchronousTestCase):
         peer.decode_sids(answer)
 
     @FUZZ
-    @given(st.one_of(plain, sids))
-    def test_hand_over_and_sees(self, value):
-        """hand_over and sees take only valid sids and node names; anything else is Refused or NoSuchSession."""
+    @given(st.one_of(plain, st.lists(sids, max_size=4).map(wire.encode_sids).flatmap(mutated).map(lambda d: [d])))
+    def test_locate(self, chunks):
+        """A look-up is answered with copies that decode, or refused with Refused; nothing changes."""
         node, avatar = self.avatar()
-        for call in (avatar.perspective_hand_over, avatar.perspective_sees):
-            before = snapshot(node)
-            try:
-                call(value)
-            except (peer.Refused, peer.NoSuchSession):
-                self.assertEqual(snapshot(node), before)
+        before = snapshot(node)
+        try:
+            chunks_back = avatar.perspective_locate(chunks)
+        except peer.Refused:
+            pass
+        else:
+            wire.decode_copies(wire.join(chunks_back, node.limit), NODES)
+        self.assertEqual(snapshot(node), before)
+
+    @FUZZ
+    @given(st.one_of(plain, sids), st.one_of(plain, st.integers(-2, 2**65)))
+    def test_hand_over(self, sid, dead):
+        """hand_over takes only a valid sid and incarnation; anything else is Refused and changes nothing."""
+        node, avatar = self.avatar()
+        before = snapshot(node)
+        try:
+            d = avatar.perspective_hand_over(sid, dead)
+        except peer.Refused:
+            self.assertEqual(snapshot(node), before)
+            return
+        self.assertIn(sid, SIDS)
+        d.addErrback(lambda f: f.trap(peer.NoSuchSession, peer.NotNow, peer.PrimaryAlive))
+
+    @FUZZ
+    @given(plain, st.one_of(plain, st.integers(-2, 2**65)))
+    def test_vote(self, server, incarnation):
+        """vote takes only a node name and an incarnation; anything else is Refused."""
+        node, avatar = self.avatar()
+        try:
+            d = avatar.perspective_vote(server, incarnation)
+        except peer.Refused:
+            return
+        self.assertIn(server, NODES)
+        d.addErrback(lambda f: f.trap(peer.Refused, peer.NotNow))
+
+
+class LoginNameFuzzTests(SynchronousTestCase):
+    @FUZZ
+    @given(st.one_of(st.binary(max_size=40), st.text(max_size=40), st.tuples(names, st.integers(0, 2**70)).map(lambda t: peer.username(*t))))
+    def test_parse_username(self, user):
+        """A login name is a configured node and an incarnation of at most 20 digits, or nothing."""
+        who = peer.parse_username(user, NODES)
+        if who is not None:
+            self.assertIn(who[0], NODES)
+            self.assertTrue(type(who[1]) is int and 0 <= who[1] < 10**20)
+
+
+class CopiesFuzzTests(SynchronousTestCase):
+    @FUZZ
+    @given(st.one_of(plain, st.lists(st.tuples(sids, small, st.integers(0, 2**64 - 1), names, st.integers(0, 2**64 - 1)), max_size=4).map(wire.encode_copies).flatmap(mutated)))
+    def test_decode_copies(self, data):
+        """A copy list decodes to entries that encode back to the same bytes, or is refused with WireError."""
+        try:
+            copies = wire.decode_copies(data, NODES)
+        except wire.WireError:
+            return
+        self.assertEqual(wire.encode_copies(copies), data)
 
 
 class GuardFuzzTests(SynchronousTestCase):
