@@ -4,6 +4,12 @@ The session cookie: C{<sid>!<primary>!<secondary>}.
 A cookie is a routing hint from an untrusted client.  Parsing never raises:
 a malformed value, a malformed sid or a node name the cluster does not know
 simply reads as absent, so a bad cookie behaves like no cookie.
+
+A request may carry the session cookie more than once (a stale one set for
+another path or domain, say).  L{session_cookie} is the one rule that the
+balancer and the session servers both apply: the first value that reads as a
+session (a well-formed sid and a primary or secondary the cluster knows) is
+the request's session cookie, and the others are ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Container, Optional, Tuple
 from attrs import frozen
 
 SEPARATOR = "!"
-_SID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+_SID = re.compile(r"[A-Za-z0-9_-]{22}")
 MAX_VALUE = 200
 
 
@@ -28,7 +34,7 @@ def new_sid() -> str:
 
 
 def valid_sid(sid: object) -> bool:
-    return isinstance(sid, str) and _SID.match(sid) is not None
+    return isinstance(sid, str) and _SID.fullmatch(sid) is not None
 
 
 @frozen
@@ -70,10 +76,38 @@ def decode(value, nodes: Container[str]) -> Route:
         return NO_ROUTE
     sid, primary, secondary = parts
     return Route(
-        sid if _SID.match(sid) else None,
+        sid if _SID.fullmatch(sid) else None,
         primary if primary in nodes else None,
         secondary if secondary in nodes and secondary != primary else None,
     )
+
+
+def session_cookie(header: Optional[bytes], name: bytes, nodes: Container[str]) -> Tuple[Optional[bytes], Route]:
+    """
+    The session cookie of a request whose C{Cookie} header lines, joined
+    with C{"; "}, are C{header}: the value of the first cookie C{name} that
+    reads as a session (a well-formed sid, and a primary or a secondary in
+    C{nodes}), and its reading; C{(None, NO_ROUTE)} when none does.  Never
+    raises.
+    """
+    if not header:
+        return None, NO_ROUTE
+    target = name + b"="
+    start = 0
+    while True:
+        i = header.find(target, start)
+        if i < 0:
+            return None, NO_ROUTE
+        start = i + 1
+        if i == 0 or header[i - 1] in _COOKIE_SEPARATORS:
+            j = header.find(b";", i)
+            value = header[i + len(target) : (None if j < 0 else j)].strip()
+            route = decode(value, nodes)
+            if route.sid is not None and (route.primary is not None or route.secondary is not None):
+                return value, route
+
+
+_COOKIE_SEPARATORS = b" ;\t"
 
 
 def find(header: bytes, name: bytes) -> Optional[bytes]:

@@ -51,12 +51,28 @@ class CookieTests(SynchronousTestCase):
         self.assertTrue(route.primary is None or route.primary in NODES)
         self.assertTrue(route.sid is None or cookie.valid_sid(route.sid))
 
-    def test_find_in_header(self):
-        """The named cookie is found among others without matching a suffix."""
-        header = b"XAPPSESSION=bad; other=1; APPSESSION=good!s1!s2; last=2"
-        self.assertEqual(cookie.find(header, b"APPSESSION"), b"good!s1!s2")
-        self.assertEqual(cookie.find(b"APPSESSION=v", b"APPSESSION"), b"v")
-        self.assertIsNone(cookie.find(b"other=1", b"APPSESSION"))
+    def test_sid_trailing_newline(self):
+        """A sid followed by a newline (which re.match with $ lets through) is not a sid."""
+        self.assertFalse(cookie.valid_sid(SID + "\n"))
+        self.assertEqual(cookie.decode(f"{SID}\n!s1!s2", NODES), cookie.Route(None, "s1", "s2"))
+
+    def test_session_cookie_found_among_others(self):
+        """The session cookie is found among others without matching a longer name that ends with it."""
+        value = f"{SID}!s1!s2".encode()
+        header = b"XAPPSESSION=" + value.replace(b"s1", b"s3") + b"; other=1; APPSESSION=" + value + b"; last=2"
+        self.assertEqual(cookie.session_cookie(header, b"APPSESSION", NODES), (value, cookie.Route(SID, "s1", "s2")))
+        self.assertEqual(cookie.session_cookie(b"other=1", b"APPSESSION", NODES), (None, cookie.NO_ROUTE))
+        self.assertEqual(cookie.session_cookie(None, b"APPSESSION", NODES), (None, cookie.NO_ROUTE))
+
+    def test_first_valid_session_cookie_wins(self):
+        """With several session cookies the first that reads as a session counts; malformed ones before it are skipped."""
+        stale = f"{SID}!s2!s3".encode()
+        fresh = ("B" * 22 + "!s1!s2").encode()
+        for junk in (b"garbage", b"short!s1!s2", SID.encode() + b"!nobody!", b""):
+            header = b"APPSESSION=" + junk + b"; APPSESSION=" + fresh + b"; APPSESSION=" + stale
+            self.assertEqual(cookie.session_cookie(header, b"APPSESSION", NODES)[0], fresh)
+        header = b"APPSESSION=" + stale + b";APPSESSION=" + fresh
+        self.assertEqual(cookie.session_cookie(header, b"APPSESSION", NODES), (stale, cookie.Route(SID, "s2", "s3")))
 
     def test_set_cookie_flags(self):
         """Set-Cookie always carries HttpOnly and SameSite=Lax, Secure over TLS."""
