@@ -290,7 +290,10 @@ class NodeResource(resource.Resource):
         return plain_error(request, 404, b"Not Found")
 
     def _serve(self, request: HeldRequest, app: AppConfig, target) -> None:
-        route = cookie.decode(request.getCookie(self.cookie_name), self.names)
+        # The balancer's rule (cookie.session_cookie), not getCookie's "last
+        # one wins", so both read the same cookie when a request has two.
+        lines = request.requestHeaders.getRawHeaders(b"cookie")
+        _, route = cookie.session_cookie(b"; ".join(lines) if lines else None, self.cookie_name, self.names)
         d = self.node.open(route)
         d.addCallback(self._run, request, app, target, route)
         d.addErrback(self._failed, request)
