@@ -275,6 +275,8 @@ class ResponseHeadTests(SynchronousTestCase):
         self.assertIsNone(self.parse(b"HTTP/1.1 200 OK", b"Content-Length: x"))
         self.assertIsNone(self.parse(b"HTTP/1.1 200 OK", b"Content-Length: 1", b"Content-Length: 2"))
         self.assertIsNone(self.parse(b"HTTP/1.1 200 OK", b"Transfer-Encoding: gzip"))
+        self.assertIsNone(self.parse(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked", b"Content-Length: 5"))
+        self.assertIsNone(self.parse(b"HTTP/1.1 200 OK", b"X-A: a\x01b", b"Content-Length: 5"))
         self.assertIsNone(self.parse(b"HTTP/1.1 200 OK", b"Bad Header: 1"))
 
 

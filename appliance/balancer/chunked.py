@@ -1,8 +1,21 @@
 """
 Where a chunked body ends, without decoding it.
+
+The body is relayed as it came, so the server behind must read the same
+boundaries: anything a strict reader could take another way is refused (a
+size with a sign, prefix or whitespace, control characters in an
+extension, a trailer line that is not a header field, a bare CR or LF).
 """
 
 from __future__ import annotations
+
+import re
+
+from .framing import FIELD_VALUE, _HEADER
+
+# chunk-size (hex digits only: no sign, no 0x, no whitespace) and the
+# extensions, whose text holds no control character but HTAB.
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;" + FIELD_VALUE + rb")?\Z")
 
 
 class ChunkedScanner:
@@ -50,15 +63,10 @@ class ChunkedScanner:
                 raise ValueError("bad chunk line")
             line = line[:-1]
             if state == self._SIZE:
-                size_text = line.split(b";", 1)[0].strip()
-                if not size_text or len(size_text) > 15:
+                m = _SIZE_LINE.match(line)
+                if m is None:
                     raise ValueError("bad chunk size")
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ValueError("bad chunk size") from None
-                if size_text.startswith((b"-", b"+", b"0x", b"0X")) or b"_" in size_text:
-                    raise ValueError("bad chunk size")
+                size = int(m.group(1), 16)
                 self.size += size
                 if size == 0:
                     self.state = self._TRAILER
@@ -72,6 +80,8 @@ class ChunkedScanner:
             else:
                 if not line:
                     return i
+                if _HEADER.match(line) is None:
+                    raise ValueError("bad trailer line")
                 self.trailers += 1
                 if self.trailers > 100:
                     raise ValueError("too many trailer lines")

@@ -13,7 +13,7 @@ are (L{appliance.balancer.chunked} only finds where a chunked one ends).
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from attrs import define, frozen
 
@@ -28,14 +28,18 @@ LENGTH = 1
 CHUNKED = 2
 UNTIL_CLOSE = 3
 
+# A field value: visible characters, obs-text, space and tab; any other
+# control character (CR, LF and NUL above all) is refused, as RFC 9110 5.5
+# allows (a recipient may not pass them on).
+FIELD_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])\Z")
-_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\x00\r\n]*)\Z")
+_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):(" + FIELD_VALUE + rb")\Z")
 # A whole request head (request line and header lines) in one match.
 # Unambiguous (no two quantifiers can share a character), so it cannot
 # backtrack badly on hostile input.
 _REQUEST = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])"
-    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + FIELD_VALUE + rb")*\Z"
 )
 # A request head whose header lines need nothing removed or merged, in one
 # match that also picks up the last Host, Cookie and Content-Length value
@@ -44,12 +48,12 @@ _REQUEST = re.compile(
 _PLAIN_REQUEST = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/1\.([01])"
     rb"(?:\r\n(?:"
-    rb"(?i:host):([^\x00\r\n]*)"
-    rb"|(?i:cookie):([^\x00\r\n]*)"
-    rb"|(?i:content-length):([^\x00\r\n]*)"
+    rb"(?i:host):(" + FIELD_VALUE + rb")"
+    rb"|(?i:cookie):(" + FIELD_VALUE + rb")"
+    rb"|(?i:content-length):(" + FIELD_VALUE + rb")"
     rb"|(?!(?i:c(?:ookie|ontent-length|onnection)|host|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
     rb"|proxy-[^:]*|x-forwarded-(?:for|proto)|forwarded|expect):)"
-    rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*"
+    rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + FIELD_VALUE +
     rb"))*\Z"
 )
 _COOKIE = re.compile(rb"\r\ncookie:")
@@ -87,14 +91,39 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 
 
+# The most the balancer adds to a request head: X-Forwarded-For,
+# X-Forwarded-Proto and Forwarded for the longest client address (an IPv6
+# address with a zone), Connection: close, and a Host line when an
+# absolute-form target is rewritten (what it removes is never shorter than
+# what it puts back).  A session server accepts a balancer's limits plus
+# this (L{server_limits}), so nothing a balancer accepts is refused there.
+FORWARDING_ROOM = 512
+FORWARDING_LINES = 5
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
+
+
+def server_limits(max_header_bytes: Iterable[int], max_headers: Iterable[int]) -> Tuple[int, int]:
+    """
+    The request head size and header count a session server accepts
+    behind balancers with these C{max_header_bytes} and C{max_headers}
+    (the defaults of L{Limits} when there are none: a balancer of another
+    make in front keeps within those too).
+    """
+    return (
+        max(max_header_bytes, default=MAX_HEADER_BYTES) + FORWARDING_ROOM,
+        max(max_headers, default=MAX_HEADERS) + FORWARDING_LINES,
+    )
+
+
 @frozen
 class Limits:
     """
     What a client may send before it is refused.
     """
 
-    max_header_bytes: int = 16 * 1024
-    max_headers: int = 100
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_headers: int = MAX_HEADERS
     max_body_bytes: int = 10 * 1024 * 1024
 
 
@@ -158,6 +187,10 @@ def parse_request_head(
         # before too.  The request line cannot hold CRLF, so every
         # "\r\nname:" in the lower-cased head starts a header line.
         method, target, minor, host, cookie, length_value = m.group(1, 2, 3, 4, 5, 6)
+        if target[0] != 47:  # not "/...", the origin form
+            other = _other_form(head, method, target, limits, client, secure)
+            if other is not None:
+                return other
         version = 11 if minor == b"1" else 10
         if host is None and cookie is None and length_value is None:
             if version == 11:
@@ -199,6 +232,10 @@ def parse_request_head(
             return Reject(400, "malformed request line")
         return Reject(400, "malformed header line")
     method, target, minor = m.group(1, 2, 3)
+    if target[0] != 47:
+        other = _other_form(head, method, target, limits, client, secure)
+        if other is not None:
+            return other
     version = 11 if minor == b"1" else 10
     lines = head.split(CRLF)
     host = cookie = length_value = te = connection = None
@@ -298,6 +335,37 @@ def _finish_request(
         forward=CRLF.join(out),
         expect_continue=expect and version == 11 and framing != NO_BODY,
     )
+
+
+# An absolute-form target: scheme, authority (no user info), the rest.
+_ABSOLUTE = re.compile(rb"(?i:https?)://([A-Za-z0-9._~!$&'()*+,;=%:\[\]-]+)([/?][^#]*)?\Z")
+
+
+def _other_form(
+    head: bytes, method: bytes, target: bytes, limits: Limits, client: bytes, secure: bool
+) -> Union[RequestHead, Reject, None]:
+    """
+    A request target not in origin form.  The absolute form
+    (C{http://host/path}) is forwarded in origin form with the authority as
+    Host, replacing any Host line (RFC 9112 3.2.2: the target's authority
+    wins); C{OPTIONS *} goes on as it is (C{None}); anything else is
+    refused.
+    """
+    if target == b"*":
+        return None if method == b"OPTIONS" else Reject(400, "malformed request target")
+    m = _ABSOLUTE.match(target)
+    if m is None:
+        return Reject(400, "malformed request target")
+    authority, rest = m.group(1, 2)
+    if not rest:
+        rest = b"/"
+    elif rest[0] == 63:  # "?query" right after the authority
+        rest = b"/" + rest
+    lines = head.split(CRLF)
+    version = lines[0][-8:]
+    out = [method + b" " + rest + b" " + version, b"Host: " + authority]
+    out.extend(line for line in lines[1:] if line[:5].lower() != b"host:")
+    return parse_request_head(CRLF.join(out), limits, client, secure)
 
 
 _FORWARDING: Dict[Tuple[bytes, bool, int], bytes] = {}

@@ -14,6 +14,7 @@ from attrs import define
 from .framing import (
     CHUNKED,
     CRLF,
+    FIELD_VALUE,
     HOP_BY_HOP,
     LENGTH,
     NO_BODY,
@@ -24,20 +25,20 @@ from .framing import (
 
 # A whole response head (status line and header lines) in one match;
 # unambiguous, as the request side's.
+_STATUS_LINE = rb"HTTP/1\.([01]) ([0-9]{3})(?: " + FIELD_VALUE + rb")?"
 _RESPONSE = re.compile(
-    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?"
-    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*)*\Z"
+    _STATUS_LINE + rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + FIELD_VALUE + rb")*\Z"
 )
 # A response head with exactly one Content-Length (its digits captured)
 # and nothing hop-by-hop, in one match; the other lines exclude those
 # names, so every line can be read one way only and the match stays linear.
 _OTHER_LINE = (
     rb"\r\n(?!(?i:c(?:ontent-length|onnection)|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
-    rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*"
+    rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + FIELD_VALUE
 )
 _PLAIN_RESPONSE = re.compile(
-    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?"
-    rb"(?:" + _OTHER_LINE + rb")*"
+    _STATUS_LINE
+    + rb"(?:" + _OTHER_LINE + rb")*"
     rb"\r\n(?i:content-length):[ \t]*([0-9]{1,18})[ \t]*"
     rb"(?:" + _OTHER_LINE + rb")*\Z"
 )
@@ -164,7 +165,9 @@ def _finish_response(status, reusable, method, te, length_value, session, out, c
     if method == b"HEAD" or status < 200 or status in (204, 304):
         framing, length = NO_BODY, 0
     elif te is not None:
-        if te.strip().lower() != b"chunked":
+        # Both framings can be read two ways by whoever is behind us
+        # (RFC 9112 6.3): refused, as on the request side.
+        if length_value is not None or te.strip().lower() != b"chunked":
             return None
         framing, length = CHUNKED, 0
         append(b"Transfer-Encoding: chunked")
