@@ -19,9 +19,10 @@ from typing import List, Optional, Tuple
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from appliance import cookie
+from appliance.balancer.framing import server_limits
 from appliance.config import AppConfig, ClusterConfig
 from appliance.core.session import NotJSON, SessionData
 from appliance.core.store import Fenced, TooLarge
@@ -368,6 +369,17 @@ class NodeSite(server.Site):
     requestFactory = HeldRequest
     displayTracebacks = False
     access_log = False
+    # Plain HTTP/1.1 channels (nothing to negotiate on a plain TCP port),
+    # whose head limits are set from the balancers' (see site()).
+    protocol = http.HTTPChannel
+    head_bytes = http.HTTPChannel.totalHeadersSize
+    head_lines = http.HTTPChannel.maxHeaders
+
+    def buildProtocol(self, addr):
+        channel = server.Site.buildProtocol(self, addr)
+        channel.totalHeadersSize = channel.MAX_LENGTH = self.head_bytes
+        channel.maxHeaders = self.head_lines
+        return channel
 
     def log(self, request) -> None:
         if self.access_log:
@@ -381,4 +393,8 @@ def site(reactor, cluster: ClusterConfig, node: SessionNode, health) -> server.S
         reactor=reactor,
     )
     s.access_log = cluster.cluster.access_log
+    # A head that a balancer accepts, with what it adds, is never refused here.
+    s.head_bytes, s.head_lines = server_limits(
+        [b.max_header_bytes for b in cluster.balancers], [b.max_headers for b in cluster.balancers]
+    )
     return s
