@@ -181,7 +181,7 @@ def tls_options(cert_path: str, key_path: str):
     Server TLS options from PEM files: TLS 1.2 or newer only.  The
     certificate file may carry the chain after the leaf.
     """
-    from OpenSSL import crypto
+    from OpenSSL import SSL, crypto
     from twisted.internet.ssl import CertificateOptions, TLSVersion
 
     with open(cert_path, "rb") as f:
@@ -194,12 +194,28 @@ def tls_options(cert_path: str, key_path: str):
     if not certs:
         raise ValueError(f"{cert_path}: no certificate")
     key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
-    return CertificateOptions(
+    options = CertificateOptions(
         privateKey=key,
         certificate=certs[0],
         extraCertChain=certs[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
+    # ALPN: clients that offer it (every browser, curl, requests) get
+    # http/1.1, or no protocol at all when they offer none we speak (h2
+    # alone): never the alert that Twisted's own selection sends when
+    # nothing overlaps.  The context is the one every connection uses.
+    def select(connection, offered):
+        for protocol in ALPN_PROTOCOLS:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    options.getContext().set_alpn_select_callback(select)
+    return options
+
+
+# What the HTTPS listener answers ALPN with, preferred first.
+ALPN_PROTOCOLS = (b"http/1.1", b"http/1.0")
 
 
 class BalancerService(Service):
