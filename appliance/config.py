@@ -141,6 +141,8 @@ class BalancerConfig:
     max_headers: int = 100
     head_timeout: float = 10.0
     idle_timeout: float = 60.0
+    body_timeout: float = 20.0
+    min_body_rate: int = 500
     connect_timeout: float = 2.0
     response_timeout: float = 30.0
     health_interval: float = 2.0
@@ -148,6 +150,9 @@ class BalancerConfig:
     health_fall: int = 2
     down_time: float = 5.0
     sticky_ttl: float = 1800.0
+    forward_internal: bool = False
+    new_session_rate: float = 10.0
+    new_session_burst: int = 100
 
 
 @frozen
@@ -330,6 +335,13 @@ def _size(value: str) -> int:
         raise ValueError("expected a size such as 65536, 64KiB or 10MiB")
     unit = (m.group(2) or "").upper()[:1]
     return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
+
+
+def _per_second(value: str) -> float:
+    m = re.match(r"^(\d+(?:\.\d+)?)\s*(?:/\s*s)?$", value)
+    if m is None:
+        raise ValueError("expected a number per second such as 10 or 0.5/s (0: no limit)")
+    return float(m.group(1))
 
 
 def _boolean(value: str) -> bool:
@@ -567,6 +579,8 @@ class _Loader:
             max_headers=s.get("max_headers", _count, 100),
             head_timeout=s.get("head_timeout", _positive_duration, 10.0),
             idle_timeout=s.get("idle_timeout", _positive_duration, 60.0),
+            body_timeout=s.get("body_timeout", _positive_duration, 20.0),
+            min_body_rate=s.get("min_body_rate", _size, 500),
             connect_timeout=s.get("connect_timeout", _positive_duration, 2.0),
             response_timeout=s.get("response_timeout", _positive_duration, 30.0),
             health_interval=s.get("health_interval", _positive_duration, 2.0),
@@ -574,6 +588,9 @@ class _Loader:
             health_fall=s.get("health_fall", _count, 2),
             down_time=s.get("down_time", _positive_duration, 5.0),
             sticky_ttl=s.get("sticky_ttl", _positive_duration, 1800.0),
+            forward_internal=s.get("forward_internal", _boolean, False),
+            new_session_rate=s.get("new_session_rate", _per_second, 10.0),
+            new_session_burst=s.get("new_session_burst", _count, 100),
         )
         if config.redirect_https and https is None:
             raise s.error("redirect_https", "needs an https address")

@@ -110,23 +110,6 @@ def session_cookie(header: Optional[bytes], name: bytes, nodes: Container[str]) 
 _COOKIE_SEPARATORS = b" ;\t"
 
 
-def find(header: bytes, name: bytes) -> Optional[bytes]:
-    """
-    The value of cookie C{name} in one C{Cookie} request header, without
-    building a dictionary of every cookie; the first one wins.
-    """
-    start = 0
-    target = name + b"="
-    while True:
-        i = header.find(target, start)
-        if i < 0:
-            return None
-        if i == 0 or header[i - 1 : i] in (b" ", b";", b"\t"):
-            j = header.find(b";", i)
-            return header[i + len(target) : (None if j < 0 else j)].strip()
-        start = i + 1
-
-
 def set_cookie(name: str, value: str, secure: bool = False, max_age: Optional[int] = None) -> str:
     """
     A C{Set-Cookie} header value: always C{HttpOnly} and C{SameSite=Lax},

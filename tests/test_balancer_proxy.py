@@ -247,12 +247,13 @@ class FrontendTests(SynchronousTestCase):
         h = Harness(self, mode="sticky")
         h.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         port, server, st = h.accept()
+        value = SID.encode() + b"!s3!s1"
         server.dataReceived(
-            b"HTTP/1.1 200 OK\r\nSet-Cookie: APPSESSION=V1; Path=/\r\nContent-Length: 0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: APPSESSION=" + value + b"; Path=/\r\nContent-Length: 0\r\n\r\n"
         )
-        self.assertEqual(h.balancer.sticky_table.lookup(b"V1", h.reactor.seconds()), f"s{port - 9000}")
+        self.assertEqual(h.balancer.sticky_table.lookup(value, h.reactor.seconds()), f"s{port - 9000}")
         for _ in range(3):
-            self.assertEqual(h.balancer.plan(_head(b"Cookie: APPSESSION=V1"))[0][0], f"s{port - 9000}")
+            self.assertEqual(h.balancer.plan(_head(b"Cookie: APPSESSION=" + value))[0][0], f"s{port - 9000}")
 
     def test_expect_continue(self):
         """A client waiting for 100 Continue gets it from the balancer before sending its body."""
@@ -263,14 +264,15 @@ class FrontendTests(SynchronousTestCase):
         port, server, st = h.accept()
         self.assertTrue(st.value().endswith(b"\r\n\r\nabc"))
 
-    def test_route_cache_bounded(self):
-        """Cookie readings are kept only for plausible values, and never more than a bounded number."""
+    def test_session_cache_bounded(self):
+        """Cookie readings are kept only for short headers, and never more than a bounded number."""
         h = Harness(self)
         for i in range(12_000):
-            h.balancer.route(b"%d!s1!" % i)
-        h.balancer.route(b"x" * 5000)
-        self.assertLessEqual(len(h.balancer._routes), 10_000)
-        self.assertNotIn(b"x" * 5000, h.balancer._routes)
+            h.balancer.session(b"APPSESSION=%d!s1!" % i)
+        long_header = b"APPSESSION=" + SID.encode() + b"!s1!; x=" + b"x" * 5000
+        self.assertEqual(h.balancer.session(long_header)[1].primary, "s1")
+        self.assertLessEqual(len(h.balancer._sessions), 10_000)
+        self.assertNotIn(long_header, h.balancer._sessions)
 
     def test_lb_health(self):
         """/_appliance/lb-health is answered locally."""
@@ -349,12 +351,37 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(h.client.value().count(b"HTTP/1.1 "), 1)
 
     def test_idle_timeout(self):
-        """An idle keep-alive connection is closed after idle_timeout."""
-        h = Harness(self, idle_timeout=3.0)
-        h.reactor.advance(3.0)
+        """A keep-alive connection idle since its last answer is closed after idle_timeout, without a word."""
+        h = Harness(self, idle_timeout=30.0, head_timeout=5.0)
+        h.send(b"GET /_appliance/lb-health HTTP/1.1\r\nHost: x\r\n\r\n")
+        h.client.clear()
+        h.reactor.advance(29.0)
+        h.balancer.sweep()
+        self.assertFalse(h.client.disconnecting)
+        h.reactor.advance(1.0)
         h.balancer.sweep()
         self.assertTrue(h.client.disconnecting)
         self.assertEqual(h.client.value(), b"")
+
+    def test_silent_connection_gets_head_timeout(self):
+        """A new connection that never sends a byte is closed after head_timeout, not kept for idle_timeout."""
+        h = Harness(self, idle_timeout=60.0, head_timeout=5.0)
+        h.reactor.advance(4.9)
+        h.balancer.sweep()
+        self.assertFalse(h.client.disconnecting)
+        h.reactor.advance(0.2)
+        h.balancer.sweep()
+        self.assertTrue(h.client.disconnecting)
+        self.assertEqual(h.client.value(), b"")
+
+    def test_first_head_timed_from_connection(self):
+        """A new connection's first head must be complete within head_timeout of connecting, not of its first byte."""
+        h = Harness(self, head_timeout=5.0)
+        h.reactor.advance(4.0)
+        h.send(b"GET / HTTP/1.1\r\n")
+        h.reactor.advance(1.5)
+        h.balancer.sweep()
+        self.assertTrue(h.client.value().startswith(b"HTTP/1.1 408 "))
 
     def test_response_timeout(self):
         """A server that does not answer within response_timeout is aborted; the GET tries the next."""

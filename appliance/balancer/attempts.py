@@ -24,8 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The client connection: reading a request head, busy with a request, closed.
 HEAD, BUSY, CLOSED = 0, 1, 2
-# What the client connection's deadline is for.
-IDLE, HEAD_WAIT, BODY_WAIT = 0, 1, 2
+# What the client connection's deadline is for: the time between requests,
+# a request head, a request body, a new connection's first request head.
+IDLE, HEAD_WAIT, BODY_WAIT, FRESH = 0, 1, 2, 3
 
 
 class ServerAttempts:
@@ -39,15 +40,16 @@ class ServerAttempts:
     log = Logger()
     balancer: "Balancer"
 
-    def _first_attempt(self, head: RequestHead) -> None:
+    def _first_attempt(self, head: RequestHead, session=None) -> None:
         """
         Send a request whose body (if any) is complete: to the cookie's
         server when it is available, found without planning the rest.
+        C{session} is L{Balancer.session} of the request, if known.
         """
         b = self.balancer
         now = self._seconds()
         self._dispatched = True
-        node = b.first(head.cookie, now)
+        node = b.first(b.session(head.cookie) if session is None else session, now)
         if node is None:
             self._plan, self._plan_complete = b.plan(head)
             self._attempt = 0
@@ -137,8 +139,13 @@ class ServerAttempts:
         C{responding} itself for the others).
         """
         self.responding = True
-        if head.session and self.balancer.sticky:
-            self.balancer.sticky_table.learn(head.session, self._node, self._seconds())
+        b = self.balancer
+        if head.session:
+            if b.sticky:
+                b.sticky_table.learn(head.session, self._node, self._seconds())
+            if self._new_session:
+                self._new_session = False
+                b.new_sessions.charge(self._client_key, self._seconds())
 
     def response_done(self, conn: BackendProtocol, reusable: bool) -> None:
         b = self.balancer

@@ -205,6 +205,12 @@ class BackendProtocol(Protocol):
             self._state = _BODY
             if framing == CHUNKED:
                 self._scanner = ChunkedScanner()
+            else:
+                # Framed by the end of this connection: the client's copy
+                # ends only when the client connection does too, once this
+                # one closes (response_done), so no later answer can be
+                # taken for part of this body.
+                fe.keep_alive = False
             self._produce(fe)
             if rest:
                 self._body(fe, rest)

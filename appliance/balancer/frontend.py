@@ -8,12 +8,13 @@ server when the rules in L{may_retry} allow.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from .attempts import BODY_WAIT, BUSY, CLOSED, HEAD, HEAD_WAIT, IDLE, ServerAttempts
+from .attempts import BODY_WAIT, BUSY, CLOSED, FRESH, HEAD, HEAD_WAIT, IDLE, ServerAttempts
 from .backend import BackendProtocol
 from .chunked import ChunkedScanner
 from .flow import Throttle, send_now
@@ -27,7 +28,13 @@ from .framing import (
     error_response,
     parse_request_head,
 )
-from .local import LB_HEALTH, is_lb_health, lb_health, redirect_https
+from .local import INTERNAL, is_lb_health, lb_health, not_found, redirect_https, too_many_sessions
+from .ratelimit import client_key
+
+# In a head not yet complete: a CR not followed by LF, an LF without its CR,
+# a NUL.  Such a head can only be refused, so it is refused at once rather
+# than after head_timeout (a bare-LF client would wait for 408).
+_BARE = re.compile(rb"\r(?=[^\n])|(?<!\r)\n|\x00")
 
 if TYPE_CHECKING:  # pragma: no cover
     from .service import Balancer
@@ -42,14 +49,20 @@ class FrontendProtocol(ServerAttempts, Protocol):
     def __init__(self, balancer: "Balancer", secure: bool):
         self.balancer = balancer
         self.secure = secure
-        self.cookie_name_for_response = balancer.cookie_bytes if (secure or balancer.sticky) else None
+        # The session cookie the backend reads from responses: always in
+        # sticky mode (learning) and over TLS (Secure); for a request
+        # without a session when new sessions are limited (counting).
+        self._response_cookie = balancer.cookie_bytes if (secure or balancer.sticky) else None
+        self.cookie_name_for_response = self._response_cookie
         self.keep_alive = True
         self.method = b""
         self.deadline: Optional[float] = None
         self._deadline_kind = IDLE
         self._state = HEAD
         self._buf = b""
+        self._checked = 0
         self._client = b""
+        self._client_key = ""
         self._paused = False
         self._head: Optional[RequestHead] = None
         self._plan: Tuple[str, ...] = ()
@@ -67,10 +80,11 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self._body_done = True
         self._scanner: Optional[ChunkedScanner] = None
         self._streaming = False
+        self._new_session = False
         self.responding = False
         self._started = 0.0
         self._fresh_retry = False
-        # Read once per request: kept here rather than looked up through
+        # Read once per connection: kept here rather than looked up through
         # the balancer and its config every time.
         config = balancer.config
         self._seconds = balancer.clock.seconds
@@ -78,21 +92,32 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self._max_head = config.max_header_bytes
         self._idle_timeout = config.idle_timeout
         self._head_timeout = config.head_timeout
+        self._body_timeout = config.body_timeout
+        self._body_rate = config.min_body_rate
         self._response_timeout = config.response_timeout
         self._retry_body = config.retry_body_bytes
+        self._forward_internal = config.forward_internal
+        self._new_sessions = balancer.new_sessions
         self._redirect = config.redirect_https and not secure
 
     # -- connection events
 
     def connectionMade(self) -> None:
-        self._client = self.transport.getPeer().host.encode("ascii", "replace")
+        host = self.transport.getPeer().host
+        self._client = host.encode("ascii", "replace")
+        if self._new_sessions is not None:
+            self._client_key = client_key(host)
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
         self.throttle = Throttle(self.transport)
         self.balancer.frontends.add(self)
-        self._wait(IDLE)
+        # A new connection has head_timeout for its first request head,
+        # counted from now: one that sends nothing is not kept for
+        # idle_timeout.
+        self._deadline_kind = FRESH
+        self.deadline = self._seconds() + self._head_timeout
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._state = CLOSED
@@ -110,27 +135,36 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self._deadline_kind = kind
         if kind == HEAD_WAIT:
             self.deadline = self._seconds() + self._head_timeout
+        elif kind == BODY_WAIT:
+            self.deadline = self._seconds() + self._body_timeout
         else:
             self.deadline = self._seconds() + self._idle_timeout
 
     def expired(self) -> None:
         """
-        The deadline passed: a slow request head gets 408, an idle
-        keep-alive connection or a stalled body is closed.
+        The deadline passed: a slow request head, or a body slower than
+        C{min_body_rate}, gets 408 (unless part of an answer was sent); a
+        connection idle since its last answer, or that never sent a byte,
+        is closed.
         """
         self.deadline = None
         if self._state == CLOSED:
             return
-        if self._deadline_kind == HEAD_WAIT:
+        kind = self._deadline_kind
+        if kind == HEAD_WAIT or (kind == BODY_WAIT and not self.responding):
             self._reject(408)
         else:
+            self._state = CLOSED
             self.transport.loseConnection()
 
     # -- reading requests
 
     def dataReceived(self, data: bytes) -> None:
         if self._state == HEAD:
-            self._read_head(self._buf + data if self._buf else data)
+            if self._buf:
+                self._read_head(self._buf + data, self._checked)
+            else:
+                self._read_head(data)
         elif self._state == BUSY:
             if self._body_done:
                 self._buf += data
@@ -138,40 +172,119 @@ class FrontendProtocol(ServerAttempts, Protocol):
             else:
                 self._read_body(data)
 
-    def _read_head(self, buf: bytes) -> None:
-        if buf[0] == 13:
-            # Blank lines before a request line are ignored (RFC 9112 2.2).
-            while buf.startswith(CRLF):
-                buf = buf[2:]
-        end = buf.find(HEAD_END)
-        if end < 0:
-            self._buf = buf
-            if len(buf) > self._max_head:
+    def _read_head(self, buf: bytes, checked: int = 0) -> None:
+        """
+        Read the request at the start of C{buf} (of which the first
+        C{checked} bytes were seen before, as an incomplete head).  The
+        requests the balancer answers itself are answered in a loop, not
+        by recursion, however many are pipelined.
+        """
+        while True:
+            if buf[0] == 13:
+                # Blank lines before a request line are ignored (RFC 9112 2.2).
+                i = 0
+                while buf.startswith(CRLF, i):
+                    i += 2
+                buf = buf[i:]
+                checked = 0
+            end = buf.find(HEAD_END, checked - 3 if checked > 3 else 0)
+            if end < 0:
+                self._incomplete(buf, checked)
+                return
+            if end > self._max_head:
                 self._reject(431)
-            elif buf and self._deadline_kind != HEAD_WAIT:
-                self._wait(HEAD_WAIT)
-            return
-        if end > self._max_head:
+                return
+            head = parse_request_head(buf[:end], self._limits, self._client, self.secure)
+            if type(head) is Reject:
+                self.log.debug("refused {status}: {reason}", status=head.status, reason=head.reason)
+                self._reject(head.status)
+                return
+            self.deadline = None
+            self._state = BUSY
+            self._head = head
+            self.method = head.method
+            self.keep_alive = head.keep_alive
+            start = end + 4
+            session = None
+            if head.target.startswith(INTERNAL):
+                local = self._internal(head)
+            elif self._redirect:
+                local = redirect_https(head, self.keep_alive, self.balancer.https_port)
+            elif self._new_sessions is not None:
+                session = self.balancer.session(head.cookie)
+                local = self._limit_new_session(head, session)
+            else:
+                local = None
+            if local is None:
+                self._forward(head, session, buf, start)
+                return
+            response, keep = local
+            self.transport.write(response)
+            self._head = None
+            if not keep:
+                self._state = CLOSED
+                self.transport.loseConnection()
+                return
+            self._state = HEAD
+            buf = buf[start:]
+            if not buf:
+                self._wait(IDLE)
+                return
+            self._deadline_kind = IDLE
+            checked = 0
+
+    def _incomplete(self, buf: bytes, checked: int) -> None:
+        """
+        C{buf} holds part of a request head: keep it, unless it is already
+        too large or holds what no head may (a bare CR or LF, a NUL).
+        """
+        if len(buf) > self._max_head:
             self._reject(431)
-            return
-        self._buf = b""
-        head = parse_request_head(buf[:end], self._limits, self._client, self.secure)
-        if type(head) is Reject:
-            self.log.debug("refused {status}: {reason}", status=head.status, reason=head.reason)
-            self._reject(head.status)
-            return
-        self.deadline = None
-        self._state = BUSY
-        self._head = head
-        self.method = head.method
-        self.keep_alive = head.keep_alive
-        start = end + 4
-        if head.target.startswith(LB_HEALTH) and is_lb_health(head.target):
-            self._local(*lb_health(head, self.keep_alive), buf[start:])
-            return
-        if self._redirect:
-            self._local(*redirect_https(head, self.keep_alive, self.balancer.https_port), buf[start:])
-            return
+        elif _BARE.search(buf, checked - 1 if checked else 0) is not None:
+            self._reject(400)
+        else:
+            self._buf = buf
+            self._checked = len(buf)
+            kind = self._deadline_kind
+            if kind == IDLE and buf:
+                self._wait(HEAD_WAIT)
+            elif kind == FRESH and buf:
+                # head_timeout counts from the connection's start.
+                self._deadline_kind = HEAD_WAIT
+
+    def _internal(self, head: RequestHead):
+        """
+        A target under /_appliance: the balancer's own health, or an
+        endpoint of the servers, forwarded only with C{forward_internal}.
+        """
+        if is_lb_health(head.target):
+            return lb_health(head, self.keep_alive)
+        if self._forward_internal:
+            return None
+        return not_found(head, self.keep_alive)
+
+    def _limit_new_session(self, head: RequestHead, session):
+        """
+        A request without a valid session cookie, from a client over its
+        new-session limit, gets 429; one under it is counted if its answer
+        sets a session cookie (L{response_started}).
+        """
+        if session[1].sid is not None:
+            self._new_session = False
+            self.cookie_name_for_response = self._response_cookie
+            return None
+        wait = self._new_sessions.wait(self._client_key, self._seconds())
+        if wait:
+            return too_many_sessions(head, self.keep_alive, wait)
+        self._new_session = True
+        self.cookie_name_for_response = self.balancer.cookie_bytes
+        return None
+
+    def _forward(self, head: RequestHead, session, buf: bytes, start: int) -> None:
+        """
+        Send the request at C{buf[:start]} on (now, or once its body is
+        held), keeping what follows it.
+        """
         self.responding = False
         self._streaming = False
         self._fresh_retry = False
@@ -184,7 +297,7 @@ class FrontendProtocol(ServerAttempts, Protocol):
             if len(buf) > start:
                 self._buf = buf[start:]
                 self._pause_if_full()
-            self._first_attempt(head)
+            self._first_attempt(head, session)
             return
         if head.expect_continue:
             # The body is read here (held for a retry or streamed), so the
@@ -201,7 +314,7 @@ class FrontendProtocol(ServerAttempts, Protocol):
             if len(buf) > stop:
                 self._buf = buf[stop:]
                 self._pause_if_full()
-            self._first_attempt(head)
+            self._first_attempt(head, session)
             return
         self._body = []
         self._body_size = 0
@@ -215,11 +328,11 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self._plan, self._plan_complete = self.balancer.plan(head)
         self._attempt = 0
         self._dispatched = False
+        self._wait(BODY_WAIT)
         rest = buf[start:]
         if rest:
             self._read_body(rest)
             return
-        self._wait(BODY_WAIT)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -271,7 +384,15 @@ class FrontendProtocol(ServerAttempts, Protocol):
             self._pause_if_full()
             self._dispatch()
             return
-        self._wait(BODY_WAIT)
+        # The body's deadline: body_timeout from its last bytes at most, and
+        # moved on by one second per min_body_rate bytes, so a body sent
+        # slower than that rate (one byte now and then) runs out of time.
+        limit = self._seconds() + self._body_timeout
+        if self._body_rate and self.deadline is not None:
+            deadline = self.deadline + len(body) / self._body_rate
+            self.deadline = deadline if deadline < limit else limit
+        else:
+            self.deadline = limit
         if not self._streaming and self._body_size > self._retry_body:
             # Too large to hold for a retry: stream it to the first server,
             # and stop reading until that server is connected.
@@ -279,28 +400,7 @@ class FrontendProtocol(ServerAttempts, Protocol):
             self._pause()
             self._dispatch()
 
-    def _next_request(self) -> None:
-        self._state = HEAD
-        self._resume()
-        self._wait(IDLE)
-        if self._buf:
-            buf, self._buf = self._buf, b""
-            self._read_head(buf)
-
     # -- local answers
-
-    def _local(self, response: bytes, keep: bool, rest: bytes) -> None:
-        self.transport.write(response)
-        self._finish_local(keep, rest)
-
-    def _finish_local(self, keep: bool, rest: bytes) -> None:
-        self._head = None
-        if not keep:
-            self._state = CLOSED
-            self.transport.loseConnection()
-            return
-        self._buf = rest
-        self._next_request()
 
     def _reject(self, status: int) -> None:
         self._state = CLOSED

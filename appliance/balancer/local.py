@@ -1,15 +1,21 @@
 """
 The few answers the balancer gives itself, without I/O: its own health
-check and the redirect to HTTPS.  Each returns the bytes to write and
-whether the client connection may stay open afterwards.
+check, 404 for the servers' internal endpoints, 429 to a client over its
+new-session limit, and the redirect to HTTPS.  Each returns the bytes to
+write and whether the client connection may stay open afterwards (not when
+the request has a body, which is not read).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 from .framing import NO_BODY, RequestHead, simple_response
 
+# The session servers' internal endpoints (health with pids and peers) live
+# under this prefix, which no application may mount (see config.py).
+INTERNAL = b"/_appliance"
 LB_HEALTH = b"/_appliance/lb-health"
 
 
@@ -59,3 +65,21 @@ def redirect_https(head: RequestHead, keep_alive: bool, port: Optional[int]) -> 
         close=not keep,
     )
     return response, keep
+
+
+def not_found(head: RequestHead, keep_alive: bool) -> Tuple[bytes, bool]:
+    """
+    404 for an internal endpoint of the session servers, which the public
+    listeners do not forward.
+    """
+    keep = keep_alive and head.framing == NO_BODY
+    return simple_response(404, "Not Found", b"Not Found\n", close=not keep), keep
+
+
+def too_many_sessions(head: RequestHead, keep_alive: bool, wait: float) -> Tuple[bytes, bool]:
+    """
+    429 with the seconds to wait in C{Retry-After} (at least 1).
+    """
+    keep = keep_alive and head.framing == NO_BODY
+    retry = b"Retry-After: %d" % max(1, math.ceil(wait))
+    return simple_response(429, "Too Many Requests", b"Too Many Requests\n", (retry,), close=not keep), keep

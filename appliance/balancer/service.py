@@ -17,13 +17,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from appliance.config import Address, BalancerConfig, ClusterConfig
-from appliance.cookie import MAX_VALUE, NO_ROUTE, Route, decode, find
+from appliance.cookie import Route, session_cookie
 
 from .backend import BackendPool
 from .framing import Limits, RequestHead
 from .frontend import FrontendFactory, FrontendProtocol
 from .health import HealthChecker
 from .policy import Nodes, StickyTable, make_policy, plan_plugin, plan_sticky, quick_pick
+from .ratelimit import NewSessionLimit
 
 
 # Cookie headers longer than this are read each time rather than kept.
@@ -53,50 +54,38 @@ class Balancer:
         self.sticky_table = StickyTable(config.sticky_ttl)
         self.pool = BackendPool(clock, self.addresses, config.connect_timeout)
         self.frontends: Set[FrontendProtocol] = set()
-        self._routes: Dict[bytes, Route] = {}
-        self._primaries: Dict[Optional[bytes], str] = {}
+        self._sessions: Dict[Optional[bytes], Tuple[Optional[bytes], Route]] = {}
+        self.new_sessions: Optional[NewSessionLimit] = None
+        if config.new_session_rate > 0:
+            self.new_sessions = NewSessionLimit(config.new_session_rate, config.new_session_burst)
         # Where redirect_https sends clients; the port actually listened on.
         self.https_port = config.https.port if config.https is not None else None
 
-    def session_cookie(self, head: RequestHead) -> Optional[bytes]:
-        if head.cookie is None:
-            return None
-        return find(head.cookie, self.cookie_bytes)
+    def session(self, cookie: Optional[bytes]) -> Tuple[Optional[bytes], Route]:
+        """
+        The session cookie of a request with this C{Cookie} header: its value
+        and reading, by the rule the session servers apply too
+        (L{appliance.cookie.session_cookie}).  A client sends the same
+        header on every request, so the answer is kept per header value
+        (bounded).
+        """
+        kept = self._sessions.get(cookie)
+        if kept is None:
+            kept = session_cookie(cookie, self.cookie_bytes, self.node_names)
+            if cookie is None or len(cookie) <= _MAX_KEPT_HEADER:
+                if len(self._sessions) >= 10_000:
+                    self._sessions.clear()
+                self._sessions[cookie] = kept
+        return kept
 
-    def route(self, value: Optional[bytes]) -> Route:
+    def first(self, session: Tuple[Optional[bytes], Route], now: float) -> Optional[str]:
         """
-        What a plugin-mode cookie says; the same few values come back on
-        every request of a session, so their reading is kept (bounded).
-        """
-        if value is None or len(value) > MAX_VALUE:
-            return NO_ROUTE
-        route = self._routes.get(value)
-        if route is None:
-            route = decode(value, self.node_names)
-            if len(self._routes) >= 10_000:
-                self._routes.clear()
-            self._routes[value] = route
-        return route
-
-    def first(self, cookie: Optional[bytes], now: float) -> Optional[str]:
-        """
-        The server a request with this C{Cookie} header goes to first when
-        that server is available, else C{None} (ask L{plan}).  In plugin
-        mode a client sends the same header on every request, so the
-        primary it names is kept per header value (bounded): one dictionary
-        look-up instead of reading the cookie again.
+        The server a request with this L{session} goes to first when that
+        server is available, else C{None} (ask L{plan}).
         """
         if self.sticky:
-            value = None if cookie is None else find(cookie, self.cookie_bytes)
-            return quick_pick(self.sticky_table.lookup(value, now), self.nodes, now)
-        primary = self._primaries.get(cookie)
-        if primary is None:
-            value = None if cookie is None else find(cookie, self.cookie_bytes)
-            primary = self.route(value).primary or ""
-            if cookie is None or len(cookie) <= _MAX_KEPT_HEADER:
-                if len(self._primaries) >= 10_000:
-                    self._primaries.clear()
-                self._primaries[cookie] = primary
+            return quick_pick(self.sticky_table.lookup(session[0], now), self.nodes, now)
+        primary = session[1].primary
         state = self._states.get(primary)
         if state is not None and state.up and now >= state.down_until:
             return primary
@@ -109,7 +98,7 @@ class Balancer:
         names that server alone; call again with C{tried} for the rest.
         """
         now = self.clock.seconds()
-        value = self.session_cookie(head)
+        value, route = self.session(head.cookie)
         if self.sticky:
             learned = self.sticky_table.lookup(value, now)
             if not tried:
@@ -118,7 +107,6 @@ class Balancer:
                     return (quick,), False
             full = plan_sticky(learned, self.nodes, self.policy, now)
         else:
-            route = self.route(value)
             if not tried:
                 quick = quick_pick(route.primary, self.nodes, now)
                 if quick is not None:
@@ -151,8 +139,9 @@ class Balancer:
 
     def sweep(self) -> None:
         """
-        Enforce every deadline: slow request heads, idle clients, idle
-        pooled connections, servers that do not answer, old sticky entries.
+        Enforce every deadline: slow request heads and bodies, idle
+        clients, idle pooled connections, servers that do not answer; forget
+        old sticky entries and refilled new-session buckets.
         """
         now = self.clock.seconds()
         for fe in list(self.frontends):
@@ -160,6 +149,8 @@ class Balancer:
                 fe.expired()
         self.pool.sweep(now)
         self.sticky_table.expire(now)
+        if self.new_sessions is not None:
+            self.new_sessions.sweep(now)
 
     def close(self) -> None:
         for fe in list(self.frontends):
@@ -172,7 +163,7 @@ def sweep_interval(config: BalancerConfig) -> float:
     Deadlines are checked this often: a quarter of the shortest timeout,
     between 10 ms and 1 s.
     """
-    shortest = min(config.head_timeout, config.idle_timeout, config.response_timeout)
+    shortest = min(config.head_timeout, config.idle_timeout, config.body_timeout, config.response_timeout)
     return max(0.01, min(1.0, shortest / 4))
 
 
