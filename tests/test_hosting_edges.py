@@ -17,7 +17,7 @@ from appliance.config import ClusterConfig
 from appliance.server import hosting
 from appliance.server.node import SessionNode
 
-from .helpers import RealNodes, free_ports, http, wait_for, quorum_for
+from .helpers import RealNodes, cluster_ini, free_ports, http, quorum_for, wait_for
 from .memory_http import exchange, request, responses
 
 ECHO = """
@@ -51,8 +51,6 @@ def inline_config(extra_apps: str = "", cluster_extra: str = "") -> ClusterConfi
     One node, no peers; the cart (and C{extra_apps}) in the reactor thread
     so that a request is answered within C{dataReceived}.
     """
-    from .helpers import cluster_ini
-
     text, _ = cluster_ini(names=("s1",), extra=cluster_extra, apps=extra_apps)
     text = text.replace("wsgi = appliance.demo.cart:app", "wsgi = appliance.demo.cart:app\nthreads = no")
     return ClusterConfig.from_string(text)
