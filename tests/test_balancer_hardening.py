@@ -188,6 +188,19 @@ class TimeoutTests(SynchronousTestCase):
         port, server, st = h.accept()
         self.assertTrue(st.value().startswith(b"GET / HTTP/1.1\r\n"))
 
+    def test_next_request_after_a_split_head(self):
+        """After a head that came in pieces, the next request on the connection is read alone, with nothing of the first."""
+        h = Harness(self)
+        h.send(b"GET /1 HTTP/1.1\r\nHo")
+        h.send(b"st: x\r\n" + COOKIE + b"\r\n")
+        port, server, st = h.accept()
+        st.clear()
+        server.dataReceived(OK)
+        h.send(b"GET /2 HTTP/1.1\r\nHost: x\r\n" + COOKIE + b"\r\n")
+        self.assertTrue(st.value().startswith(b"GET /2 HTTP/1.1\r\n"))
+        server.dataReceived(OK)
+        self.assertEqual(h.client.value(), OK + OK)
+
     def test_many_blank_lines_before_a_request(self):
         """Blank lines before a request line are skipped however many there are."""
         h = Harness(self, max_header_bytes=1024)

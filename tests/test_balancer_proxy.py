@@ -271,8 +271,8 @@ class FrontendTests(SynchronousTestCase):
             h.balancer.session(b"APPSESSION=%d!s1!" % i)
         long_header = b"APPSESSION=" + SID.encode() + b"!s1!; x=" + b"x" * 5000
         self.assertEqual(h.balancer.session(long_header)[1].primary, "s1")
-        self.assertLessEqual(len(h.balancer._sessions), 10_000)
-        self.assertNotIn(long_header, h.balancer._sessions)
+        self.assertLessEqual(len(h.balancer.kept_sessions), 10_000)
+        self.assertNotIn(long_header, h.balancer.kept_sessions)
 
     def test_lb_health(self):
         """/_appliance/lb-health is answered locally."""

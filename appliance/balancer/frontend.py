@@ -98,6 +98,7 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self._retry_body = config.retry_body_bytes
         self._forward_internal = config.forward_internal
         self._new_sessions = balancer.new_sessions
+        self._sessions_get = balancer.kept_sessions.get
         self._redirect = config.redirect_https and not secure
 
     # -- connection events
@@ -162,7 +163,8 @@ class FrontendProtocol(ServerAttempts, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._state == HEAD:
             if self._buf:
-                self._read_head(self._buf + data, self._checked)
+                buf, self._buf = self._buf + data, b""
+                self._read_head(buf, self._checked)
             else:
                 self._read_head(data)
         elif self._state == BUSY:
@@ -211,12 +213,32 @@ class FrontendProtocol(ServerAttempts, Protocol):
             elif self._redirect:
                 local = redirect_https(head, self.keep_alive, self.balancer.https_port)
             elif self._new_sessions is not None:
-                session = self.balancer.session(head.cookie)
-                local = self._limit_new_session(head, session)
+                # Kept per Cookie header: one look-up for a known one.
+                session = self._sessions_get(head.cookie) or self.balancer.session(head.cookie)
+                if session[1].sid is None:
+                    local = self._limit_new_session(head)
+                else:
+                    local = None
+                    if self._new_session:
+                        self._new_session = False
+                        self.cookie_name_for_response = self._response_cookie
             else:
                 local = None
             if local is None:
-                self._forward(head, session, buf, start)
+                self.responding = False
+                self._streaming = False
+                self._fresh_retry = False
+                if head.framing == NO_BODY:
+                    # The common case, straight through: no body, the next
+                    # request (if pipelined) waits in the buffer.
+                    self._body_done = True
+                    self._replayable = True
+                    if len(buf) > start:
+                        self._buf = buf[start:]
+                        self._pause_if_full()
+                    self._first_attempt(head, session)
+                else:
+                    self._start_body(head, session, buf, start)
                 return
             response, keep = local
             self.transport.write(response)
@@ -263,16 +285,12 @@ class FrontendProtocol(ServerAttempts, Protocol):
             return None
         return not_found(head, self.keep_alive)
 
-    def _limit_new_session(self, head: RequestHead, session):
+    def _limit_new_session(self, head: RequestHead):
         """
         A request without a valid session cookie, from a client over its
         new-session limit, gets 429; one under it is counted if its answer
         sets a session cookie (L{response_started}).
         """
-        if session[1].sid is not None:
-            self._new_session = False
-            self.cookie_name_for_response = self._response_cookie
-            return None
         wait = self._new_sessions.wait(self._client_key, self._seconds())
         if wait:
             return too_many_sessions(head, self.keep_alive, wait)
@@ -280,25 +298,12 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self.cookie_name_for_response = self.balancer.cookie_bytes
         return None
 
-    def _forward(self, head: RequestHead, session, buf: bytes, start: int) -> None:
+    def _start_body(self, head: RequestHead, session, buf: bytes, start: int) -> None:
         """
-        Send the request at C{buf[:start]} on (now, or once its body is
-        held), keeping what follows it.
+        The request whose head ends at C{buf[start]} has a body: hold it
+        (and send the request once it is complete) or stream it.
         """
-        self.responding = False
-        self._streaming = False
-        self._fresh_retry = False
         framing = head.framing
-        if framing == NO_BODY:
-            # The common case, straight through: no body, the next request
-            # (if pipelined) waits in the buffer.
-            self._body_done = True
-            self._replayable = True
-            if len(buf) > start:
-                self._buf = buf[start:]
-                self._pause_if_full()
-            self._first_attempt(head, session)
-            return
         if head.expect_continue:
             # The body is read here (held for a retry or streamed), so the
             # client is told to go on now rather than when a server says so.

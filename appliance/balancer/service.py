@@ -54,7 +54,7 @@ class Balancer:
         self.sticky_table = StickyTable(config.sticky_ttl)
         self.pool = BackendPool(clock, self.addresses, config.connect_timeout)
         self.frontends: Set[FrontendProtocol] = set()
-        self._sessions: Dict[Optional[bytes], Tuple[Optional[bytes], Route]] = {}
+        self.kept_sessions: Dict[Optional[bytes], Tuple[Optional[bytes], Route]] = {}
         self.new_sessions: Optional[NewSessionLimit] = None
         if config.new_session_rate > 0:
             self.new_sessions = NewSessionLimit(config.new_session_rate, config.new_session_burst)
@@ -69,13 +69,13 @@ class Balancer:
         header on every request, so the answer is kept per header value
         (bounded).
         """
-        kept = self._sessions.get(cookie)
+        kept = self.kept_sessions.get(cookie)
         if kept is None:
             kept = session_cookie(cookie, self.cookie_bytes, self.node_names)
             if cookie is None or len(cookie) <= _MAX_KEPT_HEADER:
-                if len(self._sessions) >= 10_000:
-                    self._sessions.clear()
-                self._sessions[cookie] = kept
+                if len(self.kept_sessions) >= 10_000:
+                    self.kept_sessions.clear()
+                self.kept_sessions[cookie] = kept
         return kept
 
     def first(self, session: Tuple[Optional[bytes], Route], now: float) -> Optional[str]:
