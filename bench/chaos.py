@@ -34,12 +34,14 @@ def parse(argv):
     p.add_argument("--faults", type=int, default=40, help="fault steps per mode (default 40)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of: {', '.join(KINDS)}")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients, one session each (default 8)")
+    p.add_argument("--sticky", type=int, default=2,
+                   help="clients that keep their first cookie, an old routing hint (default 2)")  # fmt: skip
     p.add_argument("--rate", type=float, default=100.0, help="requests per second, all clients (default 100)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--hold", type=float, nargs=2, default=(3.0, 5.0), metavar=("MIN", "MAX"),
-                   help="seconds each fault is held, drawn between MIN and MAX (default 3 5)")  # fmt: skip
+    p.add_argument("--hold", type=float, nargs=2, default=(3.0, 8.0), metavar=("MIN", "MAX"),
+                   help="seconds each fault is held, drawn between MIN and MAX (default 3 8)")  # fmt: skip
     p.add_argument("--settle", type=float, default=2.0, help="seconds after the cluster is whole again (default 2)")
-    p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout of a client (default 5)")
+    p.add_argument("--timeout", type=float, default=3.0, help="per-request timeout of a client (default 3)")
     p.add_argument("--servers", type=int, default=3)
     p.add_argument("--dir", default=None, help="where each mode's lab keeps its logs (default: a new temp dir)")
     args = p.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv) -> int:
         try:
             result = run_chaos(
                 os.path.join(base, mode), mode, args.faults, args.seed, tuple(args.hold), args.kinds, args.servers,
-                clients=args.clients, rate=args.rate, settle=args.settle, timeout=args.timeout,
+                clients=args.clients, sticky=args.sticky, rate=args.rate, settle=args.settle, timeout=args.timeout,
             )  # fmt: skip
         except LabUnavailable as e:
             print(f"chaos: {e}", file=sys.stderr)

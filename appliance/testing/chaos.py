@@ -62,7 +62,7 @@ def schedule(
     seed: int,
     count: int,
     servers: Sequence[str] = ("s1", "s2", "s3"),
-    hold: Tuple[float, float] = (3.0, 5.0),
+    hold: Tuple[float, float] = (3.0, 8.0),
     kinds: Sequence[str] = KINDS,
     delay: Tuple[float, float] = (0.05, 0.4),
 ) -> List[Step]:
@@ -167,10 +167,11 @@ def run(
     lab: Lab,
     steps: Sequence[Step],
     clients: int = 8,
+    sticky: int = 0,
     rate: float = 100.0,
     settle: float = 2.0,
     warmup: float = 2.0,
-    timeout: float = 5.0,
+    timeout: float = 3.0,
     seed: int = 0,
     ready_timeout: float = 60.0,
 ) -> Result:
@@ -187,8 +188,8 @@ def run(
         "c1",
         _python_m(
             lab, "appliance.testing.workload", "run", "--url", lab.balancer_url, "--history", history,
-            "--cookies", cookies, "--clients", str(clients), "--rate", str(rate), "--timeout", str(timeout),
-            "--duration", str(bound), "--seed", str(seed),
+            "--cookies", cookies, "--clients", str(clients), "--sticky", str(sticky), "--rate", str(rate),
+            "--timeout", str(timeout), "--duration", str(bound), "--seed", str(seed),
         ),
     )  # fmt: skip
     faults: List[Fault] = []
@@ -253,7 +254,7 @@ def run_chaos(
     replication: str = "sync",
     faults: int = 9,
     seed: int = 1,
-    hold: Tuple[float, float] = (3.0, 5.0),
+    hold: Tuple[float, float] = (3.0, 8.0),
     kinds: Sequence[str] = KINDS,
     servers: int = 3,
     settings: Optional[Dict[str, Dict[str, str]]] = None,

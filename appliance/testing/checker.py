@@ -178,6 +178,7 @@ class Report:
     phantoms: List[Tuple[int, str]] = field(factory=list)
     duplicates: int = 0
     stale: int = 0
+    stale_kept: int = 0
     stale_examples: List[str] = field(factory=list)
     dirty: int = 0
     dirty_examples: List[str] = field(factory=list)
@@ -214,7 +215,11 @@ class Report:
         unacked = ", ".join(f"{k} {v}" for k, v in sorted(self.unacked.items(), key=str)) or "none"
         lines.append(f"  appeared without acknowledgement (allowed): {sum(self.unacked.values())} ({unacked})")
         lines.append(f"  phantoms (never sent): {len(self.phantoms)}" + _examples(f"{c}:{i}" for c, i in self.phantoms))
-        lines.append(f"  stale reads: {self.stale}" + _examples(self.stale_examples))
+        lines.append(
+            f"  stale reads: {self.stale} ({self.stale_kept} lacked items still there at the end; "
+            f"the rest lacked only items gone at the end)"
+            + _examples(self.stale_examples)
+        )
         lines.append(f"  dirty reads: {self.dirty}" + _examples(self.dirty_examples))
         if self.duplicates or self.bad_acks:
             lines.append(f"  items added twice: {self.duplicates}; 200 answers lacking their own item: {self.bad_acks}")
@@ -365,6 +370,8 @@ def _check_reads(report: Report, client: int, ops: List[Op], final: Optional[Ite
             unplaced.difference_update(missing)
         if missing:
             report.stale += 1
+            if final is not None and not missing.isdisjoint(final.own):
+                report.stale_kept += 1
             if w is None:
                 report.stale_outside += 1
             else:

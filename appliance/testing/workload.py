@@ -53,11 +53,24 @@ def outcome_of(failure) -> str:
 class Client:
     """
     One browser-like client: its own connection pool and its own session
-    cookie, one request at a time.
+    cookie, one request at a time.  A C{sticky} client keeps the cookie of
+    its first answer, as a client that lost an update (its answer timed out)
+    or an API client that stored the cookie once: the cookie is only a
+    routing hint, so an old one must be as safe as a new one.
     """
 
-    def __init__(self, reactor, number: int, url: str, cookie_name: str, timeout: float, cookie: Optional[str] = None):
+    def __init__(
+        self,
+        reactor,
+        number: int,
+        url: str,
+        cookie_name: str,
+        timeout: float,
+        cookie: Optional[str] = None,
+        sticky: bool = False,
+    ):
         self.reactor = reactor
+        self.sticky = sticky
         self.number = number
         self.url = url.rstrip("/")
         self.cookie_name = cookie_name
@@ -91,7 +104,7 @@ class Client:
         response, data = result
         for value in response.headers.getRawHeaders(b"set-cookie", []):
             name, _, rest = value.decode("latin-1").partition("=")
-            if name.strip() == self.cookie_name:
+            if name.strip() == self.cookie_name and not (self.sticky and self.cookie is not None):
                 self.cookie = rest.split(";", 1)[0].strip() or None
         try:
             body = json.loads(data)
@@ -127,7 +140,9 @@ class Workload:
         self.stopping = False
         self.random = random.Random(args.seed)
         self.history = open(args.history, "a")
-        self.clients = [Client(reactor, i, args.url, args.cookie, args.timeout) for i in range(args.clients)]
+        self.clients = [
+            Client(reactor, i, args.url, args.cookie, args.timeout, sticky=i < args.sticky) for i in range(args.clients)
+        ]
 
     def stop(self) -> None:
         self.stopping = True
@@ -230,10 +245,11 @@ def parse(argv: List[str]):
         p.add_argument("--url", required=True, help="the balancer, http://HOST:PORT")
         p.add_argument("--cookies", required=True, help="JSON file of each client's session cookie")
         p.add_argument("--cookie", default="APPSESSION", help="the session cookie's name")
-        p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, seconds")
+        p.add_argument("--timeout", type=float, default=3.0, help="per-request timeout, seconds")
         if name == "run":
             p.add_argument("--history", required=True, help="JSON lines, one per request")
             p.add_argument("--clients", type=int, default=8)
+            p.add_argument("--sticky", type=int, default=0, help="this many clients keep their first cookie")
             p.add_argument("--duration", type=float, default=60.0, help="upper bound, seconds")
             p.add_argument("--rate", type=float, default=100.0, help="requests per second, all clients together")
             p.add_argument("--read-every", type=int, default=4, help="a GET after this many adds")
