@@ -98,8 +98,13 @@ class StaleTests(SynchronousTestCase):
     def test_read_after_acknowledgement_lacking_it_is_stale(self):
         """A read that starts after an add was acknowledged and lacks the item is stale."""
         report = check([add(1, 0, 1), add(2, 2, 3), read(4, 5, [1])], {0: items(0, 1, 2)})
-        self.assertEqual(report.stale, 1)
+        self.assertEqual((report.stale, report.stale_kept), (1, 1))
         self.assertIn("lacked c0-2", report.stale_examples[0])
+
+    def test_read_lacking_only_lost_items_is_stale_but_not_kept(self):
+        """A read lacking only items that are lost at the end is stale; it is told apart from true staleness."""
+        report = check([add(1, 0, 1), add(2, 2, 3), read(4, 5, [1])], {0: items(0, 1)})
+        self.assertEqual((report.stale, report.stale_kept), (1, 0))
 
     def test_post_answer_is_a_read_too(self):
         """The list a POST returns must hold every item acknowledged before it started."""
