@@ -139,6 +139,7 @@ def apply(lab: Lab, step: Step) -> Tuple[float, float]:
 class Result:
     report: Report
     faults: List[Fault]
+    ops: List[Op] = field(factory=list)
     problems: List[str] = field(factory=list)
     seconds: float = 0.0
     directory: str = ""
@@ -227,11 +228,12 @@ def run(
                   "--out", finals, "--timeout", str(timeout), "--deadline", "60"),
     )  # fmt: skip
     _wait(final, 90, "the final read")
-    report = check(load_history(history), load_finals(finals), faults)
+    ops = load_history(history)
+    report = check(ops, load_finals(finals), faults)
     with open(os.path.join(d, "faults.json"), "w") as f:
         json.dump([{"name": x.name, "start": x.start, "end": x.end, "servers": x.servers,
                     "unreplicated": x.unreplicated} for x in faults], f)  # fmt: skip
-    return Result(report, faults, problems, time.monotonic() - began, d)
+    return Result(report, faults, ops, problems, time.monotonic() - began, d)
 
 
 def load_history(path: str) -> List[Op]:
