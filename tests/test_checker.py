@@ -35,6 +35,13 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(encoded, {"runs": [[1, 3], [7, 8], [5, 5]], "other": []})
         self.assertEqual(Items.decode(encoded), Items(frozenset({1, 2, 3, 5, 7, 8})))
 
+    def test_history_record_round_trip(self):
+        """A workload record becomes an Op with its items decoded and the servers its cookie named."""
+        op = Op.from_record({"client": 2, "kind": "add", "seq": 3, "start": 1.0, "end": 1.5, "outcome": 200,
+                             "items": encode_items(2, ["c2-1", "c2-3"]), "route": "s1!s3"})  # fmt: skip
+        self.assertTrue(op.acked)
+        self.assertEqual((op.items.own, op.route_servers), (frozenset({1, 3}), frozenset({"s1", "s3"})))
+
     def test_foreign_items_and_duplicates_are_kept(self):
         """Another client's items and odd values stay verbatim; an item twice is counted as a duplicate."""
         decoded = Items.of(1, ["c1-1", "c2-1", "c1-1", "apple", 7])

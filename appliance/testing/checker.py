@@ -105,6 +105,14 @@ class Op:
     outcome: Outcome
     seq: Optional[int] = None
     items: Optional[Items] = None
+    route: Optional[str] = None
+
+    @property
+    def route_servers(self) -> frozenset:
+        """
+        The primary and secondary the client's cookie named after this answer.
+        """
+        return frozenset(self.route.split("!")) if self.route else frozenset()
 
     @property
     def ok(self) -> bool:
@@ -117,7 +125,7 @@ class Op:
     @classmethod
     def from_record(cls, r: dict) -> "Op":
         items = Items.decode(r["items"]) if r.get("items") is not None else None
-        return cls(r["client"], r["kind"], r["start"], r["end"], r["outcome"], r.get("seq"), items)
+        return cls(r["client"], r["kind"], r["start"], r["end"], r["outcome"], r.get("seq"), items, r.get("route"))
 
 
 @frozen
