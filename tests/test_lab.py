@@ -29,6 +29,7 @@ from appliance.testing.lab import (
     request,
 )
 from appliance.config import ClusterConfig
+from appliance.testing import chaos
 
 
 def root_links():
@@ -330,3 +331,25 @@ class ApplianceLabTests(SynchronousTestCase):
             self.assertEqual(getattr(cluster.balancers[0], key), getattr(shipped.balancers[0], key), key)
         self.assertEqual(cluster.cluster.replication, "async")
         self.assertEqual(cluster.balancers[0].node, "s1")
+
+
+class ScheduleTests(SynchronousTestCase):
+    def test_every_kind_once_per_round(self):
+        """Each round of the schedule holds every fault kind once, on servers of the lab."""
+        steps = chaos.schedule(3, 2 * len(chaos.KINDS), ("s1", "s2", "s3"))
+        for round_ in (steps[: len(chaos.KINDS)], steps[len(chaos.KINDS) :]):
+            self.assertEqual(sorted(s.kind for s in round_), sorted(chaos.KINDS))
+        for s in steps:
+            self.assertTrue(set(s.servers) <= {"s1", "s2", "s3"})
+            self.assertEqual(len(set(s.servers)), len(s.servers))
+            self.assertTrue(3.0 <= s.hold <= 8.0)
+
+    def test_seeded(self):
+        """The same seed gives the same schedule; another seed another one."""
+        self.assertEqual(chaos.schedule(5, 20), chaos.schedule(5, 20))
+        self.assertNotEqual(chaos.schedule(5, 20), chaos.schedule(6, 20))
+
+    def test_unknown_kind_is_refused(self):
+        """A kind outside the known faults is a ValueError naming the known ones."""
+        e = self.assertRaises(ValueError, chaos.schedule, 1, 3, kinds=("cut", "flood"))
+        self.assertIn("isolate-servers", str(e))
