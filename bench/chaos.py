@@ -35,7 +35,7 @@ def parse(argv):
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of: {', '.join(KINDS)}")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients, one session each (default 8)")
     p.add_argument("--sticky", type=int, default=2,
-                   help="clients that keep their first cookie, an old routing hint (default 2)")  # fmt: skip
+                   help="clients that keep the first routing hint of their session (default 2)")  # fmt: skip
     p.add_argument("--rate", type=float, default=100.0, help="requests per second, all clients (default 100)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--hold", type=float, nargs=2, default=(3.0, 8.0), metavar=("MIN", "MAX"),

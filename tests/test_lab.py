@@ -15,8 +15,13 @@ import subprocess
 import sys
 import time
 
+from twisted.internet import defer, error
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from appliance.config import ClusterConfig
+from appliance.testing import chaos
 from appliance.testing.lab import (
     HTTP_PORT,
     PREFIX,
@@ -28,8 +33,7 @@ from appliance.testing.lab import (
     remove_leftovers,
     request,
 )
-from appliance.config import ClusterConfig
-from appliance.testing import chaos
+from appliance.testing.workload import Client, items_of, outcome_of
 
 
 def root_links():
@@ -353,3 +357,34 @@ class ScheduleTests(SynchronousTestCase):
         """A kind outside the known faults is a ValueError naming the known ones."""
         e = self.assertRaises(ValueError, chaos.schedule, 1, 3, kinds=("cut", "flood"))
         self.assertIn("isolate-servers", str(e))
+
+
+class WorkloadClientTests(SynchronousTestCase):
+    def client(self, sticky):
+        return Client(MemoryReactorClock(), 0, "http://198.18.0.2:8080", "APPSESSION", 3.0, sticky=sticky)
+
+    def test_client_follows_every_cookie(self):
+        """A plain client takes every cookie it is given, new hint or new session."""
+        c = self.client(sticky=False)
+        for cookie in ("a!s1!s2", "a!s3!s1", "b!s2!s3"):
+            c._learn(cookie)
+            self.assertEqual(c.cookie, cookie)
+        self.assertEqual(c.route, "s2!s3")
+
+    def test_sticky_client_keeps_the_old_hint_of_its_session(self):
+        """A sticky client keeps its session's first routing hint but takes a new session's cookie."""
+        c = self.client(sticky=True)
+        c._learn("a!s1!s2")
+        c._learn("a!s3!s1")
+        self.assertEqual(c.cookie, "a!s1!s2")
+        c._learn("b!s3!s1")
+        self.assertEqual(c.cookie, "b!s3!s1")
+
+    def test_outcomes_and_items(self):
+        """Timeouts and errors become outcomes; only the expected shape of answer counts as a cart."""
+        self.assertEqual(outcome_of(Failure(defer.TimeoutError())), "timeout")
+        self.assertEqual(outcome_of(Failure(error.ConnectionRefusedError())), "error:ConnectionRefusedError")
+        self.assertEqual(items_of("read", {"items": ["c0-1"]}), ["c0-1"])
+        self.assertEqual(items_of("add", ["c0-1"]), ["c0-1"])
+        self.assertIsNone(items_of("read", ["c0-1"]))
+        self.assertIsNone(items_of("add", {"error": "x"}))

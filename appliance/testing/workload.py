@@ -53,10 +53,11 @@ def outcome_of(failure) -> str:
 class Client:
     """
     One browser-like client: its own connection pool and its own session
-    cookie, one request at a time.  A C{sticky} client keeps the cookie of
-    its first answer, as a client that lost an update (its answer timed out)
-    or an API client that stored the cookie once: the cookie is only a
-    routing hint, so an old one must be as safe as a new one.
+    cookie, one request at a time.  A C{sticky} client keeps the routing
+    hint its session's first cookie gave (it takes a new session's cookie),
+    as a client that lost an update (its answer timed out) or an API client
+    that stored the cookie once: the hint is only a hint, so an old one must
+    be as safe as a new one.
     """
 
     def __init__(
@@ -104,13 +105,22 @@ class Client:
         response, data = result
         for value in response.headers.getRawHeaders(b"set-cookie", []):
             name, _, rest = value.decode("latin-1").partition("=")
-            if name.strip() == self.cookie_name and not (self.sticky and self.cookie is not None):
-                self.cookie = rest.split(";", 1)[0].strip() or None
+            if name.strip() == self.cookie_name:
+                self._learn(rest.split(";", 1)[0].strip() or None)
         try:
             body = json.loads(data)
         except ValueError:
             body = None
         return response.code, body
+
+    def _learn(self, cookie: Optional[str]) -> None:
+        """
+        Take C{cookie}, unless this client is sticky and it only moves the
+        routing hint of the session it already has.
+        """
+        same = cookie is not None and self.cookie is not None and cookie.split("!")[0] == self.cookie.split("!")[0]
+        if not (self.sticky and same):
+            self.cookie = cookie
 
     @property
     def route(self) -> Optional[str]:
@@ -249,7 +259,7 @@ def parse(argv: List[str]):
         if name == "run":
             p.add_argument("--history", required=True, help="JSON lines, one per request")
             p.add_argument("--clients", type=int, default=8)
-            p.add_argument("--sticky", type=int, default=0, help="this many clients keep their first cookie")
+            p.add_argument("--sticky", type=int, default=0, help="this many clients keep the first routing hint of their session")
             p.add_argument("--duration", type=float, default=60.0, help="upper bound, seconds")
             p.add_argument("--rate", type=float, default=100.0, help="requests per second, all clients together")
             p.add_argument("--read-every", type=int, default=4, help="a GET after this many adds")
