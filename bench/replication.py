@@ -52,7 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-MODES = ("off", "sync", "async", "batched", "redis", "redis-1hop")
+MODES = ("off", "sync", "async", "batched", "redis", "redis-1hop", "baseline")
 SECRET = "bench-secret-123"
 
 
@@ -191,15 +191,20 @@ class Setup:
 
 
 def start_appliance(children: Children, workdir: str, mode: str, args, run_id: str) -> Setup:
+    """
+    Mode C{baseline} is C{sync} run from another checkout (C{--baseline}):
+    the same bench, side by side, against an earlier version of the code.
+    """
     names = ["s1"] if mode == "off" else ["s1", "s2"]
     nodes = {n: {"http": free_port(), "replication": free_port()} for n in names}
     conf = os.path.join(workdir, f"{run_id}.ini")
+    replication, cwd = ("sync", args.baseline) if mode == "baseline" else (mode, ROOT)
     with open(conf, "w") as f:
-        f.write(cluster_ini(mode, nodes, args.batch_count, args.batch_interval, args.app_threads))
+        f.write(cluster_ini(replication, nodes, args.batch_count, args.batch_interval, args.app_threads))
     procs = {}
     for name in names:
         argv = TWISTD + ["appliance", "--config", conf, "--node", name, "--roles", "server"]
-        procs[name] = children.start(argv, os.path.join(workdir, f"{run_id}-{name}.log"))
+        procs[name] = children.start(argv, os.path.join(workdir, f"{run_id}-{name}.log"), cwd=cwd)
     s1 = nodes["s1"]["http"]
 
     def ready() -> bool:
@@ -325,7 +330,7 @@ def one_run(children: Children, workdir: str, mode: str, args, run_id: str, prof
         setup = start_appliance(children, workdir, mode, args, run_id)
     try:
         cookies = create_sessions(setup.port, args.sessions)
-        if mode in ("sync", "async", "batched"):
+        if mode in ("sync", "async", "batched", "baseline"):
             wait_for(
                 lambda: (get_json(setup.secondary_port, "/_appliance/health") or {}).get("sessions") == args.sessions,
                 30, "sessions to reach the secondary", setup.procs,
@@ -349,7 +354,7 @@ def one_run(children: Children, workdir: str, mode: str, args, run_id: str, prof
             except subprocess.TimeoutExpired:
                 pass
             result["profile"] = os.path.join(workdir, f"{run_id}.pyspy.txt")
-        if mode in ("sync", "async", "batched"):
+        if mode in ("sync", "async", "batched", "baseline"):
             health = get_json(setup.port, "/_appliance/health") or {}
             result["unreplicated_at_end"] = health.get("unreplicated")
         sample = cookies[0]
@@ -634,7 +639,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations (default 3)")
     parser.add_argument("--sessions", type=int, default=1000, help="sessions the load rotates over")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES[:-1]), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="a checkout of an earlier version (e.g. git worktree add /tmp/old REV): mode baseline "
+                             "runs sync from there, side by side with this one")
     parser.add_argument("--batch-count", type=int, default=100)
     parser.add_argument("--batch-interval", default="1s")
     parser.add_argument(
@@ -654,6 +662,8 @@ def main(argv=None) -> int:
     for m in modes:
         if m not in MODES:
             parser.error(f"unknown mode {m!r}")
+    if "baseline" in modes and not (args.baseline and os.path.isdir(os.path.join(args.baseline, "appliance"))):
+        parser.error("mode baseline needs --baseline DIR, a checkout of the appliance")
     if args.rounds < 1 or args.rounds > 20 or not 0.5 <= args.duration <= 120:
         parser.error("rounds 1-20, duration 0.5-120 s")
 
@@ -745,6 +755,7 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
                 print(f"  {a + '/' + b:16s} {value:6.2f}{verdict}")
 
         ratio("sync", "off", 0.7)
+        ratio("sync", "baseline", 0.95)
         ratio("async", "off")
         ratio("batched", "off")
         ratio("sync", "redis", 2.5)
