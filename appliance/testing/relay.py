@@ -18,6 +18,11 @@ Data in each direction is held for the delay, in order, so a round trip grows
 by twice the delay.  A connection whose other side ends is ended too, after
 the data still held.
 
+A relay must not hide a dead destination: the appliance takes a refused
+connection as proof that nothing listens there.  When the destination
+refuses, the route stops listening (so the next connection is refused
+here too) until the destination accepts again.
+
     python3 -m appliance.testing.relay --control PORT --gid GID \
         --route LISTEN_HOST:PORT=DEST_HOST:PORT@NAME ...
 """
@@ -30,7 +35,7 @@ import os
 import sys
 from typing import Deque, Dict, List, Optional, Tuple
 
-from twisted.internet import protocol
+from twisted.internet import error, protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -122,6 +127,8 @@ class UpstreamFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector, reason) -> None:
         self.downstream.transport.loseConnection()
+        if reason.check(error.ConnectionRefusedError):
+            self.downstream.route.refused()
 
 
 class Downstream(protocol.Protocol):
@@ -130,9 +137,10 @@ class Downstream(protocol.Protocol):
     real destination and pipes both ways.
     """
 
-    def __init__(self, reactor, destination: Tuple[str, int], delay):
+    def __init__(self, reactor, route: "Route", delay):
         self.reactor = reactor
-        self.destination = destination
+        self.route = route
+        self.destination = route.destination
         self.delay = delay
         self.up: Optional[Pipe] = None
         self.down: Optional[Pipe] = None
@@ -151,16 +159,66 @@ class Downstream(protocol.Protocol):
         self.up.close()
 
 
-class RouteFactory(protocol.Factory):
+class _Knock(protocol.ClientFactory):
+    """
+    One connection attempt to see whether the destination listens again.
+    """
+
     noisy = False
 
-    def __init__(self, reactor, destination: Tuple[str, int], delay):
-        self.reactor = reactor
-        self.destination = destination
-        self.delay = delay
+    def __init__(self, route: "Route"):
+        self.route = route
 
     def buildProtocol(self, addr):
-        return Downstream(self.reactor, self.destination, self.delay)
+        self.route.reopen()
+        return _Hangup()
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        self.route.reactor.callLater(0.05, self.route.knock)
+
+
+class _Hangup(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+class Route(protocol.Factory):
+    """
+    One listening port here for one destination there, listening only
+    while the destination does not refuse connections.
+    """
+
+    noisy = False
+
+    def __init__(self, reactor, listen: Tuple[str, int], destination: Tuple[str, int], delay):
+        self.reactor = reactor
+        self.listen = listen
+        self.destination = destination
+        self.delay = delay
+        self.port = None
+
+    def start(self) -> None:
+        host, port = self.listen
+        self.port = self.reactor.listenTCP(port, self, interface=host)
+
+    def buildProtocol(self, addr):
+        return Downstream(self.reactor, self, self.delay)
+
+    def refused(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            port.stopListening()
+            log.info("{dest} refuses connections: refusing them here too", dest=self.destination)
+            self.knock()
+
+    def knock(self) -> None:
+        host, port = self.destination
+        self.reactor.connectTCP(host, port, _Knock(self), timeout=5)
+
+    def reopen(self) -> None:
+        if self.port is None:
+            self.start()
+            log.info("{dest} accepts connections again", dest=self.destination)
 
 
 class Control(LineOnlyReceiver):
@@ -223,8 +281,8 @@ def main(argv: List[str]) -> None:
     from twisted.internet import reactor
 
     delays = Delays()
-    for (host, port), destination, name in args.route:
-        reactor.listenTCP(port, RouteFactory(reactor, destination, lambda name=name: delays.of(name)), interface=host)
+    for listen, destination, name in args.route:
+        Route(reactor, listen, destination, lambda name=name: delays.of(name)).start()
     reactor.listenTCP(args.control, ControlFactory(delays), interface="127.0.0.1")
     reactor.run()
 
