@@ -190,7 +190,7 @@ class RealNodes:
 
         def linked():
             h = health(self.ports[name][0])
-            return h is not None and all(h["peers"].get(o) for o in others)
+            return h is not None and h["status"] == "ok" and all(h["peers"].get(o) for o in others)
 
         wait_for(linked, timeout, f"{name} to link to {others}")
 
@@ -219,9 +219,10 @@ def quorum_for(clock, cluster, name, now, call=None, connected=lambda peer: Fals
     from appliance.server.quorum import Quorum
 
     settings = cluster.cluster
+    # As a node that has been up a while: its voter grants and votes at once.
     membership = Membership(
         name, incarnation, cluster.node_names, [b.name for b in cluster.witnesses],
-        Timing(settings.lease_time, settings.clock_drift), now(),
+        Timing(settings.lease_time, settings.clock_drift), now() - settings.lease_time,
     )
     if call is None:
         def call(peer, method, *args):

@@ -123,7 +123,8 @@ class SimServer(Process):
             self.node.peer_down(peer)
 
     def beat(self, voter: str, answer, asked_at: float) -> None:
-        self.quorum.beat(voter, answer, asked_at)
+        if self.quorum.beat(voter, answer, asked_at) is not None:
+            self.end()
 
     def watch(self) -> None:
         if self.quorum.watch() is not None:
@@ -275,7 +276,7 @@ class Sim:
                 if target is None or not target.running:
                     continue
                 asked_at = s.now()
-                answer = target.avatar(s).perspective_renew()
+                answer = target.avatar(s).perspective_renew(s.membership.lease.held)
                 s.beat(peer, answer, asked_at)
             s.watch()
         for w in self.witnesses.values():

@@ -31,7 +31,11 @@ class AllInOneTests(SynchronousTestCase):
         self.proc = spawn(self, twistd("--config", config), os.path.join(self.dir, "appliance.log"))
         for name, (http_port, _) in self.ports.items():
             others = [n for n in self.ports if n != name]
-            wait_for(lambda: all((health(http_port) or {}).get("peers", {}).get(o) for o in others), 60, f"{name} up")
+            wait_for(
+                lambda: (health(http_port) or {}).get("status") == "ok"
+                and all((health(http_port) or {}).get("peers", {}).get(o) for o in others),
+                60, f"{name} up and holding its lease",
+            )
         wait_for(lambda: http("GET", self.url("/cart"))[0] == 200, 30, "the balancer")
         self.cookie = None
 

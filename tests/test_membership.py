@@ -26,11 +26,32 @@ class VoterTests(SynchronousTestCase):
         self.assertIs(v.renew("s1", 5, 1.6), Renewal.DEAD)
         self.assertTrue(v.vote("s1", 5, 1.7))
 
-    def test_restarted_voter_votes_nobody_dead_at_first(self):
-        """A voter that just started may have made promises before it restarted: no yes for a lease after its start."""
+    def test_restarted_voter_grants_nothing_at_first(self):
+        """A voter that just started grants nothing for a round's time: its votes before the restart may be in an asker's round."""
         v = Voter(1.5, started=100.0)
-        self.assertFalse(v.vote("s1", 5, 101.0))
-        self.assertTrue(v.vote("s1", 5, 101.5))
+        self.assertIs(v.renew("s1", 5, 100.74), Renewal.NOT_YET)
+        self.assertIs(v.renew("s1", 5, 100.75), Renewal.GRANTED)
+
+    def test_unknown_incarnation(self):
+        """An incarnation never granted anything gets a yes once the voter's own start is a lease old, and is then refused."""
+        v = Voter(1.5, started=0.0)
+        self.assertFalse(v.vote("s2", 3, 1.0))
+        self.assertTrue(v.vote("s2", 3, 2.0))
+        self.assertIs(v.renew("s2", 3, 2.1), Renewal.DEAD)
+
+    def test_restarted_voter_votes_nobody_dead_at_first(self):
+        """A voter that just started may have made promises before it restarted: no yes (but on proof) for a lease after its start."""
+        v = Voter(1.5, started=100.0)
+        self.assertIs(v.renew("s1", 5, 100.75), Renewal.GRANTED)
+        self.assertFalse(v.vote("s1", 5, 101.45))
+        self.assertTrue(v.vote("s1", 5, 102.3))
+
+    def test_votes_bind_for_good(self):
+        """A voter that voted an incarnation dead never grants it again."""
+        v = Voter(1.5, started=-10.0)
+        v.renew("s1", 5, 0.0)
+        self.assertTrue(v.vote("s1", 5, 2.0))
+        self.assertIs(v.renew("s1", 5, 100.0), Renewal.DEAD)
 
     def test_newer_incarnation_supersedes(self):
         """A newer incarnation proves the older one dead; the older one's renewals are refused as stale."""
@@ -49,16 +70,9 @@ class VoterTests(SynchronousTestCase):
         """A refused connection is proof: the voter votes yes although its promise still ran."""
         v = Voter(1.5, started=-10.0)
         v.renew("s1", 5, 0.0)
-        v.proof("s1", 5)
+        v.proof("s1", 5, 0.05)
         self.assertTrue(v.vote("s1", 5, 0.1))
         self.assertIs(v.renew("s1", 7, 0.2), Renewal.GRANTED)
-
-    def test_unknown_incarnation(self):
-        """An incarnation never granted anything gets a yes once the voter's own start is a lease old."""
-        v = Voter(1.5, started=0.0)
-        self.assertFalse(v.vote("s2", 3, 1.0))
-        self.assertTrue(v.vote("s2", 3, 2.0))
-        self.assertIs(v.renew("s2", 3, 2.1), Renewal.DEAD)
 
     def test_silent(self):
         """A server silent for a whole lease is reported silent."""
@@ -129,6 +143,20 @@ class LeaseTests(SynchronousTestCase):
                 lease.granted(v, 3.0)
         self.assertFalse(lease.valid(3.1))
 
+    def test_restarted_voters_never_revive_a_never_held_incarnation(self):
+        """An incarnation voted dead before it ever held its lease stays without one when the voters that voted restart."""
+        voters = {v: Voter(T.lease, -10.0) for v in ("s1", "s2", "s3", "lb1", "lb2")}
+        lease = Lease("s3", tuple(voters), T)
+        self.assertEqual(sum(voters[v].vote("s3", 1, 0.0) for v in ("s1", "s2", "lb1")), 3)
+        voters["s1"] = Voter(T.lease, 0.1, born=2)
+        voters["lb1"] = Voter(T.lease, 0.1, born=2)
+        for v in ("s1", "lb1", "lb2"):
+            answer = voters[v].renew("s3", 1, 1.0, held=lease.held)
+            if answer is Renewal.GRANTED:
+                lease.granted(v, 1.0)
+        self.assertIs(voters["s1"].renew("s3", 1, 1.0, held=False), Renewal.STALE)
+        self.assertFalse(lease.valid(1.1))
+
     def test_single_server_always_holds(self):
         """A cluster of one is its own majority."""
         self.assertTrue(Lease("s1", ("s1",), T).valid(0.0))
@@ -198,8 +226,8 @@ actions = st.lists(
         st.tuples(st.just("wait"), st.floats(0.0, 1.0)),
         # server renews with voter; the request takes `delay` to arrive, the answer `back` to return
         st.tuples(st.just("renew"), st.sampled_from(SERVERS), st.sampled_from(VOTERS), st.floats(0, 0.5), st.floats(0, 0.5)),
-        # voter is asked about server
-        st.tuples(st.just("ask"), st.sampled_from(SERVERS), st.sampled_from(VOTERS)),
+        # one round of votes on server, asked of these voters at once
+        st.tuples(st.just("round"), st.sampled_from(SERVERS), st.sets(st.sampled_from(VOTERS), min_size=1)),
         st.tuples(st.just("restart_voter"), st.sampled_from(VOTERS)),
     ),
     max_size=80,
@@ -211,7 +239,7 @@ class NoOverlapTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(actions, rates)
     def test_lease_and_verdict_never_overlap(self, script, rate):
-        """Under any delays, votes, voter restarts and clock rates within the drift bound, no server holds its lease while a majority voted it dead."""
+        """Under any delays, rounds of votes, voter restarts and clock rates within the drift bound, no server holds its lease once a round found a majority holding it dead."""
         now = 0.0
 
         def clock(p, t):
@@ -221,11 +249,11 @@ class NoOverlapTests(SynchronousTestCase):
         leases = {s: Lease(s, VOTERS, T) for s in SERVERS}
         in_flight = []  # (deliver at, server, voter, asked at server clock, back)
         answers = []  # (arrive at, server, voter, asked)
-        dead_votes = {s: set() for s in SERVERS}
+        verdict = {s: False for s in SERVERS}
 
         def check(t):
             for s in SERVERS:
-                if len(dead_votes[s]) >= majority(VOTERS):
+                if verdict[s]:
                     self.assertFalse(leases[s].valid(clock(s, t)), f"{s} holds its lease after a verdict at t={t}")
 
         def advance(to):
@@ -239,7 +267,7 @@ class NoOverlapTests(SynchronousTestCase):
                 if first in in_flight:
                     in_flight.remove(first)
                     _, s, v, asked, back = first
-                    if voters[v].renew(s, 1, clock(v, now)) is Renewal.GRANTED:
+                    if voters[v].renew(s, 1, clock(v, now), leases[s].held) is Renewal.GRANTED:
                         answers.append((now + back, s, v, asked))
                 else:
                     answers.remove(first)
@@ -256,14 +284,15 @@ class NoOverlapTests(SynchronousTestCase):
             elif kind == "renew":
                 _, s, v, delay, back = action
                 in_flight.append((now + delay, s, v, clock(s, now), back))
-            elif kind == "ask":
-                _, s, v = action
-                if v != s and voters[v].vote(s, 1, clock(v, now)):
-                    dead_votes[s].add(v)
+            elif kind == "round":
+                _, s, asked = action
+                yes = [v for v in asked if v != s and voters[v].vote(s, 1, clock(v, now))]
+                if len(yes) >= majority(VOTERS):
+                    verdict[s] = True
                 check(now)
             elif kind == "restart_voter":
-                # a restarted witness forgets its grants and its votes (a
+                # a restarted voter forgets its grants and its votes (a
                 # verdict reached with its vote stands all the same)
                 v = action[1]
-                voters[v] = Voter(T.lease, clock(v, now))
+                voters[v] = Voter(T.lease, clock(v, now), born=2)
         advance(now + 5.0)

@@ -52,7 +52,9 @@ class ReplicationTLSTests(TestCase):
         """Two nodes with CA-signed certificates link up over TLS and a new session reaches the secondary."""
         s1 = self.start(self.config(*make_leaf(self.dir, self.ca, "s1"), self.ca[2]), "s1")
         s2 = self.start(self.config(*make_leaf(self.dir, self.ca, "s2"), self.ca[2]), "s2")
-        linked = yield self.wait(lambda: s1.links["s2"].connected and s2.links["s1"].connected)
+        linked = yield self.wait(
+            lambda: s1.links["s2"].connected and s2.links["s1"].connected and s1.quorum.may_serve()
+        )
         self.assertTrue(linked, "TLS links did not come up")
         self.assertTrue(ISSLTransport.providedBy(s1.links["s2"].remote.broker.transport))
         handle = yield s1.node.open(NO_ROUTE)

@@ -36,6 +36,7 @@ class WitnessTests(SynchronousTestCase):
             on_silent=lambda s: self.events.append(("silent", s)),
             on_heard=lambda s: self.events.append(("heard", s)),
         )
+        self.clock.advance(2.0)
 
     def test_grants_and_reports_silence(self):
         """The witness grants leases; a server that stops renewing is reported silent once, heard again when it renews."""
@@ -85,6 +86,18 @@ class SilentServerTests(SynchronousTestCase):
         self.assertEqual(port, 9002)
         server.dataReceived(OK)
         self.assertTrue(h.client.value().endswith(b"ok"))
+
+    def test_pooled_get_not_retried_on_the_silent_server(self):
+        """A GET on a pooled connection to a server found silent goes to the next server, not again to the silent one."""
+        h = Harness(self)
+        get = b"GET /cart HTTP/1.1\r\nHost: x\r\n" + cookie_header() + b"\r\n"
+        h.send(get)
+        port, server, st = h.accept()
+        server.dataReceived(OK)
+        h.send(get)
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        h.balancer.server_silent("s1")
+        self.assertEqual(h.pending_connect()[0], 9002)
 
     def test_post_in_flight_answered_at_once(self):
         """A POST waiting on a server found silent is answered 502 at once (it may have been applied): never sent twice."""

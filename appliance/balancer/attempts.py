@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendProtocol, ResponseTimeout
+from .backend import BackendProtocol, ResponseTimeout, ServerGone
 from .flow import send_now
 from .framing import IDEMPOTENT, RequestHead
 from .policy import may_retry
@@ -199,7 +199,7 @@ class ServerAttempts:
         if (
             conn.stale()
             and not self._fresh_retry
-            and not reason.check(ResponseTimeout)
+            and not reason.check(ResponseTimeout, ServerGone)
             and may_retry(self.method, self._sent, replayable)
         ):
             # A pooled connection that failed before any answer was most

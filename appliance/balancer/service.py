@@ -281,7 +281,7 @@ class BalancerService(Service):
 
         self.witness = witness.Witness(
             tuple(nodes), settings.lease_time, settings.heartbeat_interval, self.now, probe,
-            on_silent=balancer.server_silent, on_heard=balancer.server_heard,
+            on_silent=balancer.server_silent, on_heard=balancer.server_heard, born=time.time_ns(),
         )
         factory = witness.witness_factory(self.witness, settings.secret)
         address = self.config.witness

@@ -42,10 +42,18 @@ class Renewal(enum.IntEnum):
     """
 
     GRANTED = 0
-    # This incarnation was voted dead: it must end (and start anew).
+    # This voter voted this incarnation dead.
     DEAD = 1
     # A newer incarnation of this server was seen: this one is over.
     STALE = 2
+    # This voter only just started: it grants nothing yet.
+    NOT_YET = 3
+
+
+# A round of votes counts only if it was gathered within this fraction of a
+# lease, and a restarted voter (which forgot its votes) grants nothing for
+# this long: no verdict counts a vote its voter has forgotten.
+ROUND = 0.5
 
 
 @frozen
@@ -77,16 +85,28 @@ class Voter:
     One voter's promises about every server: which incarnation it knows,
     when it last granted it a lease, and which incarnations it voted dead.
 
+    A yes vote binds for good: this voter never grants that incarnation
+    again.  A server that such a vote shuts out while it still holds its
+    lease (the voter was cut off from it, not the majority) starts a new
+    incarnation (L{appliance.server.quorum.Quorum.beat}).
+
     C{started}: when this voter came up.  A restarted voter remembers none of
-    the grants it made before, so it votes nobody dead (except on proof)
-    until one C{lease} after its start.
+    its grants and votes: it votes nobody dead (except on proof) for one
+    C{lease} after its start, and grants nothing for one L{ROUND} (a vote it
+    gave before restarting may be in an asker's round).  C{born}, on the
+    scale of incarnation numbers, is when it started: it never grants an
+    older incarnation that has not held its lease yet (it may have voted
+    that one dead before it restarted; one that held its lease is safe by
+    the lapse rule of L{Lease}).
     """
 
-    def __init__(self, lease: float, started: float):
+    def __init__(self, lease: float, started: float, born: int = 0):
         self.lease = lease
         self.started = started
+        self.born = born
         self.known: Dict[str, int] = {}
         self.granted: Dict[str, float] = {}
+        self.heard: Dict[str, float] = {}
         self.dead: Dict[str, int] = {}
 
     def _bury(self, server: str, incarnation: int) -> None:
@@ -110,26 +130,33 @@ class Voter:
             self._bury(server, known)
         return known
 
-    def renew(self, server: str, incarnation: int, now: float) -> Renewal:
+    def renew(self, server: str, incarnation: int, now: float, held: bool = True) -> Renewal:
         """
-        C{server} asks for its lease: granted unless that incarnation was
-        voted dead or superseded.
+        C{server} asks for its lease (C{held}: whether this incarnation has
+        held it before): granted unless that incarnation was voted dead or
+        superseded, or this voter only just started.
         """
+        self.heard[server] = now
         if self.is_dead(server, incarnation):
             return Renewal.DEAD
         known = self.known.get(server)
         if known is not None and incarnation < known:
             self._bury(server, incarnation)
             return Renewal.STALE
+        if not held and incarnation < self.born:
+            return Renewal.STALE
         if known is None or incarnation > known:
             self.seen(server, incarnation)
+        if now < self.started + ROUND * self.lease:
+            return Renewal.NOT_YET
         self.granted[server] = now
         return Renewal.GRANTED
 
     def vote(self, server: str, incarnation: int, now: float) -> bool:
         """
-        Is this incarnation of C{server} dead?  A yes binds: this voter never
-        grants it again.  No while this voter's last grant still binds it.
+        Is this incarnation of C{server} dead?  No while this voter's last
+        grant to it still binds; a yes binds: this voter never grants it
+        again.
         """
         if self.is_dead(server, incarnation):
             return True
@@ -144,19 +171,19 @@ class Voter:
         self._bury(server, incarnation)
         return True
 
-    def proof(self, server: str, incarnation: int) -> None:
+    def proof(self, server: str, incarnation: int, now: float = 0.0) -> None:
         """
-        No process listens on C{server}'s port (or a newer incarnation
-        answered there): C{incarnation} and every older one are dead.
+        No process listens on C{server}'s port: C{incarnation} and every
+        older one are dead.
         """
         self._bury(server, incarnation)
 
     def silent(self, server: str, now: float) -> bool:
         """
-        Whether C{server} has renewed nothing here for a whole lease: it is
-        dead, paused or cut off from this voter.
+        Whether C{server} has asked for nothing here for a whole lease: it
+        is dead, paused or cut off from this voter.
         """
-        return now >= self.granted.get(server, NEVER) + self.lease
+        return now >= self.heard.get(server, NEVER) + self.lease
 
 
 class Lease:
@@ -197,6 +224,13 @@ class Lease:
     def valid(self, now: float) -> bool:
         return now < self.expires
 
+    @property
+    def held(self) -> bool:
+        """
+        Whether this incarnation ever held its lease.
+        """
+        return self.expires != NEVER
+
     def should_end(self, now: float) -> bool:
         """
         A lease held once and lapsed: this incarnation can never serve again
@@ -229,7 +263,7 @@ class Membership:
         self.voters = self.servers + tuple(witnesses)
         self.needed = majority(self.voters)
         self.timing = timing
-        self.voter = Voter(timing.lease, now)
+        self.voter = Voter(timing.lease, now, incarnation)
         self.lease = Lease(me, self.voters, timing)
         self.verdicts: Dict[str, int] = {}
 
@@ -296,8 +330,9 @@ class Membership:
 
     def tally(self, server: str, incarnation: int, votes: Iterable[Tuple[str, bool]], now: float) -> bool:
         """
-        Count the votes on C{incarnation} of C{server} (voter, dead?), this
-        node's own included; a majority of yes is a verdict.
+        Count one round of votes on C{incarnation} of C{server} (voter,
+        dead?), gathered within L{ROUND} of a lease, this node's own
+        included; a majority of yes is a verdict.
         """
         if self.is_dead(server, incarnation):
             return True

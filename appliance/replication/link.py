@@ -46,6 +46,7 @@ class PeerLink:
         on_beat: Callable[[str, Tuple, float], None] = lambda peer, answer, asked_at: None,
         on_refused: Callable[[str], None] = lambda peer: None,
         now: Optional[Callable[[], float]] = None,
+        renew_args: Callable[[], tuple] = tuple,
     ):
         """
         C{me} is the login name (C{NAME/INCARNATION}, see L{relogin});
@@ -65,6 +66,7 @@ class PeerLink:
         self.on_beat = on_beat
         self.on_refused = on_refused
         self.now = now if now is not None else clock.seconds
+        self.renew_args = renew_args
         self.remote: Optional[pb.RemoteReference] = None
         self.load = 0
         self._broker = None
@@ -196,7 +198,7 @@ class PeerLink:
                 log.warn("{peer} missed {n} heartbeats; cutting the link", peer=self.peer, n=self._missed)
                 self._cut()
 
-        d = self._remote_call(self.remote, "renew")
+        d = self._remote_call(self.remote, "renew", *self.renew_args())
         d.addTimeout(self.heartbeat_interval, self.clock)
         d.addCallbacks(pong, missed)
         if self.remote is not None:

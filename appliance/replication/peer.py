@@ -122,7 +122,7 @@ class IReplicationHandler(Interface):
         How many sessions this node holds (for placement).
         """
 
-    def renew(peer, incarnation):
+    def renew(peer, incarnation, held):
         """
         C{peer} renews its lease: (a L{appliance.core.membership.Renewal},
         this node's load, this node's incarnation).
@@ -194,12 +194,13 @@ class PeerAvatar(pb.Avatar):
             raise Refused(str(e))
         return wire.split(wire.encode_copies(self.handler.locate(sids)))
 
-    def perspective_renew(self) -> Tuple[int, int, int]:
+    def perspective_renew(self, held=True) -> Tuple[int, int, int]:
         """
-        The lease renewal that is also the heartbeat: (answer, this node's
+        The lease renewal that is also the heartbeat (C{held}: whether the
+        peer's incarnation held its lease before): (answer, this node's
         load, this node's incarnation).
         """
-        return self.handler.renew(self.peer, self.incarnation)
+        return self.handler.renew(self.peer, self.incarnation, held is True)
 
     def perspective_vote(self, server, incarnation) -> defer.Deferred:
         if not isinstance(server, str) or server not in self.nodes or not _incarnation(incarnation, 0):

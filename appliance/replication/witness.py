@@ -37,7 +37,7 @@ def vote(voter: Voter, server: str, incarnation: int, now: Callable[[], float], 
 
     def probed(refused: bool) -> bool:
         if refused:
-            voter.proof(server, incarnation)
+            voter.proof(server, incarnation, now())
         return voter.vote(server, incarnation, now())
 
     return probe(server).addCallback(probed)
@@ -90,18 +90,23 @@ class Witness:
         probe: Callable[[str], defer.Deferred],
         on_silent: Callable[[str], None] = lambda server: None,
         on_heard: Callable[[str], None] = lambda server: None,
+        born: int = 0,
     ):
+        """
+        C{born}: this witness's start on the scale of incarnation numbers
+        (wall-clock nanoseconds).
+        """
         self.servers = tuple(servers)
         self.now = now
-        self.voter = Voter(lease, now())
+        self.voter = Voter(lease, now(), born)
         self.heartbeat = heartbeat
         self.probe = probe
         self.on_silent = on_silent
         self.on_heard = on_heard
         self.silent: Dict[str, bool] = {}
 
-    def renew(self, server: str, incarnation: int) -> int:
-        answer = self.voter.renew(server, incarnation, self.now())
+    def renew(self, server: str, incarnation: int, held: bool = True) -> int:
+        answer = self.voter.renew(server, incarnation, self.now(), held)
         if self.silent.pop(server, False):
             self.on_heard(server)
         return int(answer)
@@ -114,7 +119,7 @@ class Witness:
         Called every heartbeat: report servers that went silent.
         """
         now = self.now()
-        for server in self.voter.granted:
+        for server in self.voter.heard:
             if not self.silent.get(server) and self.voter.silent(server, now):
                 self.silent[server] = True
                 log.warn("server {server} renewed no lease for {lease}s: treating it as gone", server=server, lease=self.voter.lease)
@@ -128,8 +133,8 @@ class WitnessAvatar(pb.Avatar):
         self.incarnation = incarnation
         self.witness = witness
 
-    def perspective_renew(self) -> Tuple[int, int, int]:
-        return self.witness.renew(self.peer, self.incarnation), 0, 0
+    def perspective_renew(self, held=True) -> Tuple[int, int, int]:
+        return self.witness.renew(self.peer, self.incarnation, held is True), 0, 0
 
     def perspective_vote(self, server, incarnation) -> defer.Deferred:
         if not isinstance(server, str) or server not in self.witness.servers or not _incarnation(incarnation, 0):

@@ -195,7 +195,7 @@ class SessionNode:
                     except Unprotected:
                         raise NotServing(f"no second copy of {sid} can be made now")
                 return local, []
-            found, complete = yield protection.locate([sid])
+            found, missing = yield protection.locate([sid])
             copies = found[sid]
             mine = protection.local_copy(sid)
             if mine is not None:
@@ -212,8 +212,11 @@ class SessionNode:
                     if not dead:
                         raise NotServing(f"{best.primary} holds {sid} and is not known dead")
                     continue
-                if not complete:
-                    raise NotServing("a server that may hold a newer copy does not answer")
+                if missing:
+                    settled = yield protection.settle(missing, self.settings.takeover_wait)
+                    if not settled:
+                        raise NotServing("a server that may hold a newer copy does not answer")
+                    continue
                 if best.holder == self.name:
                     floor = max(c.epoch for c in copies)
                     session = self.store.promote(sid, None, self.now(), floor)
@@ -483,6 +486,6 @@ class SessionNode:
     def vote(self, server: str, incarnation: int) -> defer.Deferred:
         return self.quorum.vote(server, incarnation)
 
-    def renew(self, peer: str, incarnation: int):
-        answer = self.quorum.membership.voter.renew(peer, incarnation, self.now())
+    def renew(self, peer: str, incarnation: int, held: bool = True):
+        answer = self.quorum.membership.voter.renew(peer, incarnation, self.now(), held)
         return int(answer), len(self.store), self.quorum.incarnation

@@ -45,12 +45,13 @@ class Copy:
     primary_inc: int
 
     @property
-    def rank(self) -> Tuple[int, int, str]:
+    def rank(self) -> Tuple[int, int, bool, str]:
         """
-        Newer first: higher epoch, then version; between equal copies, the
-        first holder by name wins, so that every node picks the same one.
+        Newer first: higher epoch, then version; between equal copies the
+        one its primary holds (a primary is never behind its backups), then
+        the first holder by name, so that every node picks the same one.
         """
-        return (-self.epoch, -self.version, self.holder)
+        return (-self.epoch, -self.version, self.holder != self.primary, self.holder)
 
 
 def newest(copies: Iterable[Copy]) -> Optional[Copy]:
@@ -170,13 +171,14 @@ class Protection:
     def locate(self, sids: List[str], exclude: Tuple[str, ...] = ()):
         """
         Every copy of C{sids} held by the other servers that are not known
-        dead: C{({sid: [Copy, ...]}, complete)}, where C{complete} says
-        whether every server that might hold a copy answered.
+        dead: C{({sid: [Copy, ...]}, missing)}, where C{missing} lists
+        (server, incarnation) of the servers that might hold a copy and did
+        not answer.
         """
         node = self.node
         found: Dict[str, List[Copy]] = {sid: [] for sid in sids}
         asks = []
-        complete = True
+        missing: List[Tuple[str, int]] = []
         request = wire.split(wire.encode_sids(sids))
         for server in node.cluster.node_names:
             if server == node.name or server in exclude:
@@ -185,19 +187,34 @@ class Protection:
             if incarnation is None or self.quorum.is_dead(server, incarnation):
                 continue
             if not node.connected(server):
-                complete = False
+                missing.append((server, incarnation))
                 continue
-            asks.append(node.call(server, "locate", request).addCallback(self._copies, server))
+            asks.append(
+                node.call(server, "locate", request)
+                .addCallback(self._copies, server)
+                .addErrback(lambda f, who=(server, incarnation): missing.append(who) or [])
+            )
         if asks:
             answers = yield defer.DeferredList(asks, consumeErrors=True)
             for ok, result in answers:
                 if not ok:
-                    complete = False
                     continue
                 for copy in result:
                     if copy.sid in found:
                         found[copy.sid].append(copy)
-        return found, complete
+        return found, missing
+
+    @defer.inlineCallbacks
+    def settle(self, missing: List[Tuple[str, int]], timeout: float):
+        """
+        Wait (at most C{timeout}) for a verdict on each server that did
+        not answer a look-up; C{True} when all of them are dead.
+        """
+        if not missing:
+            return True
+        waits = [self.quorum.await_dead(server, incarnation, timeout) for server, incarnation in missing]
+        results = yield defer.gatherResults(waits)
+        return all(results)
 
     def _copies(self, chunks, server: str) -> List[Copy]:
         entries = wire.decode_copies(wire.join(chunks, self.node.limit), self.node.cluster.node_names)
@@ -248,9 +265,9 @@ class Protection:
             orphans = self.store.orphans(peer, incarnation)
             if not orphans:
                 break
-            found, complete = yield self.locate([s.sid for s in orphans], exclude=(peer,))
-            if not complete:
-                yield node.sleep()
+            found, missing = yield self.locate([s.sid for s in orphans], exclude=(peer,))
+            if missing:
+                yield self.settle(missing, node.settings.takeover_wait)
                 continue
             for session in orphans:
                 outcome = yield self._promote_one(session.sid, peer, incarnation, found[session.sid])

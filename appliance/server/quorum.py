@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from appliance.core.membership import Membership, Renewal
+from appliance.core.membership import ROUND, Membership, Renewal
 from appliance.replication import witness
 
 log = Logger()
@@ -48,7 +48,6 @@ class Quorum:
         self.interval = interval
         self.on_dead: Callable[[str, int], None] = lambda server, incarnation: None
         self._serving = False
-        self._refused: set = set()
         self._timers: set = set()
         self._polls: Dict[Tuple[str, int], List[defer.Deferred]] = {}
 
@@ -65,16 +64,18 @@ class Quorum:
     def may_serve(self) -> bool:
         return self.membership.may_serve(self.now())
 
-    def beat(self, voter: str, answer, asked_at: float) -> None:
+    def beat(self, voter: str, answer, asked_at: float) -> Optional[str]:
         """
         A renewal asked at C{asked_at} was answered (answer, load, the
-        voter's incarnation).  A refusal only means this voter's grant is
-        gone for this incarnation (it voted it dead, perhaps while one of
-        us was cut off); the incarnation ends when its lease lapses.
+        voter's incarnation).  A voter that refuses for good (it voted this
+        incarnation dead, perhaps while one of the two was cut off from the
+        other, or it restarted since this incarnation began and this one
+        never held its lease) weakens this node's quorum for as long as the
+        incarnation lasts, so the node starts a new one: returns why.
         """
         if not (isinstance(answer, (list, tuple)) and len(answer) == 3 and all(type(a) is int for a in answer)):
             log.warn("{voter} answered a lease renewal wrongly: {answer!r}", voter=voter, answer=answer)
-            return
+            return None
         code, _, incarnation = answer
         if voter in self.membership.servers and incarnation > 0:
             self.seen(voter, incarnation)
@@ -83,10 +84,10 @@ class Quorum:
             renewal = Renewal(code)
         except ValueError:
             log.warn("{voter} answered a lease renewal with an unknown code {code}", voter=voter, code=code)
-            return
-        if not self.membership.renewed(voter, renewal, asked_at) and voter not in self._refused:
-            self._refused.add(voter)
-            log.warn("{voter} no longer renews this incarnation's lease ({why})", voter=voter, why=renewal.name)
+            return None
+        if self.membership.renewed(voter, renewal, asked_at) or renewal is Renewal.NOT_YET:
+            return None
+        return f"{voter} no longer renews this incarnation ({renewal.name})"
 
     def watch(self) -> Optional[str]:
         """
@@ -109,7 +110,6 @@ class Quorum:
     def begin(self, incarnation: int) -> None:
         self.membership.begin(incarnation, self.now())
         self._serving = False
-        self._refused = set()
 
     def alone(self) -> bool:
         """
@@ -156,7 +156,7 @@ class Quorum:
         """
         incarnation = self.incarnation_of(server)
         if incarnation is not None:
-            self.membership.voter.proof(server, incarnation)
+            self.membership.voter.proof(server, incarnation, self.now())
 
     def vote(self, server: str, incarnation: int) -> defer.Deferred:
         """
@@ -179,6 +179,7 @@ class Quorum:
             # Only a node that may serve acts on a verdict; one cut off from
             # the majority would only bury healthy peers with its own vote.
             return False
+        began = self.now()
         own = yield self.vote(server, incarnation)
         votes = [(self.me, own)]
         asks = []
@@ -189,6 +190,9 @@ class Quorum:
         if asks:
             answers = yield defer.DeferredList(asks, consumeErrors=True)
             votes.extend(result for ok, result in answers if ok)
+        if self.now() - began > ROUND * m.timing.lease:
+            # A vote this old may have been gone back on: ask again.
+            return False
         if m.tally(server, incarnation, votes, self.now()):
             log.info("{server} (incarnation {incarnation}) voted dead", server=server, incarnation=incarnation)
             self._settle(server, incarnation)

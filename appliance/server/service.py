@@ -151,7 +151,9 @@ class SessionServerService(service.Service):
             self.quorum.refused(peer)
 
     def _beat(self, peer: str, answer, asked_at: float) -> None:
-        self.quorum.beat(peer, answer, asked_at)
+        why = self.quorum.beat(peer, answer, asked_at)
+        if why is not None:
+            self._end(why)
 
     def _watch_lease(self) -> None:
         why = self.quorum.watch()
@@ -216,6 +218,7 @@ class SessionServerService(service.Service):
                 on_beat=self._beat,
                 on_refused=self._refused,
                 now=self.now,
+                renew_args=lambda: (self.membership.lease.held,),
             )
             self.links[other] = link
             link.start()

@@ -533,14 +533,16 @@ class Lab:
             unlinked = [p for p in self.server_names if p != name and not h["peers"].get(p)]
             if unlinked:
                 waiting.append(f"{name} is not linked to {', '.join(unlinked)}")
+            if h.get("status") != "ok":
+                waiting.append(f"{name} does not hold its lease yet")
         if not self.balancer_answers():
             waiting.append("the balancer does not answer")
         return waiting
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """
-        Wait until every server is linked to every other and the balancer
-        answers; returns the seconds it took.  Raises with what is missing.
+        Wait until every server is linked to every other and holds its
+        lease, and the balancer answers; returns the seconds it took.  Raises with what is missing.
         """
         return self._wait(timeout, self.not_ready)
 
