@@ -206,7 +206,7 @@ def run(
             if h is not None:
                 unreplicated[server] = h.get("unreplicated", 0)
         start, end = apply(lab, step)
-        faults.append(Fault(f"{step.name}", start, end, step.servers, unreplicated))
+        faults.append(Fault(step.name, start, end, step.servers, unreplicated))
         try:
             lab.wait_ready(ready_timeout)
         except RuntimeError as e:
