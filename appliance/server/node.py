@@ -192,7 +192,7 @@ class SessionNode:
                 if local.secondary is None:
                     try:
                         yield protection.protect(local)
-                    except Unprotected:
+                    except (Unprotected, Fenced):
                         raise NotServing(f"no second copy of {sid} can be made now")
                 return local, []
             found, missing = yield protection.locate([sid])

@@ -108,8 +108,16 @@ class Quorum:
         return None
 
     def begin(self, incarnation: int) -> None:
+        """
+        This node starts a new incarnation: whatever waited for a verdict
+        on behalf of the old one waits no more.
+        """
         self.membership.begin(incarnation, self.now())
         self._serving = False
+        polls, self._polls = self._polls, {}
+        for waiters in polls.values():
+            for d in waiters:
+                d.callback(False)
 
     def alone(self) -> bool:
         """
