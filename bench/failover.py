@@ -32,8 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     import subprocess
 
-    (lb,) = free_ports(1)
-    text, ports = cluster_ini(balancer=f"\n[balancer:lb1]\nlisten = 127.0.0.1:{lb}\nhealth_interval = 250ms\n")
+    lb, witness = free_ports(2)
+    text, ports = cluster_ini(
+        balancer=f"\n[balancer:lb1]\nlisten = 127.0.0.1:{lb}\nwitness = 127.0.0.1:{witness}\nhealth_interval = 250ms\n"
+    )
     work = tempfile.mkdtemp(prefix="failover-")
     config = os.path.join(work, "cluster.ini")
     with open(config, "w") as f:
@@ -49,7 +51,10 @@ def main() -> None:
             return {}
 
     def ready():
-        return all(all(safe_health(port).get("peers", {"-": False}).values()) for port, _ in ports.values())
+        return all(
+            safe_health(port).get("status") == "ok" and all(safe_health(port).get("peers", {"-": False}).values())
+            for port, _ in ports.values()
+        )
 
     def wait(predicate, seconds=60.0):
         deadline = time.monotonic() + seconds

@@ -124,7 +124,13 @@ class Protection:
             lost = () if session.secondary is None else (session.secondary,)
             self.store.set_secondary(session, node.pick_secondary(exclude + lost), node.now())
         if session.secondary is not None:
-            return self.deliver(session.secondary, session.full(node.now()), exclude)
+            d = self.deliver(session.secondary, session.full(node.now()), exclude)
+            if node.sync:
+                return d
+            # async and batched: the copy leaves with the next batch; nothing
+            # waits for it (not a request, not the session's lock).
+            d.addErrback(node.background_failure)
+            return defer.succeed(None)
         if self.quorum.alone():
             return defer.succeed(None)
         if not wait:

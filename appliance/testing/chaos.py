@@ -16,6 +16,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -84,6 +85,38 @@ def schedule(
             seconds = round(rng.uniform(*delay), 3) if kind == "delay" else 0.0
             steps.append(Step(kind, chosen, round(rng.uniform(*hold), 2), seconds))
     return steps
+
+
+class WindowSampler(threading.Thread):
+    """
+    The largest C{unreplicated} figure each faulty server reports from just
+    before its fault until the fault is undone (asked every 0.1 s from
+    inside its own host, which no cut touches; a paused server answers
+    nothing and keeps its last figure): the most that an async or batched
+    run may lose to that fault.
+    """
+
+    def __init__(self, lab: Lab, servers):
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.servers = tuple(servers)
+        self.largest: Dict[str, int] = {}
+        self._done = threading.Event()
+        self._sample()
+
+    def _sample(self) -> None:
+        for server in self.servers:
+            h = self.lab.health(server, timeout=0.2)
+            if h is not None:
+                self.largest[server] = max(self.largest.get(server, 0), h.get("unreplicated", 0))
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            self._sample()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
 
 
 def _until(t: float) -> None:
@@ -200,13 +233,13 @@ def run(
         if workload.poll() is not None:
             problems.append(f"the workload exited early with {workload.returncode}")
             break
-        unreplicated: Dict[str, int] = {}
-        for server in step.servers:
-            h = lab.health(server)
-            if h is not None:
-                unreplicated[server] = h.get("unreplicated", 0)
-        start, end = apply(lab, step)
-        faults.append(Fault(step.name, start, end, step.servers, unreplicated))
+        sampler = WindowSampler(lab, step.servers)
+        sampler.start()
+        try:
+            start, end = apply(lab, step)
+        finally:
+            sampler.stop()
+        faults.append(Fault(step.name, start, end, step.servers, sampler.largest))
         try:
             lab.wait_ready(ready_timeout)
         except RuntimeError as e:

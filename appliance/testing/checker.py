@@ -133,7 +133,8 @@ class Fault:
     """
     One fault of the schedule: C{start} when it was applied, C{end} when it
     was undone (heal, resume, restart), C{servers} the servers it hit and
-    C{unreplicated} their health figure sampled just before.
+    C{unreplicated} the largest health figure each reported from just
+    before the fault until it was undone.
     """
 
     name: str
@@ -241,7 +242,7 @@ class Report:
             lines.append("  per fault (at: s since start; wait: longest wait inside its window, which lasts until")
             lines.append("  the next fault starts; lost: acknowledged writes that went missing in it):")
             lines.append(f"    {'#':>3} {'fault':<34} {'at':>7} {'held':>5} {'wait':>6} {'lost':>5} {'stale':>5} "
-                         f"{'dirty':>5}  unreplicated before")  # fmt: skip
+                         f"{'dirty':>5}  unreplicated (largest)")  # fmt: skip
             for n, f in enumerate(self.faults, 1):
                 wait = f"{f.wait:.2f}" if f.longest is not None else "-"
                 unrepl = ", ".join(f"{s}={v}" for s, v in sorted(f.fault.unreplicated.items())) or "-"
