@@ -264,7 +264,7 @@ class Sim:
                     if peer in self.servers:
                         target.node.peer_seen(name, s.membership.incarnation)
                     else:
-                        target.witness.voter.seen(name, s.membership.incarnation)
+                        target.witness.voter.seen(name, s.membership.incarnation, target.now())
                     s.link_up(peer)
                 elif not ok and peer in s.links:
                     s.link_down(peer)

@@ -299,6 +299,13 @@ class FailoverTests(Base):
         self.assertEqual(self.s.servers["s1"].node.store.get(self.route.sid).secondary, "s2")
         self.assertEqual(self.s.servers["s3"].node.store.get(self.route.sid).primary, "s1")
 
+    def test_unanswered_server_is_no_proof_of_a_new_session(self):
+        """A session whose only reachable copy is on a server that does not answer is not served as new and empty."""
+        self.s.cut("s2", "s1")
+        self.s.cut("s2", "s3")
+        self.fails("s2", self.route, read, NotServing)
+        self.assertEqual(self.cart("s1", self.route)[0], ["apple"])
+
     def test_zombie_copy_never_promoted(self):
         """A backup left behind by a re-protection across a cut is never promoted over the newer copy."""
         self.s.cut("s3", "s1")

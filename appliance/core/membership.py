@@ -107,6 +107,7 @@ class Voter:
         self.known: Dict[str, int] = {}
         self.granted: Dict[str, float] = {}
         self.heard: Dict[str, float] = {}
+        self.seen_at: Dict[str, float] = {}
         self.dead: Dict[str, int] = {}
 
     def _bury(self, server: str, incarnation: int) -> None:
@@ -116,16 +117,17 @@ class Voter:
     def is_dead(self, server: str, incarnation: int) -> bool:
         return incarnation <= self.dead.get(server, -1)
 
-    def seen(self, server: str, incarnation: int) -> Optional[int]:
+    def seen(self, server: str, incarnation: int, now: float = NEVER) -> Optional[int]:
         """
-        C{server} logged in as C{incarnation}.  Returns the incarnation it
-        supersedes (now dead), if any.
+        C{server} logged in as C{incarnation} at C{now}.  Returns the
+        incarnation it supersedes (now dead), if any.
         """
         known = self.known.get(server)
         if known is not None and incarnation <= known:
             return None
         self.known[server] = incarnation
         self.granted.pop(server, None)
+        self.seen_at[server] = now
         if known is not None:
             self._bury(server, known)
         return known
@@ -146,7 +148,7 @@ class Voter:
         if not held and incarnation < self.born:
             return Renewal.STALE
         if known is None or incarnation > known:
-            self.seen(server, incarnation)
+            self.seen(server, incarnation, now)
         if now < self.started + ROUND * self.lease:
             return Renewal.NOT_YET
         self.granted[server] = now
@@ -166,7 +168,11 @@ class Voter:
             return True
         if now < self.started + self.lease:
             return False
-        if known == incarnation and now < self.granted.get(server, NEVER) + self.lease:
+        # Silent for a lease since the last grant, or since it showed up (a
+        # new incarnation gets a lease's time to ask before it can be voted
+        # dead).
+        last = max(self.granted.get(server, NEVER), self.seen_at.get(server, NEVER))
+        if known == incarnation and now < last + self.lease:
             return False
         self._bury(server, incarnation)
         return True
@@ -294,12 +300,12 @@ class Membership:
 
     # -- other servers -----------------------------------------------------
 
-    def seen(self, server: str, incarnation: int) -> Optional[int]:
+    def seen(self, server: str, incarnation: int, now: float = NEVER) -> Optional[int]:
         """
         C{server} showed up as C{incarnation} (a login or an answer).
         Returns the incarnation it supersedes, which is dead from now on.
         """
-        old = self.voter.seen(server, incarnation)
+        old = self.voter.seen(server, incarnation, now)
         if old is not None:
             self._dead(server, old)
         return old

@@ -151,7 +151,7 @@ class _WitnessRealm:
         if pb.IPerspective not in interfaces:
             raise TypeError("only PB perspectives are served")
         name, incarnation = avatarId
-        self.witness.voter.seen(name, incarnation)
+        self.witness.voter.seen(name, incarnation, self.witness.now())
         return pb.IPerspective, WitnessAvatar(name, incarnation, self.witness), lambda: None
 
 

@@ -201,6 +201,12 @@ class SessionNode:
             if mine is not None:
                 copies.append(mine)
             if not copies:
+                if missing:
+                    # A server that did not answer may hold it.
+                    settled = yield protection.settle(missing, self.settings.takeover_wait)
+                    if not settled:
+                        raise NotServing("a server that may hold this session does not answer")
+                    continue
                 return None, []
             owner = [c for c in copies if c.holder == c.primary and c.holder != self.name]
             if owner:

@@ -146,7 +146,7 @@ class Quorum:
         A login or an answer from C{server} as C{incarnation}: an older
         incarnation it supersedes is dead.
         """
-        old = self.membership.seen(server, incarnation)
+        old = self.membership.seen(server, incarnation, self.now())
         if old is not None:
             log.info("{server} restarted (incarnation {new} after {old})", server=server, new=incarnation, old=old)
             self._settle(server, old)
