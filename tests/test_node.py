@@ -353,7 +353,7 @@ class FailoverTests(Base):
         self.assertEqual(self.s.servable(route.sid), ["s3"])
 
     def test_batched_takeover_does_not_wait_for_the_batch(self):
-        """In batched mode a promoted session is served at once; its new backup leaves with the next batch."""
+        """In batched mode a promoted session is served at once and its whole state reaches its new backup at once, not with the next batch."""
         s = self.sim(replication="batched", extra="batch_interval = 10s\nbatch_count = 1000")
         route = self.start(["apple"])
         s.run(10.5)
@@ -362,7 +362,7 @@ class FailoverTests(Base):
         items, route = self.cart("s3", route)
         self.assertEqual(items, ["apple"])
         self.assertLess(s.time - t0, 3.0)
-        s.run(10.5)
+        s.step(0)
         self.assertIsNotNone(s.servers[route.secondary].node.store.get(route.sid))
 
     def test_resync_on_reconnect(self):

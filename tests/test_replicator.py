@@ -137,6 +137,15 @@ class BatchedTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertEqual(len(peer.calls), 1)
 
+    def test_urgent_leaves_at_once(self):
+        """A session's whole state for a new backup leaves at once in batched mode, with the deltas queued before it."""
+        clock, peer, r = make("batched", batch_count=100, batch_interval=10.0)
+        r.send("s2", delta(1))
+        r.send("s2", delta(2), urgent=True)
+        clock.advance(0)
+        self.assertEqual(len(peer.calls), 1)
+        self.assertEqual(r.unreplicated(), 2)
+
     def test_windows(self):
         """Inside a window its count applies; outside every window updates leave at once."""
         windows = (BatchWindow(8 * 60, 20 * 60, 2, 5.0),)

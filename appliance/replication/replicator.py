@@ -70,14 +70,25 @@ class Replicator:
         """
         return sum(len(q.pending) + q.in_flight for q in self._queues.values())
 
-    def send(self, peer: str, record: Record) -> defer.Deferred:
+    def send(self, peer: str, record: Record, urgent: bool = False) -> defer.Deferred:
         """
         Queue C{record} for C{peer}; the Deferred fires with the peer's
-        L{Result} or fails with L{PeerUnavailable}.
+        L{Result} or fails with L{PeerUnavailable}.  An C{urgent} record
+        (a session's whole state for a new backup) leaves with the next
+        call, batching or not: a session is never left with one copy for a
+        batch interval.
         """
         d = defer.Deferred()
         q = self._queue(peer)
         q.pending.append((wire.encode_record(record), d))
+        if urgent and not q.in_flight and not q.held and batch_limits(self.settings, self._minute()) is not None:
+            # Batching: leave at the end of this turn, not after the interval.
+            if q.timer is not None and q.timer.active():
+                q.timer.cancel()
+            q.timer = self.clock.callLater(0, self._flush, q)
+            return d
+        if urgent:
+            q.due = q.due or bool(q.in_flight or q.held)
         self._arrange(q)
         return d
 

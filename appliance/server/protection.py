@@ -17,7 +17,7 @@ from attrs import frozen
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from appliance.core.session import Remove, Session, Touch
+from appliance.core.session import Full, Remove, Session, Touch
 from appliance.core.store import Fenced, Record, Result
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
@@ -80,7 +80,7 @@ class Protection:
         no secondary can be had.  C{avoid}: peers that already failed on
         the way here.
         """
-        d = self.node.send(peer, record)
+        d = self.node.send(peer, record, isinstance(record, Full))
         d.addCallbacks(self._delivered, self._undelivered, callbackArgs=(peer, record, avoid), errbackArgs=(peer, record, avoid))
         return d
 
@@ -161,7 +161,12 @@ class Protection:
             session = self.store.primary_of(sid)
             if session is None:
                 return None
-            return work(session)
+            result = work(session)
+            if not self.node.sync and isinstance(result, defer.Deferred):
+                # async and batched: the lock does not wait for the peer.
+                result.addErrback(self.node.background_failure)
+                return None
+            return result
 
         def release(result):
             self.locks.release(sid)
