@@ -44,6 +44,13 @@ def load(options) -> ClusterConfig:
         cluster = ClusterConfig.from_path(options["config"])
         if options["node"] is not None and cluster.node(options["node"]) is None:
             raise ConfigError(options["config"], f"node:{options['node']}", None, "--node names no such section")
+        if "server" in options["roles"]:
+            # Here, not as the site starts: a missing module is a config
+            # mistake (one line), and the all-in-one supervisor must not
+            # restart children that can never start.
+            from appliance.server.hosting import check_apps
+
+            check_apps(cluster)
     except ConfigError as e:
         sys.stderr.write(f"appliance: {e}\n")
         raise SystemExit(1)

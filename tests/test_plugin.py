@@ -189,3 +189,16 @@ class StartupErrorTests(SynchronousTestCase):
         nodes = RealNodes(self, names=("s1",), apps="\n[app:counter]\nmount = /counter\nresource = tests.apps:counter\nthreads = no\n")
         status, _, body = http("GET", nodes.url("s1", "/counter"))
         self.assertEqual((status, json.loads(body)["count"]), (200, 1))
+
+    def test_application_that_cannot_be_imported(self):
+        """A wsgi or resource path naming a missing module or attribute stops startup with one line, for a node and for the all-in-one (no restart loop)."""
+        for apps, key, problem in (
+            ("wsgi = no_such_module.web:app", "wsgi", "ModuleNotFoundError: No module named 'no_such_module'"),
+            ("resource = tests.apps:no_such_resource", "resource", "AttributeError: module 'tests.apps' has no attribute 'no_such_resource'"),
+        ):
+            text, _ = cluster_ini(names=("s1", "s2"), apps=f"\n[app:shop]\nmount = /shop\n{apps}\n")
+            for args in (("--node", "s1"), ()):
+                path, code, lines = self.run_twistd(text, *args)
+                self.assertEqual(
+                    (code, lines), (1, [f"appliance: {path}: [app:shop] {key}: cannot import {apps.split(' = ')[1]}: {problem}"]), args
+                )

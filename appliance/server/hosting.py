@@ -23,7 +23,7 @@ from twisted.web import http, resource, server
 
 from appliance import cookie
 from appliance.balancer.framing import server_limits
-from appliance.config import AppConfig, ClusterConfig
+from appliance.config import AppConfig, ClusterConfig, ConfigError
 from appliance.core.session import NotJSON, SessionData
 from appliance.core.store import Fenced, TooLarge
 from appliance.server.errors import NotServing, Unprotected
@@ -51,6 +51,23 @@ def load_object(path: str):
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def check_apps(cluster: ClusterConfig) -> None:
+    """
+    Import every application of C{cluster}; one that cannot be imported
+    (a missing module or attribute, or a module that fails as it loads)
+    raises L{ConfigError} naming its section and key, like any other
+    configuration mistake.
+    """
+    for app in cluster.apps:
+        key = "wsgi" if app.wsgi is not None else "resource"
+        path = app.wsgi or app.resource
+        try:
+            load_object(path)
+        except Exception as e:
+            problem = " ".join(str(e).split()) or "(no message)"
+            raise ConfigError(cluster.path, f"app:{app.name}", key, f"cannot import {path}: {type(e).__name__}: {problem}") from None
 
 
 class HeldRequest(server.Request):
