@@ -139,3 +139,34 @@ class LinkTests(SynchronousTestCase):
         self.assertFalse(self.link.connected)
         self.assertEqual(self.events, [])
         self.flushLoggedErrors()
+
+    def test_failed_login_closes_the_connection(self):
+        """A login refused by a peer that keeps the connection open, or never answered, is closed on this side: no connection is left behind at each retry."""
+        from twisted.cred import checkers, portal
+        from twisted.internet import protocol
+        from twisted.spread import pb
+
+        class Silent(protocol.Protocol):
+            def dataReceived(self, data):
+                pass
+
+        keeps_open = pb.PBServerFactory(portal.Portal(
+            peer.PeerRealm(self.net.node, self.net.cluster.node_names, 10**7),
+            [checkers.InMemoryUsernamePasswordDatabaseDontUse(s1=b"another-secret")],
+        ))
+        for server_factory in (keeps_open, protocol.Factory.forProtocol(Silent)):
+            self.net.server_factory = server_factory
+            self.net.pumps = []
+            link = PeerLink(self.clock, self.net.connect, "s1", "s2", "test-secret-123", heartbeat_interval=1.0,
+                            misses=3, call_timeout=2.0, on_up=lambda p: None, on_down=lambda p: None)
+            self.addCleanup(link.stop)
+            link.start()
+            for _ in range(50):
+                self.net.flush()
+                self.clock.advance(0.1)
+            self.assertFalse(link.connected)
+            self.assertGreater(len(self.net.pumps), 1)
+            for pump in self.net.pumps[:-1]:
+                self.assertTrue(pump.clientIO.disconnecting, server_factory)
+            link.stop()
+        self.flushLoggedErrors()

@@ -118,13 +118,25 @@ class PeerLink:
         factory = pb.PBClientFactory()
         factory.noisy = False
         creds = UsernamePassword(self.me.encode("utf-8"), self.secret.encode("utf-8"))
-        attempt = self._attempt = self._connect(factory)
-        attempt.addCallback(lambda proto: factory.login(creds))
-        attempt.addTimeout(self.call_timeout, self.clock)
-        attempt.addCallbacks(self._logged_in, self._failed, callbackArgs=(factory,))
+        connected = []
 
-    def _failed(self, failure) -> None:
+        def login(proto):
+            connected.append(proto)
+            return factory.login(creds)
+
+        attempt = self._attempt = self._connect(factory)
+        attempt.addCallback(login)
+        attempt.addTimeout(self.call_timeout, self.clock)
+        attempt.addCallbacks(self._logged_in, self._failed, callbackArgs=(factory,), errbackArgs=(connected,))
+
+    def _failed(self, failure, connected=()) -> None:
         self._attempt = None
+        for proto in connected:
+            # A refused or unanswered login leaves the connection up on
+            # both sides unless it is closed here (one already lost, by a
+            # failed TLS handshake say, is not closed twice).
+            if proto.transport is not None and not proto.disconnected:
+                proto.transport.abortConnection()
         if not self._running:
             return
         if failure.check(error.ConnectionRefusedError):
