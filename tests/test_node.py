@@ -276,6 +276,27 @@ class FailoverTests(Base):
         self.assertEqual(route.secondary, "s2")
         self.assertEqual(self.s.servers["s2"].node.store.get(route.sid).values, {"cart": b'["apple","pear"]'})
 
+    def test_unreadable_answer_keeps_the_secondary(self):
+        """A secondary that answers a batch wrongly while its link stays up gets the whole state again; the session is not moved to another node."""
+        s3 = self.s.servers["s3"]
+        real = s3.avatar
+        garbled = []
+
+        def avatar(caller):
+            a = real(caller)
+            if not garbled:
+                garbled.append(True)
+                a.perspective_replicate = lambda chunks: b"\xff" * 7
+            return a
+
+        s3.avatar = avatar
+        _, route = self.ok("s1", self.route, add("pear"))
+        self.assertEqual(route.secondary, "s3")
+        self.assertEqual(garbled, [True])
+        self.assertEqual(s3.node.store.get(route.sid).values, {"cart": b'["apple","pear"]'})
+        self.assertIsNone(self.s.servers["s2"].node.store.get(route.sid))
+        self.flushLoggedErrors()
+
     def test_eager_reprotect_on_peer_down(self):
         """Eager mode re-protects every session of a lost secondary at once."""
         self.s.kill("s3")

@@ -162,3 +162,32 @@ class BatchedTests(SynchronousTestCase):
         for mode in ("sync", "async"):
             settings = ClusterSettings(name="c.test", secret="x" * 8, replication=mode)
             self.assertIsNone(batch_limits(settings, 600))
+
+
+class MalformedAnswerTests(SynchronousTestCase):
+    def test_unknown_code_fails_only_its_record(self):
+        """An answer with one unknown result code fails that record as unreadable; the others are delivered."""
+        from appliance.replication.replicator import Unreadable
+
+        clock, peer, r = make()
+        ds = [r.send("s2", delta(i)) for i in range(3)]
+        clock.advance(0)
+        peer.calls[0][3].callback(b"\x00\x09\x01")
+        self.assertEqual(self.successResultOf(ds[0]), Result.OK)
+        self.failureResultOf(ds[1]).trap(Unreadable)
+        self.assertEqual(self.successResultOf(ds[2]), Result.DUPLICATE)
+        self.flushLoggedErrors()
+
+    def test_mismatched_answer_is_unreadable_not_a_lost_peer(self):
+        """An answer that does not match the batch fails its records as unreadable, not as a lost peer."""
+        from appliance.replication.replicator import Unreadable
+
+        clock, peer, r = make()
+        ds = [r.send("s2", delta(i)) for i in range(2)]
+        clock.advance(0)
+        peer.calls[0][3].callback("not bytes")
+        for d in ds:
+            f = self.failureResultOf(d)
+            f.trap(Unreadable)
+            self.assertFalse(f.check(PeerUnavailable))
+        self.flushLoggedErrors()

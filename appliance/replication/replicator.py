@@ -26,6 +26,13 @@ log = Logger()
 BATCH_BYTES = 1024 * 1024
 
 
+class Unreadable(Exception):
+    """
+    The peer answered, but its answer to this record could not be read:
+    whether it applied the record is unknown.  The link is up.
+    """
+
+
 class _Queue:
     __slots__ = ("peer", "pending", "in_flight", "timer", "due", "held")
 
@@ -169,9 +176,13 @@ class Replicator:
         except wire.WireError as e:
             log.error("{peer} answered a batch wrongly: {problem}", peer=q.peer, problem=str(e))
             results = [None] * len(batch)
+        else:
+            unknown = results.count(None)
+            if unknown:
+                log.error("{peer} answered {n} records of a batch with unknown codes", peer=q.peer, n=unknown)
         for (_, d), result in zip(batch, results):
             if result is None:
-                d.errback(PeerUnavailable(q.peer))
+                d.errback(Unreadable(q.peer))
             else:
                 d.callback(result)
         self._arrange(q)

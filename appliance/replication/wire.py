@@ -220,13 +220,15 @@ def encode_results(results: Iterable[Result]) -> bytes:
     return bytes(int(r) for r in results)
 
 
-def decode_results(data: object, count: int) -> List[Result]:
+def decode_results(data: object, count: int) -> List[Optional[Result]]:
+    """
+    One L{Result} per record of a batch of C{count}; C{None} for a code
+    that is not one (that record's outcome is unknown, the others stand).
+    An answer that does not match the batch raises L{WireError}.
+    """
     if not isinstance(data, bytes) or len(data) != count:
         raise WireError("results do not match the batch")
-    try:
-        return [_RESULTS[b] for b in data]
-    except KeyError:
-        raise WireError("unknown result code") from None
+    return [_RESULTS.get(b) for b in data]
 
 
 def encode_digest(entries: Iterable[Tuple[str, int, int]]) -> bytes:

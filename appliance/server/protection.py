@@ -22,6 +22,7 @@ from appliance.core.store import Fenced, Record, Result
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import decode_sids
+from appliance.replication.replicator import Unreadable
 from appliance.server.errors import NotServing, Unprotected
 from appliance.server.locks import Busy
 
@@ -97,10 +98,14 @@ class Protection:
         return self.protect(session, avoid)
 
     def _undelivered(self, failure, peer: str, record: Record, avoid: Tuple[str, ...]):
-        failure.trap(PeerUnavailable)
+        failure.trap(PeerUnavailable, Unreadable)
         if isinstance(record, (Remove, Touch)):
             return None
         session = self._mine(record.sid)
+        if failure.check(Unreadable) and session.secondary == peer and peer not in avoid:
+            # The link is up and the peer answered, wrongly: send it the
+            # whole state once more before looking for another secondary.
+            return self.deliver(peer, session.full(self.node.now()), avoid + (peer,))
         if session.secondary == peer:
             session.secondary = None
         return self.protect(session, avoid + (peer,))
