@@ -16,6 +16,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from attrs import field, frozen
 
+from appliance.core import identity
+
 
 class ConfigError(Exception):
     """
@@ -164,6 +166,8 @@ class NodeConfig:
     rack: str
     site: str = "default"
     secondary: Tuple[str, ...] = ()
+    client: Optional[Address] = None
+    number: Optional[int] = None
 
 
 @frozen
@@ -176,6 +180,30 @@ class AppConfig:
 
 
 @frozen
+class ClientCredential:
+    """
+    A program allowed to log in to the nodes' client ports (not a node:
+    the cluster secret is never given to clients).
+    """
+
+    name: str
+    password: str = field(repr=False)
+
+
+@frozen
+class ServiceConfig:
+    """
+    A stateful session service: C{object} is a class built with a
+    session's data, whose public methods clients call; those named in
+    C{idempotent} may run again on a retry, the others run at most once.
+    """
+
+    name: str
+    object: str
+    idempotent: Tuple[str, ...] = ()
+
+
+@frozen
 class ClusterConfig:
     path: str
     cluster: ClusterSettings
@@ -183,10 +211,26 @@ class ClusterConfig:
     balancers: Tuple[BalancerConfig, ...]
     nodes: Tuple[NodeConfig, ...]
     apps: Tuple[AppConfig, ...]
+    clients: Tuple[ClientCredential, ...] = ()
+    services: Tuple[ServiceConfig, ...] = ()
     _by_name: Dict[str, NodeConfig] = field(init=False, repr=False, eq=False)
+    _ids: Dict[str, int] = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {n.name: n for n in self.nodes})
+        object.__setattr__(
+            self,
+            "_ids",
+            {n.name: n.number if n.number is not None else identity.derived_id(self.cluster.secret, n.name) for n in self.nodes},
+        )
+
+    @property
+    def node_ids(self) -> Dict[str, int]:
+        """
+        Every node's number for the summed identity (configured, or derived
+        from the cluster secret and the node's name).
+        """
+        return dict(self._ids)
 
     def node(self, name: str) -> Optional[NodeConfig]:
         return self._by_name.get(name)
@@ -210,6 +254,8 @@ class ClusterConfig:
         for n in self.nodes:
             yield f"node:{n.name}", "http", n.http
             yield f"node:{n.name}", "replication", n.replication
+            if n.client is not None:
+                yield f"node:{n.name}", "client", n.client
 
     def listen_error(self, host: str, port: int, problem: str) -> ConfigError:
         """
@@ -453,7 +499,7 @@ class _Loader:
         dns = None
         if "dns" in sections:
             dns = self.dns(sections.pop("dns"), cluster)
-        balancers, nodes, apps = [], [], []
+        balancers, nodes, apps, clients, services = [], [], [], [], []
         for name, section in sections.items():
             kind, _, label = name.partition(":")
             if label and not _NAME.match(label):
@@ -464,9 +510,15 @@ class _Loader:
                 balancers.append(self.balancer(section, label))
             elif kind == "app" and label:
                 apps.append(self.app(section, label))
+            elif kind == "client" and label:
+                clients.append(self.client(section, label, cluster))
+            elif kind == "service" and label:
+                services.append(self.service(section, label))
             else:
                 raise section.error(
-                    None, "unknown section (expected cluster, dns, node:NAME, balancer:NAME, app:NAME)"
+                    None,
+                    "unknown section (expected cluster, dns, node:NAME, balancer:NAME, app:NAME,"
+                    " client:NAME, service:NAME)",
                 )
         if not nodes:
             raise ConfigError(self.path, "node:NAME", None, "at least one node is required")
@@ -494,7 +546,17 @@ class _Loader:
                     self.path, f"app:{a.name}", "mount", f"{a.mount} is already [app:{mounts[a.mount]}]"
                 )
             mounts[a.mount] = a.name
-        return ClusterConfig(self.path, cluster, dns, tuple(balancers), tuple(nodes), tuple(apps))
+        config = ClusterConfig(
+            self.path, cluster, dns, tuple(balancers), tuple(nodes), tuple(apps), tuple(clients), tuple(services)
+        )
+        clash = identity.collision(config.node_ids)
+        if clash is not None:
+            first, second = (" + ".join(group) for group in clash)
+            raise ConfigError(
+                self.path, f"node:{clash[1][-1]}", "id",
+                f"the summed identity of {second} equals that of {first}; give one of these nodes another id",
+            )
+        return config
 
     def cluster(self, s: _Section) -> ClusterSettings:
         cookie = s.get("cookie", default="APPSESSION")
@@ -610,6 +672,27 @@ class _Loader:
             rack=s.get("rack", _name, required=True),
             site=s.get("site", _name, "default"),
             secondary=s.get("secondary", _names, ()),
+            client=s.get("client", _address),
+            number=s.get("id", _node_id),
+        )
+        self.claim(s, "client", config.client)
+        s.done()
+        return config
+
+    def client(self, s: _Section, name: str, cluster: ClusterSettings) -> ClientCredential:
+        password = s.get("password", required=True)
+        if len(password) < 8:
+            raise s.error("password", "must be at least 8 characters")
+        if password == cluster.secret:
+            raise s.error("password", "must not be the cluster secret (clients never get it)")
+        s.done()
+        return ClientCredential(name, password)
+
+    def service(self, s: _Section, name: str) -> ServiceConfig:
+        config = ServiceConfig(
+            name=name,
+            object=s.get("object", _import_path, required=True),
+            idempotent=s.get("idempotent", _methods, ()),
         )
         s.done()
         return config
@@ -629,6 +712,24 @@ class _Loader:
         return AppConfig(
             name=name, mount=mount, wsgi=wsgi, resource=resource, threads=resource is None and threads is not False
         )
+
+
+def _node_id(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if not 0 < n < identity.ID_LIMIT:
+        raise ValueError(f"must be 1 to 2**{identity.ID_BITS}-1")
+    return n
+
+
+def _methods(value: str) -> Tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    for name in names:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,62}$", name):
+            raise ValueError(f"{name!r} is not a method name (letters, digits, '_'; no leading '_')")
+    return names
 
 
 def _ttl(value: str) -> int:

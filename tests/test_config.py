@@ -209,3 +209,78 @@ class AppOptionTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             load(GOOD + app + "resource = m:r\nthreads = yes\n")
         self.assertEqual((caught.exception.section, caught.exception.key), ("app:x", "threads"))
+
+
+class ClientSectionTests(SynchronousTestCase):
+    """
+    The client's sections: client ports and ids of nodes, client
+    credentials and session services.
+    """
+
+    check = MistakeTests.check
+
+    CLIENTS = GOOD.replace("rack = r1", "rack = r1\nclient = 127.0.0.1:9201") + (
+        "\n[client:shop]\npassword = shop-password\n"
+        "\n[service:cart]\nobject = appliance.demo.cart:Cart\nidempotent = items, total\n"
+    )
+
+    def test_client_sections_load(self):
+        """Client ports, credentials and services come out as values."""
+        config = load(self.CLIENTS)
+        self.assertEqual(config.node("s1").client, Address("127.0.0.1", 9201))
+        self.assertIsNone(config.node("s2").client)
+        self.assertEqual([(c.name, c.password) for c in config.clients], [("shop", "shop-password")])
+        [service] = config.services
+        self.assertEqual((service.name, service.object, service.idempotent), ("cart", "appliance.demo.cart:Cart", ("items", "total")))
+
+    def test_derived_ids_differ(self):
+        """Without an id key each node's number is derived from the secret and its name."""
+        ids = load(GOOD).node_ids
+        self.assertNotEqual(ids["s1"], ids["s2"])
+        other = load(GOOD.replace("a-long-secret", "another-long-secret")).node_ids
+        self.assertNotEqual(ids["s1"], other["s1"])
+
+    def test_configured_id(self):
+        """An id key sets the node's number."""
+        self.assertEqual(load(GOOD.replace("rack = r1", "rack = r1\nid = 12345")).node_ids["s1"], 12345)
+
+    def test_id_out_of_range(self):
+        """An id of zero or past 63 bits is refused."""
+        self.check(GOOD.replace("rack = r1", "rack = r1\nid = 0"), "node:s1", "id", "2**63-1")
+        self.check(GOOD.replace("rack = r1", "rack = r1\nid = %d" % 2**63), "node:s1", "id", "2**63-1")
+
+    def test_colliding_sums_refused(self):
+        """Two different pairs with the same sum stop startup with one line naming the nodes."""
+        text = GOOD.replace("rack = r1", "rack = r1\nid = 1").replace("rack = r2", "rack = r2\nid = 10") + (
+            "\n[node:s3]\nhttp = 127.0.0.1:9003\nreplication = 127.0.0.1:9103\nmachine = m3\nrack = r3\nid = 3\n"
+            "\n[node:s4]\nhttp = 127.0.0.1:9004\nreplication = 127.0.0.1:9104\nmachine = m4\nrack = r4\nid = 8\n"
+        )
+        e = self.check(text, "node:s4", "id", "the summed identity of s3 + s4 equals that of s1 + s2")
+        self.assertIn("another id", str(e))
+
+    def test_lone_primary_equal_to_a_pair_refused(self):
+        """A node whose number equals the sum of two others is refused."""
+        text = GOOD.replace("rack = r1", "rack = r1\nid = 10").replace("rack = r2", "rack = r2\nid = 30") + (
+            "\n[node:s3]\nhttp = 127.0.0.1:9003\nreplication = 127.0.0.1:9103\nmachine = m3\nrack = r3\nid = 40\n"
+        )
+        self.check(text, "node:s2", "id", "s1 + s2 equals that of s3")
+
+    def test_client_port_clash(self):
+        """A client port already used by another listener is named."""
+        self.check(GOOD.replace("rack = r1", "rack = r1\nclient = 127.0.0.1:9101"), "node:s1", "client", "[node:s1] replication")
+
+    def test_short_password(self):
+        """A client password under 8 characters is refused."""
+        self.check(GOOD + "\n[client:shop]\npassword = short\n", "client:shop", "password", "at least 8")
+
+    def test_password_is_not_the_secret(self):
+        """A client may not be given the cluster secret as its password."""
+        self.check(GOOD + "\n[client:shop]\npassword = a-long-secret\n", "client:shop", "password", "cluster secret")
+
+    def test_service_needs_object(self):
+        """A service without an object is refused."""
+        self.check(GOOD + "\n[service:cart]\nidempotent = items\n", "service:cart", "object", "is required")
+
+    def test_bad_idempotent_name(self):
+        """An idempotent entry that is not a public method name is refused."""
+        self.check(GOOD + "\n[service:cart]\nobject = a.b:C\nidempotent = _secret\n", "service:cart", "idempotent", "not a method name")
