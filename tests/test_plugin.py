@@ -62,14 +62,14 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(server.name, "s1")
 
     def test_node_service_listens(self):
-        """Starting a node's service listens on its HTTP and replication ports and links to its peers and the witness."""
+        """Starting a node's service listens on its HTTP, replication and client ports and links to its peers and the witness."""
         cluster = ClusterConfig.from_path(SHIPPED)
         reactor = MemoryReactorClock()
         top = make_service(reactor, cluster, SHIPPED, "s1", ("server",))
         top.startService()
         self.addCleanup(top.stopService)
         ports = sorted(p[0] for p in reactor.tcpServers)
-        self.assertEqual(ports, [8081, 8791])
+        self.assertEqual(ports, [8081, 8791, 8891])
         targets = sorted(c[1] for c in reactor.tcpClients)
         self.assertEqual(targets, [8790, 8792, 8793])
 

@@ -75,3 +75,43 @@ def app(environ, start_response):
 
 
 _ALLOW = {"/": "GET, HEAD", "/items": "POST", "/logout": "POST"}
+
+
+class Cart:
+    """
+    The same cart as a stateful session service for the persistent
+    client (C{[service:cart] object = appliance.demo.cart:Cart}, with
+    C{idempotent = items}): it works on the session's C{"cart"} list, so
+    a cart filled over HTTP is the one a client sees, and back.
+    """
+
+    def __init__(self, session):
+        self.session = session
+
+    def add(self, item):
+        """
+        Put C{item} in the cart; returns how many items it holds.  Not
+        idempotent: a retry must not add it twice.
+        """
+        if not isinstance(item, str) or not 0 < len(item) <= MAX_ITEM:
+            raise ValueError(f"an item is a string of 1-{MAX_ITEM} characters")
+        cart = self.session.setdefault("cart", [])
+        cart.append(item)
+        return len(cart)
+
+    def remove(self, item):
+        """
+        Take one C{item} out; returns whether it was there.
+        """
+        cart = self.session.get("cart", [])
+        if item not in cart:
+            return False
+        cart.remove(item)
+        self.session["cart"] = cart
+        return True
+
+    def items(self):
+        """
+        The items, in the order they were added.
+        """
+        return self.session.get("cart", [])

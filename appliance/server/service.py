@@ -197,6 +197,11 @@ class SessionServerService(service.Service):
         self._ports.append(
             listen(self.reactor, self.config.http, hosting.site(self.reactor, self.cluster, self.node, self.health))
         )
+        if self.config.client is not None:
+            from appliance.replication import clientgate
+
+            gate = clientgate.for_node(self.cluster, self.name, self.node, self.reactor)
+            self._ports.append(listen(self.reactor, self.config.client, gate))
         user = peer_edge.username(self.name, self.membership.incarnation).decode("ascii")
         targets = [(n.name, n.replication) for n in self.node.peers] + [
             (b.name, b.witness) for b in self.cluster.witnesses

@@ -1,0 +1,112 @@
+"""
+The persistent client against real session server processes on loopback:
+its own sessions only, wrong credentials refused, one session from HTTP and
+from the client, kill -9 of the primary mid-sequence.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import TestCase
+
+from appliance.client import Client, LoginRefused, UnknownSession
+
+from .helpers import RealNodes, free_ports, http, set_cookie_value, write
+
+CLIENTS = """
+[client:shop]
+password = shop-password
+
+[client:other]
+password = other-password
+
+[service:cart]
+object = appliance.demo.cart:Cart
+idempotent = items
+"""
+
+
+class ClientNodes(RealNodes):
+    """
+    Real session servers with client ports, credentials and the cart service.
+    """
+
+    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync"):
+        self.client_ports = dict(zip(names, free_ports(len(names))))
+        super().__init__(case, names, replication, apps=CLIENTS)
+
+    def start(self, name, roles="server"):
+        if "client = " not in self.text:
+            for node, port in self.client_ports.items():
+                self.text = re.sub(
+                    rf"(\[node:{node}\]\n(?:.+\n)*?rack = \S+\n)", rf"\1client = 127.0.0.1:{port}\n", self.text
+                )
+            write(self.config, self.text)
+        return super().start(name, roles)
+
+    def client(self, case, user="shop", password="shop-password", seeds=None, **kwargs) -> Client:
+        addresses = [("127.0.0.1", self.client_ports[n]) for n in (seeds or sorted(self.client_ports))]
+        client = Client(reactor, addresses, user, password, **kwargs)
+        case.addCleanup(client.close)
+        return client
+
+
+class ClientEndToEndTests(TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.nodes = ClientNodes(self)
+
+    @defer.inlineCallbacks
+    def test_open_call_and_plain_operations(self):
+        """A new session takes set/get/keys/delete and cart calls, and names its primary and secondary."""
+        client = yield self.nodes.client(self).connect()
+        self.assertEqual(sorted(client.nodes), ["s1", "s2", "s3"])
+        session = yield client.open()
+        self.assertIn(session.primary, client.nodes)
+        self.assertIn(session.secondary, client.nodes)
+        self.assertNotEqual(session.primary, session.secondary)
+        yield session.set("name", {"first": "Ada"})
+        self.assertEqual((yield session.get("name")), {"first": "Ada"})
+        self.assertEqual((yield session.call("cart", "add", "apple")), 1)
+        self.assertEqual((yield session.call("cart", "add", "pear")), 2)
+        self.assertEqual((yield session.call("cart", "items")), ["apple", "pear"])
+        self.assertEqual((yield session.keys()), ["cart", "name"])
+        self.assertTrue((yield session.delete("name")))
+        self.assertEqual((yield session.keys()), ["cart"])
+
+    @defer.inlineCallbacks
+    def test_wrong_password_refused(self):
+        """A wrong password and an unknown client name are refused at login."""
+        yield self.assertFailure(self.nodes.client(self, password="not-the-password").connect(), LoginRefused)
+        yield self.assertFailure(self.nodes.client(self, user="nobody").connect(), LoginRefused)
+        yield self.assertFailure(self.nodes.client(self, user="s1", password="test-secret-123").connect(), LoginRefused)
+
+    @defer.inlineCallbacks
+    def test_only_own_sessions(self):
+        """Another client's session answers exactly as an unknown one does."""
+        shop = yield self.nodes.client(self).connect()
+        other = yield self.nodes.client(self, user="other", password="other-password").connect()
+        session = yield shop.open()
+        yield session.call("cart", "add", "apple")
+        stolen = other.attach(session.handle)
+        foreign = yield self.assertFailure(stolen.call("cart", "items"), UnknownSession)
+        unknown = yield self.assertFailure(other.attach("A" * 22).call("cart", "items"), UnknownSession)
+        self.assertEqual(str(foreign).replace(session.sid, "X"), str(unknown).replace("A" * 22, "X"))
+        self.assertEqual((yield session.call("cart", "items")), ["apple"])
+
+    @defer.inlineCallbacks
+    def test_same_session_from_http(self):
+        """A session filled by the client is the cart HTTP sees, and HTTP's additions reach the client."""
+        client = yield self.nodes.client(self).connect()
+        session = yield client.open()
+        yield session.call("cart", "add", "apple")
+        url = self.nodes.url(session.primary, "/cart")
+        cookie = f"APPSESSION={session.handle}"
+        status, _, body = yield threads.deferToThread(http, "GET", url, cookie=cookie)
+        self.assertEqual((status, body), (200, b'{"items": ["apple"]}'))
+        status, headers, _ = yield threads.deferToThread(http, "POST", url + "/items", {"item": "pear"}, cookie)
+        self.assertEqual(status, 200)
+        self.assertEqual((yield session.call("cart", "items")), ["apple", "pear"])
