@@ -14,6 +14,7 @@ setup(
         "appliance.dns",
         "appliance.demo",
         "appliance.testing",
+        "appliance.client",
         "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/appliance_plugin.py"]},

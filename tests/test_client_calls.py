@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer
 from twisted.spread import pb
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase

@@ -6,14 +6,17 @@ from the client, kill -9 of the primary mid-sequence.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 from twisted.internet import defer, reactor, threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from appliance.client import Client, LoginRefused, UnknownSession
 
-from .helpers import RealNodes, free_ports, http, set_cookie_value, write
+from .helpers import ROOT, RealNodes, free_ports, http, write
 
 CLIENTS = """
 [client:shop]
@@ -110,3 +113,69 @@ class ClientEndToEndTests(TestCase):
         status, headers, _ = yield threads.deferToThread(http, "POST", url + "/items", {"item": "pear"}, cookie)
         self.assertEqual(status, 200)
         self.assertEqual((yield session.call("cart", "items")), ["apple", "pear"])
+
+    @defer.inlineCallbacks
+    def test_kill_primary_mid_sequence(self):
+        """kill -9 of the primary mid-sequence: the client follows to the secondary and every add is there once."""
+        client = yield self.nodes.client(self).connect()
+        session = yield client.open()
+        acknowledged = []
+        for i in range(10):
+            acknowledged.append((yield session.call("cart", "add", f"item-{i}")))
+        primary, secondary = session.primary, session.secondary
+        self.nodes.kill(primary)
+        for i in range(10, 20):
+            acknowledged.append((yield session.call("cart", "add", f"item-{i}")))
+        self.assertEqual(acknowledged, list(range(1, 21)))
+        self.assertEqual(session.primary, secondary)
+        self.assertNotIn(session.secondary, (None, primary))
+        self.assertEqual((yield session.call("cart", "items")), [f"item-{i}" for i in range(20)])
+        self.assertTrue(client.is_down(primary))
+
+
+BLOCKING = """
+import json, sys
+from appliance.client import LoginRefused
+from appliance.client.blocking import BlockingClient
+seeds = sys.argv[1].split(",")
+out = {}
+try:
+    BlockingClient(seeds, "shop", "wrong-password", timeout=5, failover_time=5)
+except LoginRefused as e:
+    out["refused"] = type(e).__name__
+with BlockingClient(seeds, "shop", "shop-password", timeout=5, failover_time=20) as client:
+    cart = client.open()
+    out["adds"] = [cart.call("cart", "add", "apple"), cart.call("cart", "add", "pear")]
+    cart.set("note", "hi")
+    again = client.attach(cart.handle)
+    out["items"] = again.call("cart", "items")
+    out["keys"] = again.keys()
+    out["ended"] = again.end()
+    try:
+        again.get("note")
+    except Exception as e:
+        out["after_end"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+class BlockingClientTests(SynchronousTestCase):
+    def test_blocking_script(self):
+        """A plain script uses the blocking client with 'with': calls, attach by handle, end, clear errors."""
+        nodes = ClientNodes(self)
+        seeds = ",".join(f"127.0.0.1:{p}" for p in nodes.client_ports.values())
+        proc = subprocess.run(
+            [sys.executable, "-c", BLOCKING, seeds], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(
+            json.loads(proc.stdout),
+            {
+                "refused": "LoginRefused",
+                "adds": [1, 2],
+                "items": ["apple", "pear"],
+                "keys": ["cart", "note"],
+                "ended": True,
+                "after_end": "UnknownSession",
+            },
+        )

@@ -65,6 +65,28 @@ def parse_address(text: str) -> Tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def resolve(reactor, name: str, port: int, server: Optional[Tuple[str, int]] = None, timeout: float = 5.0):
+    """
+    The cluster's hosts by its DNS name (the A records our responder
+    gives, which list its live hosts), each with the nodes' client
+    C{port}; C{server} is the responder's C{(host, port)} (default: the
+    system's resolvers).  Fires with a list of C{(address, port)}.
+    """
+    from twisted.names import client as names, dns
+
+    resolver = names.Resolver(servers=[server], reactor=reactor) if server else names.createResolver(reactor=reactor)
+    d = resolver.lookupAddress(name, timeout=(timeout,))
+
+    def addresses(result):
+        answers, _, _ = result
+        found = [(r.payload.dottedQuad(), port) for r in answers if r.type == dns.A]
+        if not found:
+            raise Unavailable(f"{name} has no address")
+        return found
+
+    return d.addCallback(addresses)
+
+
 class _Link:
     """
     The connection to one node, while it lasts.
