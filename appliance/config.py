@@ -177,6 +177,7 @@ class AppConfig:
     wsgi: Optional[str] = None
     resource: Optional[str] = None
     threads: bool = True
+    commit_failed: bool = False
 
 
 @frozen
@@ -708,9 +709,15 @@ class _Loader:
         threads = s.get("threads", _boolean)
         if resource is not None and threads:
             raise s.error("threads", "twisted.web resources always render in the reactor thread (threads = yes cannot apply)")
+        commit_failed = s.get("commit_failed", _boolean, False)
         s.done()
         return AppConfig(
-            name=name, mount=mount, wsgi=wsgi, resource=resource, threads=resource is None and threads is not False
+            name=name,
+            mount=mount,
+            wsgi=wsgi,
+            resource=resource,
+            threads=resource is None and threads is not False,
+            commit_failed=commit_failed,
         )
 
 

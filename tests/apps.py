@@ -88,3 +88,29 @@ class Crash(resource.Resource):
 
 
 crash = Crash()
+
+
+def unavailable(environ, start_response):
+    """
+    Writes to its session, then answers 503 (a failed request).
+    """
+    environ["appliance.session"]["half"] = "written"
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"down"]
+
+
+class Answers(resource.Resource):
+    """
+    Counts in its session and answers the status given as C{?status=}.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        session = session_of(request)
+        session["count"] = session.get("count", 0) + 1
+        request.setResponseCode(int((request.args.get(b"status") or [b"200"])[0]))
+        return json.dumps({"count": session["count"]}).encode()
+
+
+answers = Answers()

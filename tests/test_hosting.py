@@ -39,6 +39,24 @@ wsgi = tests.apps:not_json
 mount = /inline
 wsgi = appliance.demo.cart:app
 threads = no
+
+[app:unavailable]
+mount = /unavailable
+wsgi = tests.apps:unavailable
+
+[app:answers]
+mount = /answers
+resource = tests.apps:answers
+
+[app:committing]
+mount = /committing
+resource = tests.apps:answers
+commit_failed = yes
+
+[app:brokencommits]
+mount = /brokencommits
+wsgi = tests.apps:broken
+commit_failed = yes
 """
 
 
@@ -124,6 +142,39 @@ class HostingTests(TestCase):
         code, body, set_cookie = yield self.fetch("GET", "/broken")
         self.assertEqual(code, 500)
         self.assertEqual(len(self.node.store), 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
+    def test_5xx_commits_nothing(self):
+        """A WSGI application answering 503 leaves its session as it was."""
+        code, body, set_cookie = yield self.fetch("GET", "/unavailable")
+        self.assertEqual((code, body, set_cookie), (503, b"down", None))
+        self.assertEqual(len(self.node.store), 0)
+
+    @defer.inlineCallbacks
+    def test_5xx_keeps_existing_session(self):
+        """An existing session is unchanged by a resource's 5xx answer, and changed by its 2xx and 4xx ones."""
+        code, body, set_cookie = yield self.fetch("GET", "/answers")
+        value = set_cookie.split(";")[0]
+        for status, count in ((500, 1), (503, 1), (404, 2), (200, 3)):
+            code, body, _ = yield self.fetch("GET", f"/answers?status={status}", value)
+            self.assertEqual(code, status)
+            (session,) = self.node.store.sessions.values()
+            self.assertEqual(session.values["count"], b"%d" % count, status)
+
+    @defer.inlineCallbacks
+    def test_commit_failed_yes(self):
+        """With commit_failed = yes, a 5xx answer and an application that raised still commit their changes."""
+        code, _, set_cookie = yield self.fetch("GET", "/committing?status=500")
+        self.assertEqual(code, 500)
+        (session,) = self.node.store.sessions.values()
+        self.assertEqual(session.values, {"count": b"1"})
+        self.assertIsNotNone(set_cookie)
+        self.node.store.clear()
+        code, _, _ = yield self.fetch("GET", "/brokencommits")
+        self.assertEqual(code, 500)
+        (session,) = self.node.store.sessions.values()
+        self.assertEqual(session.values, {"half": b'"written"'})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @defer.inlineCallbacks

@@ -146,6 +146,14 @@ class SessionData(MutableMapping):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def discard(self) -> None:
+        """
+        Forget what this request did: the session stays as it was.
+        """
+        self._cache.clear()
+        self._removed.clear()
+        self.invalidated = False
+
     def invalidate(self) -> None:
         """
         End the session (logout): both copies are removed.

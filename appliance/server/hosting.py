@@ -318,7 +318,7 @@ class NodeResource(resource.Resource):
 
     def _run(self, handle: Handle, request: HeldRequest, app: AppConfig, target, route) -> None:
         request.appliance_session = handle.data
-        request.hold(lambda req: self._commit(req, handle, route), lambda: self.node.abandon(handle))
+        request.hold(lambda req: self._commit(req, handle, route, app), lambda: self.node.abandon(handle))
         if app.wsgi is not None:
             environ = wsgi_environ(request, app.mount, handle.data)
             if app.threads:
@@ -341,11 +341,13 @@ class NodeResource(resource.Resource):
 
     def _app_failed(self, failure: Failure, request: HeldRequest, handle: Handle) -> None:
         log.failure("application failed", failure)
-        handle.data = SessionData(handle.session.values if handle.session else None)
         request._replace(500, {"error": "internal error"})
         request.finish()
 
-    def _commit(self, request: HeldRequest, handle: Handle, route: cookie.Route):
+    def _commit(self, request: HeldRequest, handle: Handle, route: cookie.Route, app: AppConfig):
+        if request.code >= 500 and not app.commit_failed:
+            # A failed request leaves the session as it was (as Django does).
+            handle.data.discard()
         d = self.node.close(handle)
         d.addCallback(self._set_cookie, request, route)
         return d
