@@ -114,3 +114,14 @@ class Answers(resource.Resource):
 
 
 answers = Answers()
+
+
+def login(environ, start_response):
+    """
+    Rotates its session's id and records a user (a plain WSGI login).
+    """
+    session = environ["appliance.session"]
+    session.rotate()
+    session["user"] = "ann"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"welcome"]

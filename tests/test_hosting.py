@@ -53,6 +53,10 @@ mount = /committing
 resource = tests.apps:answers
 commit_failed = yes
 
+[app:login]
+mount = /login
+wsgi = tests.apps:login
+
 [app:brokencommits]
 mount = /brokencommits
 wsgi = tests.apps:broken
@@ -176,6 +180,22 @@ class HostingTests(TestCase):
         (session,) = self.node.store.sessions.values()
         self.assertEqual(session.values, {"half": b'"written"'})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
+    def test_wsgi_rotation(self):
+        """A plain WSGI app rotates its session id: the response sets the new cookie, the old one reads as no session."""
+        _, _, set_cookie = yield self.fetch("POST", "/cart/items", data={"item": "apple"})
+        old = set_cookie.split(";")[0]
+        code, body, rotated = yield self.fetch("POST", "/login", old)
+        self.assertEqual((code, body), (200, b"welcome"))
+        new = rotated.split(";")[0]
+        self.assertNotEqual(new.split("!")[0], old.split("!")[0])
+        code, body, _ = yield self.fetch("GET", "/cart", new)
+        self.assertEqual(json.loads(body), {"items": ["apple"]})
+        code, body, _ = yield self.fetch("GET", "/cart", old)
+        self.assertEqual(json.loads(body), {"items": []})
+        (session,) = self.node.store.sessions.values()
+        self.assertEqual(session.values["user"], b'"ann"')
 
     @defer.inlineCallbacks
     def test_not_json_value(self):

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.config import NodeConfig, Address
-from appliance.core.session import Changes, Delta, Full, Remove, SessionData, Touch
-from appliance.core.store import Fenced, Result, Store, TooLarge, place_secondary
+from appliance.core.session import Changes, Delta, Full, Remove, Rotate, SessionData, Touch
+from appliance.core.store import GONE, Fenced, Result, Store, TooLarge, place_secondary
 
 SID = "S" * 22
 SID2 = "T" * 22
@@ -315,3 +315,119 @@ class ConvergenceTests(SynchronousTestCase):
         self.assertEqual(theirs, mine)
         for s in backup.sessions.values():
             self.assertEqual(s.size, sum(len(v) for v in s.values.values()))
+
+
+NEW = "N" * 22
+
+
+class RotationTests(SynchronousTestCase):
+    def rotated(self):
+        primary, backup = pair()
+        record = primary.rotate(primary.get(SID), NEW, now=10.0)
+        return primary, backup, record
+
+    def test_rotate_keeps_data_under_new_id(self):
+        """Rotation moves the primary's copy to the new id with its data, version and epoch; the old id is dead."""
+        primary, _, record = self.rotated()
+        self.assertEqual(record, Rotate(NEW, SID, 1, 1, "s1", "s2"))
+        self.assertIsNone(primary.get(SID))
+        s = primary.get(NEW)
+        self.assertEqual((s.sid, s.values, s.version, s.epoch), (NEW, {"cart": b'["a"]'}, 1, 1))
+        self.assertTrue(primary.gone(SID))
+        self.assertEqual(primary.copies([SID, NEW]), [(SID, GONE, 0, "s1", 0), (NEW, 1, 1, "s1", 0)])
+
+    def test_backup_applies_rotation(self):
+        """The backup renames its copy and reports the old id dead; a duplicate is acknowledged."""
+        _, backup, record = self.rotated()
+        self.assertEqual(backup.apply(record, now=10.0), Result.OK)
+        self.assertEqual(backup.get(NEW).values, {"cart": b'["a"]'})
+        self.assertTrue(backup.gone(SID))
+        self.assertIsNone(backup.get(SID))
+        self.assertEqual(backup.apply(record, now=11.0), Result.DUPLICATE)
+
+    def test_rotation_on_a_gap_waits_for_the_full_state(self):
+        """A backup without the exact copy answers gap and the old id dies with the full state, which carries it."""
+        primary, backup, record = self.rotated()
+        lagging = Store("s3", 100.0)
+        self.assertEqual(lagging.apply(record, now=10.0), Result.GAP)
+        self.assertFalse(lagging.gone(SID))
+        full = primary.get(NEW).full(12.0)
+        self.assertEqual(full.former, ((SID, 98.0),))
+        self.assertEqual(lagging.apply(full, now=50.0), Result.OK)
+        self.assertTrue(lagging.gone(SID))
+        self.assertEqual(lagging.tombstones[SID], 148.0)
+
+    def test_rotation_of_an_older_epoch_is_fenced(self):
+        """A backup holding a newer epoch of the old id fences the rotation."""
+        _, backup, record = self.rotated()
+        backup.get(SID).epoch = 2
+        self.assertEqual(backup.apply(record, now=10.0), Result.FENCED)
+        self.assertFalse(backup.gone(SID))
+
+    def test_full_state_drops_orphan_of_former_id(self):
+        """A full state naming a former id drops a copy held under that id and refuses late copies of it."""
+        primary, _, _ = self.rotated()
+        orphan = Store("s3", 100.0)
+        orphan.apply(Full(SID, 1, 1, "s1", "s3", 100.0, 0.0, {"cart": b'["a"]'}), now=0.0)
+        orphan.apply(primary.get(NEW).full(10.0), now=10.0)
+        self.assertIsNone(orphan.get(SID))
+        self.assertEqual(orphan.apply(Full(SID, 1, 1, "s1", "s3", 100.0, 0.0, {}), now=11.0), Result.FENCED)
+        taken = orphan.adopt(primary.get(NEW).full(10.0), None, now=10.0)
+        self.assertEqual(taken.former, ((SID, 110.0),))
+
+    def test_tombstones_expire_with_the_lifetime(self):
+        """A tombstone lasts as long as a copy of the old id could (its lifetime), then goes."""
+        primary, _, _ = self.rotated()
+        primary.get(NEW).last_access = 100.0
+        primary.expired(109.9)
+        self.assertTrue(primary.gone(SID))
+        primary.expired(110.0)
+        self.assertFalse(primary.gone(SID))
+        self.assertEqual(primary.get(NEW).full(110.0).former, ())
+
+    def test_rotate_twice_keeps_both_former_ids(self):
+        """A second rotation keeps the first former id dead too, in the full state."""
+        primary, _, _ = self.rotated()
+        primary.rotate(primary.get(NEW), SID2, now=20.0)
+        self.assertEqual([f[0] for f in primary.get(SID2).full(20.0).former], [SID, NEW])
+        self.assertTrue(primary.gone(SID) and primary.gone(NEW))
+
+    def test_only_primary_rotates(self):
+        """A backup copy cannot be rotated."""
+        _, backup = pair()
+        self.assertRaises(Fenced, backup.rotate, backup.get(SID), NEW, 1.0)
+
+
+class LifetimeTests(SynchronousTestCase):
+    def test_new_session_lifetime(self):
+        """A session created with a lifetime lives that long idle."""
+        store = Store("s1", 100.0)
+        data = SessionData(default_timeout=100.0)
+        data["a"] = 1
+        data.timeout = 5
+        store.create(SID, data.changes(), None, 0.0)
+        self.assertEqual(store.get(SID).timeout, 5.0)
+        self.assertEqual(store.expired(5.0), [SID])
+
+    def test_lifetime_change_sends_full_state(self):
+        """Changing a session's lifetime commits a version and sends the full state, which carries it."""
+        primary, backup = pair()
+        s = primary.get(SID)
+        data = SessionData(s.values, s.timeout, 100.0)
+        data.timeout = 3600
+        record = primary.commit(s, data.changes(), now=1.0)
+        self.assertIsInstance(record, Full)
+        self.assertEqual((record.version, record.timeout), (2, 3600.0))
+        self.assertEqual(backup.apply(record, now=1.0), Result.OK)
+        self.assertEqual(backup.get(SID).timeout, 3600.0)
+        data = SessionData(s.values, s.timeout, 100.0)
+        data.timeout = None
+        self.assertEqual(primary.commit(s, data.changes(), now=2.0).timeout, 100.0)
+
+    def test_same_lifetime_is_no_change(self):
+        """Setting the lifetime a session already has changes nothing."""
+        data = SessionData({}, 100.0, 100.0)
+        data.timeout = 100
+        self.assertFalse(data.changes())
+        data.timeout = None
+        self.assertFalse(data.changes())

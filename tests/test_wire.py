@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appliance.core.session import Delta, Full, Remove, Touch
+from appliance.core.session import Delta, Full, Remove, Rotate, Touch
 from appliance.core.store import Result
 from appliance.replication import wire
 
@@ -20,6 +20,9 @@ RECORDS = [
     Full(SID, 2, 5, "s1", "s2", 1800.0, 12.5, {"k\u00e9y": b'{"x":[1,2]}'}),
     Remove(SID, 4),
     Touch(SID, 4),
+    Rotate(SID, "R" * 22, 4, 9, "s1", "s2"),
+    Rotate(SID, "R" * 22, 4, 9, "s2", None),
+    Full(SID, 2, 6, "s1", None, 60.0, 0.0, {}, (("R" * 22, 1799.5), ("P" * 22, 3.0))),
 ]
 
 
@@ -97,3 +100,23 @@ class WireTests(SynchronousTestCase):
         entries = [(SID, 2**40, 7)]
         self.assertEqual(wire.decode_digest(wire.encode_digest(entries)), entries)
         self.assertRaises(wire.WireError, wire.decode_digest, b"x" * 33)
+
+
+class RotationWireTests(SynchronousTestCase):
+    def test_plain_full_state_unchanged(self):
+        """A full state without former ids keeps the plain layout (kind 2) that older nodes read."""
+        data = wire.encode([RECORDS[2]])
+        self.assertEqual(data[1], 2)
+
+    def test_malformed_rotation_refused(self):
+        """A rotation to the same id, a bad old id, a former id with no time left or a bad count is refused."""
+        bad = [
+            wire.encode([Rotate(SID, SID, 1, 1, "s1", "s2")]),
+            wire.encode([Rotate(SID, "R" * 22, 1, 1, "s1", "s2")]).replace(b"R" * 22, b"R" * 21 + b"!"),
+            wire.encode([Full(SID, 1, 1, "s1", None, 60.0, 0.0, {}, (("R" * 22, 0.0),))]),
+            wire.encode([Full(SID, 1, 1, "s1", None, 60.0, 0.0, {}, (("R" * 22, 5.0),))]).replace(
+                b"\x00\x00\x00\x01RRRR", b"\x00\x00\x00\x00RRRR"
+            ),
+        ]
+        for data in bad:
+            self.assertRaises(wire.WireError, wire.decode, data, NODES)

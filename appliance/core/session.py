@@ -16,6 +16,13 @@ import json
 from collections.abc import MutableMapping
 from typing import Dict, Iterator, Optional, Tuple
 
+#: The longest lifetime an application may give a session (the wire's limit).
+MAX_TIMEOUT = 1e8
+#: L{Changes.timeout} for "back to the cluster's default lifetime".
+DEFAULT_TIMEOUT = 0.0
+#: How many former ids a session carries (see L{Session.former}).
+MAX_FORMER = 100
+
 from attrs import define, field, frozen
 
 _encoder = json.JSONEncoder(
@@ -51,7 +58,10 @@ class Session:
     C{last_access} is on the holder's monotonic clock; C{size} is the sum of
     the value bytes, kept to enforce the size limit without recounting;
     C{primary_inc} is the incarnation of the primary this copy came from
-    (see L{appliance.core.membership}).
+    (see L{appliance.core.membership}); C{former} lists the ids this session
+    had before it was given a new one, each with the moment (on the
+    holder's clock) until which it must stay dead: every full state carries
+    them, so whoever holds the session also refuses its old ids.
     """
 
     sid: str
@@ -64,6 +74,7 @@ class Session:
     timeout: float
     size: int = 0
     primary_inc: int = 0
+    former: Tuple[Tuple[str, float], ...] = ()
 
     def expires_at(self) -> float:
         return self.last_access + self.timeout
@@ -78,6 +89,7 @@ class Session:
             timeout=self.timeout,
             idle=max(0.0, now - self.last_access),
             values=dict(self.values),
+            former=tuple((sid, until - now) for sid, until in self.former if until > now),
         )
 
 
@@ -85,14 +97,16 @@ class Session:
 class Changes:
     """
     What one request did to a session: keys set (to their new JSON bytes)
-    and keys removed.  Empty when nothing changed.
+    and keys removed, and its new idle lifetime in seconds (C{None}: as it
+    was; L{DEFAULT_TIMEOUT}: the cluster's).  Empty when nothing changed.
     """
 
     set: Dict[str, bytes] = field(factory=dict)
     removed: Tuple[str, ...] = ()
+    timeout: Optional[float] = None
 
     def __bool__(self) -> bool:
-        return bool(self.set or self.removed)
+        return bool(self.set or self.removed or self.timeout is not None)
 
 
 class SessionData(MutableMapping):
@@ -103,11 +117,20 @@ class SessionData(MutableMapping):
     the application touches it, so a request pays for the keys it uses.
     """
 
-    def __init__(self, values: Optional[Dict[str, bytes]] = None):
+    def __init__(
+        self,
+        values: Optional[Dict[str, bytes]] = None,
+        timeout: Optional[float] = None,
+        default_timeout: Optional[float] = None,
+    ):
         self._base: Dict[str, bytes] = values if values is not None else {}
         self._cache: Dict[str, object] = {}
         self._removed: set = set()
         self.invalidated = False
+        self.rotated = False
+        self._default = default_timeout
+        self._timeout = default_timeout if timeout is None else timeout
+        self._new_timeout: Optional[float] = None
 
     def __getitem__(self, key: str) -> object:
         try:
@@ -153,12 +176,43 @@ class SessionData(MutableMapping):
         self._cache.clear()
         self._removed.clear()
         self.invalidated = False
+        self.rotated = False
+        self._new_timeout = None
 
     def invalidate(self) -> None:
         """
         End the session (logout): both copies are removed.
         """
         self.invalidated = True
+
+    def rotate(self) -> None:
+        """
+        Give the session a new id when this request commits, keeping its
+        data (on login, on a change of privilege): the old id stops working
+        on every server at once, and the response carries the new cookie.
+        """
+        self.rotated = True
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """
+        Seconds the session lives once idle, as this request leaves it
+        (C{None} only where the server did not say).  Set a number to
+        change it, or C{None} for the cluster's default.
+        """
+        if self._new_timeout is None:
+            return self._timeout
+        return self._default if self._new_timeout == DEFAULT_TIMEOUT else self._new_timeout
+
+    @timeout.setter
+    def timeout(self, seconds: Optional[float]) -> None:
+        if seconds is None:
+            self._new_timeout = DEFAULT_TIMEOUT
+            return
+        seconds = float(seconds)
+        if not 0 < seconds <= MAX_TIMEOUT:
+            raise ValueError(f"a session lives more than 0 and at most {MAX_TIMEOUT:.0f} seconds, not {seconds}")
+        self._new_timeout = seconds
 
     def changes(self) -> Changes:
         """
@@ -170,7 +224,10 @@ class SessionData(MutableMapping):
             data = encode_value(value)
             if self._base.get(key) != data:
                 changed[key] = data
-        return Changes(changed, tuple(sorted(k for k in self._removed if k in self._base)))
+        timeout = self._new_timeout
+        if timeout is not None and self.timeout == self._timeout:
+            timeout = None
+        return Changes(changed, tuple(sorted(k for k in self._removed if k in self._base)), timeout)
 
 
 @frozen
@@ -204,6 +261,8 @@ class Full:
     timeout: float
     idle: float
     values: Dict[str, bytes]
+    #: (former id, seconds it must stay dead): see L{Session.former}.
+    former: Tuple[Tuple[str, float], ...] = ()
 
 
 @frozen
@@ -220,3 +279,20 @@ class Touch:
 
     sid: str
     epoch: int
+
+
+@frozen
+class Rotate:
+    """
+    The session C{old} is now called C{sid}, at the same epoch and version:
+    the backup renames its copy and refuses C{old} from now on.  (Its
+    C{sid} is the new id, so a gap or a lost link is answered, as for any
+    record, with the full state of the session under its new id.)
+    """
+
+    sid: str
+    old: str
+    epoch: int
+    version: int
+    primary: str
+    secondary: Optional[str]

@@ -10,11 +10,16 @@ and return decisions; the PB and HTTP edges carry them out.
 from __future__ import annotations
 
 import enum
+import heapq
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from appliance.core.session import Changes, Delta, Full, Remove, Session, Touch
+from appliance.core.session import DEFAULT_TIMEOUT, MAX_FORMER, Changes, Delta, Full, Remove, Rotate, Session, Touch
 
-Record = Union[Delta, Full, Remove, Touch]
+Record = Union[Delta, Full, Remove, Touch, Rotate]
+
+#: The epoch a look-up reports for an id that was rotated away here (a
+#: tombstone): real copies start at epoch 1.
+GONE = 0
 
 
 class Result(enum.IntEnum):
@@ -52,6 +57,9 @@ class Store:
         self.sessions: Dict[str, Session] = {}
         # This node's incarnation, stamped on the primaries it holds.
         self.incarnation = 0
+        # Ids rotated away (sid -> until when), and their expiry order.
+        self.tombstones: Dict[str, float] = {}
+        self._burials: List[Tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -94,18 +102,24 @@ class Store:
             primary=self.node,
             secondary=secondary,
             last_access=now,
-            timeout=self.timeout,
+            timeout=self._timeout(changes, self.timeout),
             size=size,
             primary_inc=self.incarnation,
         )
         self.sessions[sid] = session
         return session.full(now)
 
-    def commit(self, session: Session, changes: Changes, now: float) -> Optional[Delta]:
+    def _timeout(self, changes: Changes, current: float) -> float:
+        if changes.timeout is None:
+            return current
+        return self.timeout if changes.timeout == DEFAULT_TIMEOUT else changes.timeout
+
+    def commit(self, session: Session, changes: Changes, now: float) -> Optional[Union[Delta, Full]]:
         """
         Apply one request's changes on the primary: the version goes up by
         one and the delta to replicate is returned (C{None} if nothing
-        changed, which only touches the session).
+        changed, which only touches the session; the full state when the
+        session's lifetime changed, which a delta does not carry).
         """
         if self.sessions.get(session.sid) is not session or not self.mine(session):
             raise Fenced(session.sid)
@@ -125,6 +139,10 @@ class Store:
             values.pop(key, None)
         session.size = size
         session.version += 1
+        timeout = self._timeout(changes, session.timeout)
+        if timeout != session.timeout:
+            session.timeout = timeout
+            return session.full(now)
         return Delta(
             session.sid,
             session.epoch,
@@ -138,6 +156,58 @@ class Store:
     def touch(self, session: Session, now: float) -> Touch:
         session.last_access = now
         return Touch(session.sid, session.epoch)
+
+    def rotate(self, session: Session, new: str, now: float) -> Rotate:
+        """
+        Give one of our primaries the id C{new}, keeping its data, version
+        and epoch; its old id is dead here from now on (see L{gone}) and the
+        returned record kills it on the backup.
+        """
+        if self.sessions.get(session.sid) is not session or not self.mine(session):
+            raise Fenced(session.sid)
+        if new in self.sessions or new in self.tombstones:
+            raise ValueError(f"session {new} exists")
+        self._rename(session, new, now)
+        return Rotate(new, session.former[-1][0], session.epoch, session.version, session.primary, session.secondary)
+
+    def _rename(self, session: Session, new: str, now: float) -> None:
+        old = session.sid
+        del self.sessions[old]
+        # A copy of the old id, wherever one was left, expires within its
+        # lifetime: so long the old id stays dead.
+        until = now + max(session.timeout, self.timeout)
+        session.former = tuple(f for f in session.former if f[1] > now)[1 - MAX_FORMER :] + ((old, until),)
+        session.sid = new
+        self.sessions[new] = session
+        self._bury(old, until)
+
+    def _bury(self, sid: str, until: float) -> None:
+        """
+        C{sid} must never be served again (until C{until}): a copy held
+        here under it goes.
+        """
+        self.sessions.pop(sid, None)
+        if self.tombstones.get(sid, -1.0) < until:
+            self.tombstones[sid] = until
+            heapq.heappush(self._burials, (until, sid))
+
+    def _bury_former(self, session: Session, former: Iterable[Tuple[str, float]], now: float) -> None:
+        session.former = tuple((sid, now + left) for sid, left in former)
+        for sid, until in session.former:
+            self._bury(sid, until)
+
+    def gone(self, sid: str) -> bool:
+        """
+        Whether C{sid} was given up for a new id: it is never served again.
+        """
+        return sid in self.tombstones
+
+    def unbury(self, sid: str) -> None:
+        """
+        A rotation was fenced (a newer owner holds the session under its
+        old id): do not report that id dead.
+        """
+        self.tombstones.pop(sid, None)
 
     def remove(self, sid: str) -> Optional[Remove]:
         session = self.sessions.pop(sid, None)
@@ -162,6 +232,8 @@ class Store:
         local = self.sessions.get(record.sid)
         if isinstance(record, Full):
             return self._apply_full(local, record, now, incarnation)
+        if isinstance(record, Rotate):
+            return self._apply_rotate(local, record, now, incarnation)
         if local is None:
             return Result.OK if isinstance(record, Remove) else Result.GAP
         if record.epoch < local.epoch:
@@ -191,13 +263,39 @@ class Store:
         local.last_access = now
         return Result.OK
 
+    def _apply_rotate(self, local: Optional[Session], record: Rotate, now: float, incarnation: int) -> Result:
+        """
+        Rename the copy of C{record.old}; anything else than exactly that
+        copy asks for the full state under the new id (which carries the
+        old id as dead), so the old id dies here only once the rotation is
+        known to have happened.
+        """
+        if local is not None:
+            return Result.DUPLICATE
+        old = self.sessions.get(record.old)
+        if old is None:
+            return Result.GAP
+        if record.epoch < old.epoch:
+            return Result.FENCED
+        if record.epoch > old.epoch or record.version != old.version:
+            return Result.GAP
+        self._rename(old, record.sid, now)
+        old.primary = record.primary
+        old.secondary = record.secondary
+        old.primary_inc = incarnation
+        old.last_access = now
+        return Result.OK
+
     def _apply_full(self, local: Optional[Session], record: Full, now: float, incarnation: int) -> Result:
+        if record.sid in self.tombstones:
+            # A late copy of an id rotated away: whoever sends it is behind.
+            return Result.FENCED
         if local is not None:
             if record.epoch < local.epoch:
                 return Result.FENCED
             if record.epoch == local.epoch and record.version < local.version:
                 return Result.DUPLICATE
-        self.sessions[record.sid] = Session(
+        session = self.sessions[record.sid] = Session(
             sid=record.sid,
             values=dict(record.values),
             version=record.version,
@@ -209,6 +307,7 @@ class Store:
             size=sum(len(v) for v in record.values.values()),
             primary_inc=incarnation,
         )
+        self._bury_former(session, record.former, now)
         return Result.OK
 
     def fenced(self, sid: str, epoch: int) -> bool:
@@ -263,6 +362,7 @@ class Store:
             primary_inc=self.incarnation,
         )
         self.sessions[full.sid] = session
+        self._bury_former(session, full.former, now)
         return session
 
     def promote(self, sid: str, secondary: Optional[str], now: float, floor: int = 0) -> Optional[Session]:
@@ -288,6 +388,11 @@ class Store:
         gone = [sid for sid, s in self.sessions.items() if now >= s.last_access + s.timeout]
         for sid in gone:
             del self.sessions[sid]
+        burials, tombstones = self._burials, self.tombstones
+        while burials and burials[0][0] <= now:
+            until, sid = heapq.heappop(burials)
+            if tombstones.get(sid) == until:
+                del tombstones[sid]
         return gone
 
     def orphans(self, primary: str, incarnation: int) -> List[Session]:
@@ -304,13 +409,16 @@ class Store:
         """
         (sid, epoch, version, primary, primary's incarnation) of each of
         C{sids} held here: what a node looking for the newest copy of a
-        session needs to know.
+        session needs to know.  An id rotated away here is reported at
+        epoch L{GONE}.
         """
         out = []
         for sid in sids:
             s = self.sessions.get(sid)
             if s is not None:
                 out.append((sid, s.epoch, s.version, s.primary, s.primary_inc))
+            elif sid in self.tombstones:
+                out.append((sid, GONE, 0, self.node, 0))
         return out
 
     def clear(self) -> int:

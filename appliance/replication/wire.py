@@ -18,7 +18,7 @@ import struct
 import sys
 from typing import Collection, Iterable, List, Optional, Tuple
 
-from appliance.core.session import Delta, Full, Remove, Touch
+from appliance.core.session import MAX_FORMER, Delta, Full, Remove, Rotate, Touch
 from appliance.core.store import Record, Result
 
 FORMAT = 1
@@ -27,6 +27,9 @@ MAX_KEY = 1024
 MAX_KEYS = 1_000_000
 
 _DELTA, _FULL, _REMOVE, _TOUCH = 1, 2, 3, 4
+# A session's id rotated; a full state that carries former ids (only a
+# session that was rotated: others keep the plain full-state layout).
+_ROTATE, _FULL_FORMER = 5, 6
 _HEAD = struct.Struct("!B22sI")  # kind, sid, epoch
 _U8 = struct.Struct("!B")
 _U16 = struct.Struct("!H")
@@ -35,6 +38,7 @@ _U64 = struct.Struct("!Q")
 _TWO32 = struct.Struct("!II")
 _TWOF = struct.Struct("!dd")
 _DIGEST = struct.Struct("!22sQI")
+_FORMER = struct.Struct("!22sd")  # a former id, seconds it stays dead
 _SID = re.compile(rb"^[A-Za-z0-9_-]{22}$")
 _RESULTS = {int(r): r for r in Result}
 
@@ -78,13 +82,22 @@ def encode_record(r: Record) -> bytes:
             out.append(_U16.pack(len(k)))
             out.append(k)
     elif isinstance(r, Full):
-        out.append(_HEAD.pack(_FULL, sid, r.epoch))
+        out.append(_HEAD.pack(_FULL_FORMER if r.former else _FULL, sid, r.epoch))
         out.append(_U64.pack(r.version))
         _name(out, r.primary)
         _name(out, r.secondary)
         out.append(_TWOF.pack(r.timeout, r.idle))
         out.append(_U32.pack(len(r.values)))
         _pairs(out, r.values)
+        if r.former:
+            out.append(_U32.pack(len(r.former)))
+            out.extend(_FORMER.pack(old.encode("ascii"), left) for old, left in r.former)
+    elif isinstance(r, Rotate):
+        out.append(_HEAD.pack(_ROTATE, sid, r.epoch))
+        out.append(r.old.encode("ascii"))
+        out.append(_U64.pack(r.version))
+        _name(out, r.primary)
+        _name(out, r.secondary)
     elif isinstance(r, Remove):
         out.append(_HEAD.pack(_REMOVE, sid, r.epoch))
     elif isinstance(r, Touch):
@@ -153,6 +166,24 @@ class _Reader:
             raise WireError("bad key length")
         return sys.intern(self.text(n))
 
+    def sid(self) -> str:
+        data = self.take(22)
+        if not _SID.match(data):
+            raise WireError("malformed session id")
+        return data.decode("ascii")
+
+    def former(self) -> tuple:
+        (count,) = self.unpack(_U32)
+        if not 0 < count <= MAX_FORMER:
+            raise WireError("bad count of former ids")
+        out = []
+        for _ in range(count):
+            sid, left = self.unpack(_FORMER)
+            if not _SID.match(sid) or not (0 < left < 1e9):
+                raise WireError("malformed former id")
+            out.append((sid.decode("ascii"), left))
+        return tuple(out)
+
     def pairs(self, count: int) -> dict:
         if count > MAX_KEYS:
             raise WireError("too many keys")
@@ -197,7 +228,7 @@ def decode(data: bytes, nodes: Collection[str]) -> List[Record]:
             values = reader.pairs(nset)
             removed = tuple(reader.key() for _ in range(nremoved))
             records.append(Delta(sid, epoch, version, primary, secondary, values, removed))
-        elif kind == _FULL:
+        elif kind == _FULL or kind == _FULL_FORMER:
             (version,) = reader.unpack(_U64)
             primary = reader.name(nodes)
             secondary = reader.name(nodes)
@@ -206,7 +237,16 @@ def decode(data: bytes, nodes: Collection[str]) -> List[Record]:
             if primary is None or not (0 < timeout < 1e9) or not (0 <= idle < 1e9):
                 raise WireError("malformed full state")
             values = reader.pairs(count)
-            records.append(Full(sid, epoch, version, primary, secondary, timeout, idle, values))
+            former = reader.former() if kind == _FULL_FORMER else ()
+            records.append(Full(sid, epoch, version, primary, secondary, timeout, idle, values, former))
+        elif kind == _ROTATE:
+            old = reader.sid()
+            (version,) = reader.unpack(_U64)
+            primary = reader.name(nodes)
+            secondary = reader.name(nodes)
+            if primary is None or old == sid:
+                raise WireError("malformed rotation")
+            records.append(Rotate(sid, old, epoch, version, primary, secondary))
         elif kind == _REMOVE:
             records.append(Remove(sid, epoch))
         elif kind == _TOUCH:

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from appliance import cookie
 from appliance.config import ClusterConfig
 from appliance.core.session import Full, Session, SessionData
-from appliance.core.store import Fenced, Record, Result, Store, place_secondary
+from appliance.core.store import GONE, Fenced, Record, Result, Store, place_secondary
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import IReplicationHandler, NoSuchSession, NotNow, PrimaryAlive, decode_hand_over
@@ -41,13 +41,15 @@ class Handle:
     """
     One request's hold on a session.  C{session} is C{None} until the
     request writes something (no session is created for pure reads);
-    C{locked} is the sid whose lock the request holds.
+    C{locked} is the sid whose lock the request holds, and C{renamed} the
+    one it had before the request rotated it (whose lock it holds too).
     """
 
     data: SessionData
     session: Optional[Session] = None
     waits: List[defer.Deferred] = field(factory=list)
     locked: Optional[str] = None
+    renamed: Optional[str] = None
 
 
 @define
@@ -151,7 +153,7 @@ class SessionNode:
             return defer.fail(NotServing("this node does not hold its lease"))
         sid = route.sid
         if sid is None:
-            return defer.succeed(Handle(SessionData()))
+            return defer.succeed(Handle(self._data(None)))
         local = self.store.get(sid)
         if (
             local is not None
@@ -159,8 +161,13 @@ class SessionNode:
             and local.secondary is not None
             and self.locks.try_take(sid)
         ):
-            return defer.succeed(Handle(SessionData(local.values), local, locked=sid))
+            return defer.succeed(Handle(self._data(local), local, locked=sid))
         return self._open(sid, route)
+
+    def _data(self, session: Optional[Session]) -> SessionData:
+        if session is None:
+            return SessionData(default_timeout=self.store.timeout)
+        return SessionData(session.values, session.timeout, self.store.timeout)
 
     @defer.inlineCallbacks
     def _open(self, sid: str, route: cookie.Route):
@@ -175,8 +182,8 @@ class SessionNode:
             raise
         if session is None:
             self.locks.release(sid)
-            return Handle(SessionData())
-        return Handle(SessionData(session.values), session, waits, locked=sid)
+            return Handle(self._data(None))
+        return Handle(self._data(session), session, waits, locked=sid)
 
     @defer.inlineCallbacks
     def _acquire(self, sid: str, route: cookie.Route):
@@ -187,6 +194,8 @@ class SessionNode:
         """
         protection = self.protection
         for _ in range(3):
+            if self.store.gone(sid):
+                return None, []
             local = self.store.get(sid)
             if local is not None and self.store.mine(local):
                 if local.secondary is None:
@@ -197,6 +206,10 @@ class SessionNode:
                 return local, []
             found, missing = yield protection.locate([sid])
             copies = found[sid]
+            if any(c.epoch == GONE for c in copies):
+                # Rotated away: never served again, even from a copy here.
+                self.store.sessions.pop(sid, None)
+                return None, []
             mine = protection.local_copy(sid)
             if mine is not None:
                 copies.append(mine)
@@ -260,9 +273,10 @@ class SessionNode:
         self._release(handle)
 
     def _release(self, handle: Handle) -> None:
-        sid, handle.locked = handle.locked, None
-        if sid is not None:
-            self.locks.release(sid)
+        for sid in (handle.locked, handle.renamed):
+            if sid is not None:
+                self.locks.release(sid)
+        handle.locked = handle.renamed = None
 
     def close(self, handle: Handle, now: Optional[float] = None) -> defer.Deferred:
         """
@@ -330,6 +344,8 @@ class SessionNode:
             if secondary is not None:
                 handle.waits.append(deliver(secondary, full))
             return Outcome()
+        if data.rotated:
+            self._rotate(handle, now)
         delta = self.store.commit(session, changes, now)
         if session.secondary is None:
             handle.waits.append(self.protection.protect(session))
@@ -338,6 +354,21 @@ class SessionNode:
         elif not handle.waits:
             self.touched.setdefault(session.secondary, set()).add(session.sid)
         return Outcome()
+
+    def _rotate(self, handle: Handle, now: float) -> None:
+        """
+        Give the session a new id, holding the new id's lock too; the
+        rotation goes to the secondary before the request's changes, which
+        are made under the new id.
+        """
+        session = handle.session
+        old, new = session.sid, cookie.new_sid()
+        rotation = self.store.rotate(session, new, now)
+        self.locks.try_take(new)
+        handle.locked, handle.renamed = new, old
+        if session.secondary is not None:
+            handle.waits.append(self.protection.deliver(session.secondary, rotation))
+        log.info("rotated {old} to {new}", old=old, new=new)
 
     def _room(self, now: float) -> bool:
         """

@@ -17,8 +17,8 @@ from attrs import frozen
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from appliance.core.session import Full, Remove, Session, Touch
-from appliance.core.store import Fenced, Record, Result
+from appliance.core.session import Full, Remove, Rotate, Session, Touch
+from appliance.core.store import GONE, Fenced, Record, Result
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import decode_sids
@@ -89,6 +89,9 @@ class Protection:
         if result.acknowledged or isinstance(record, (Remove, Touch)):
             return None
         if result is Result.FENCED:
+            if isinstance(record, Rotate):
+                # A newer owner holds the session under its old id.
+                self.store.unbury(record.old)
             if self.store.fenced(record.sid, record.epoch):
                 log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=record.sid, epoch=record.epoch)
             raise Fenced(record.sid)
@@ -310,6 +313,10 @@ class Protection:
             local = self.store.get(sid)
             if local is None or local.primary != peer or local.primary_inc > incarnation:
                 return "moved"
+            if any(c.epoch == GONE for c in others):
+                # Its id was rotated away: the old id is never served again.
+                del self.store.sessions[sid]
+                return "dropped"
             mine = self.local_copy(sid)
             best = newest(others + [mine])
             if best is not mine and (best.epoch, best.version) > (mine.epoch, mine.version):
