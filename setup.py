@@ -1,5 +1,9 @@
 from setuptools import setup
 
+FLASK = ["flask>=2.3"]
+DJANGO = ["django>=4.2"]
+PYRAMID = ["pyramid>=2.0"]
+
 setup(
     name="appliance",
     version="0.1.0",
@@ -13,6 +17,7 @@ setup(
         "appliance.balancer",
         "appliance.dns",
         "appliance.demo",
+        "appliance.integrations",
         "appliance.testing",
         "appliance.client",
         "twisted.plugins",
@@ -25,9 +30,16 @@ setup(
         "pyopenssl>=23",
     ],
     extras_require={
+        # The framework adapters (appliance.integrations); pure Python, so
+        # they install on PyPy too (pip picks the newest release that
+        # supports the interpreter: Django 4.2 on Python 3.9).
+        "flask": FLASK,
+        "django": DJANGO,
+        "pyramid": PYRAMID,
         # hypothesis: property tests of the session rules; dnspython: an
         # independent resolver for the DNS end-to-end test; treq: StubTreq for
-        # resource trees; redis: the benchmark's central-store baseline.
-        "test": ["hypothesis>=6", "dnspython>=2.3", "treq>=23", "redis>=4"],
+        # resource trees; redis: the benchmark's central-store baseline; the
+        # frameworks: the adapters' tests and examples.
+        "test": ["hypothesis>=6", "dnspython>=2.3", "treq>=23", "redis>=4"] + FLASK + DJANGO + PYRAMID,
     },
 )

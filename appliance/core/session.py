@@ -128,6 +128,8 @@ class SessionData(MutableMapping):
         self._removed: set = set()
         self.invalidated = False
         self.rotated = False
+        #: Mark the session cookie C{Secure} even over plain HTTP.
+        self.secure_cookie = False
         self._default = default_timeout
         self._timeout = default_timeout if timeout is None else timeout
         self._new_timeout: Optional[float] = None
@@ -213,6 +215,20 @@ class SessionData(MutableMapping):
         if not 0 < seconds <= MAX_TIMEOUT:
             raise ValueError(f"a session lives more than 0 and at most {MAX_TIMEOUT:.0f} seconds, not {seconds}")
         self._new_timeout = seconds
+
+    @property
+    def stored(self) -> bool:
+        """
+        Whether the session held any value when the request opened it.
+        """
+        return bool(self._base)
+
+    @property
+    def default_timeout(self) -> Optional[float]:
+        """
+        The cluster's default lifetime, as the server said.
+        """
+        return self._default
 
     def changes(self) -> Changes:
         """

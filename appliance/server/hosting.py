@@ -354,7 +354,7 @@ class NodeResource(resource.Resource):
 
     def _set_cookie(self, outcome, request: HeldRequest, route: cookie.Route) -> None:
         name = self.cookie_name.decode("ascii")
-        secure = self.secure or request.isSecure()
+        secure = self.secure or request.isSecure() or request.appliance_session.secure_cookie
         if outcome.ended:
             request.setHeader(b"set-cookie", cookie.set_cookie(name, "", secure, max_age=0).encode("ascii"))
         elif outcome.cookie is not None and outcome.cookie != cookie.encode(
