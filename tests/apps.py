@@ -101,7 +101,8 @@ def unavailable(environ, start_response):
 
 class Answers(resource.Resource):
     """
-    Counts in its session and answers the status given as C{?status=}.
+    Counts in its session and answers the status given as C{?status=};
+    C{?rotate=1} also gives its session a new id.
     """
 
     isLeaf = True
@@ -109,6 +110,8 @@ class Answers(resource.Resource):
     def render_GET(self, request):
         session = session_of(request)
         session["count"] = session.get("count", 0) + 1
+        if request.args.get(b"rotate"):
+            session.rotate()
         request.setResponseCode(int((request.args.get(b"status") or [b"200"])[0]))
         return json.dumps({"count": session["count"]}).encode()
 

@@ -198,6 +198,23 @@ class HostingTests(TestCase):
         self.assertEqual(session.values["user"], b'"ann"')
 
     @defer.inlineCallbacks
+    def test_resource_rotation_not_on_failure(self):
+        """A resource's rotation is undone by its 5xx answer (old id kept, no cookie) and done by its 2xx one."""
+        _, _, set_cookie = yield self.fetch("GET", "/answers")
+        old = set_cookie.split(";")[0]
+        code, _, again = yield self.fetch("GET", "/answers?rotate=1&status=500", old)
+        self.assertEqual((code, again), (500, None))
+        self.assertEqual((list(self.node.store.sessions), self.node.store.tombstones), ([old.split("=")[1].split("!")[0]], {}))
+        code, body, rotated = yield self.fetch("GET", "/answers?rotate=1", old)
+        self.assertEqual((code, json.loads(body)), (200, {"count": 2}))
+        new = rotated.split(";")[0]
+        self.assertNotEqual(new.split("!")[0], old.split("!")[0])
+        _, body, _ = yield self.fetch("GET", "/answers", new)
+        self.assertEqual(json.loads(body), {"count": 3})
+        _, body, _ = yield self.fetch("GET", "/answers", old)
+        self.assertEqual(json.loads(body), {"count": 1})
+
+    @defer.inlineCallbacks
     def test_not_json_value(self):
         """A value a session cannot hold gives a 500 that says so."""
         code, body, _ = yield self.fetch("GET", "/notjson")

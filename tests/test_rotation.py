@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance import cookie
+from appliance.core.store import TooLarge
 
 from .sim import Sim
 from .test_node import Base, add, read
@@ -99,6 +100,22 @@ class RotationTests(Base):
         self.assertTrue(self.s.servers["s2"].node.store.gone(self.old.sid))
         self.assertEqual(self.s.servers["s2"].node.store.get(new.sid).values, {"cart": b'["apple"]'})
         self.assertEqual(self.cart("s2", self.old)[0], [])
+
+    def test_too_large_change_does_not_rotate(self):
+        """A rotating request whose change is refused as too large leaves the session under its old id on both copies."""
+        self.s.servers["s1"].node.store.max_bytes = 64
+
+        def work(data):
+            data.rotate()
+            data["blob"] = "x" * 100
+
+        self.fails("s1", self.old, work, TooLarge)
+        self.assertEqual(self.holders(self.old.sid), ["s1", "s3"])
+        for name in ("s1", "s3"):
+            self.assertEqual(self.s.servers[name].node.store.tombstones, {}, name)
+        items, route = self.cart("s1", self.old)
+        self.assertEqual((items, route.sid), (["apple"], self.old.sid))
+        self.assertEqual(len(self.s.servers["s1"].node.locks), 0)
 
     def test_rotation_of_new_session_is_just_new(self):
         """Rotating a session created by the same request gives it one id, nothing to bury."""

@@ -126,14 +126,8 @@ class Store:
         session.last_access = now
         if not changes:
             return None
+        size = self.size_after(session, changes)
         values = session.values
-        size = session.size
-        for key, data in changes.set.items():
-            size += len(data) - len(values.get(key, b""))
-        for key in changes.removed:
-            size -= len(values.get(key, b""))
-        if size > self.max_bytes:
-            raise TooLarge(f"session would be {size} bytes, the limit is {self.max_bytes}")
         values.update(changes.set)
         for key in changes.removed:
             values.pop(key, None)
@@ -152,6 +146,21 @@ class Store:
             changes.set,
             changes.removed,
         )
+
+    def size_after(self, session: Session, changes: Changes) -> int:
+        """
+        The size C{session} would have with C{changes}; L{TooLarge} if over
+        the limit (checked before anything is changed).
+        """
+        values = session.values
+        size = session.size
+        for key, data in changes.set.items():
+            size += len(data) - len(values.get(key, b""))
+        for key in changes.removed:
+            size -= len(values.get(key, b""))
+        if size > self.max_bytes:
+            raise TooLarge(f"session would be {size} bytes, the limit is {self.max_bytes}")
+        return size
 
     def touch(self, session: Session, now: float) -> Touch:
         session.last_access = now

@@ -345,6 +345,8 @@ class SessionNode:
                 handle.waits.append(deliver(secondary, full))
             return Outcome()
         if data.rotated:
+            # A change refused as too large must not have rotated the id.
+            self.store.size_after(session, changes)
             self._rotate(handle, now)
         delta = self.store.commit(session, changes, now)
         if session.secondary is None:
