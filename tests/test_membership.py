@@ -70,7 +70,7 @@ class VoterTests(SynchronousTestCase):
         """A refused connection is proof: the voter votes yes although its promise still ran."""
         v = Voter(1.5, started=-10.0)
         v.renew("s1", 5, 0.0)
-        v.proof("s1", 5, 0.05)
+        v.proof("s1", 5)
         self.assertTrue(v.vote("s1", 5, 0.1))
         self.assertIs(v.renew("s1", 7, 0.2), Renewal.GRANTED)
 

@@ -76,7 +76,7 @@ class PeerEdgeTests(SynchronousTestCase):
 
     def test_unknown_peer_refused(self):
         """A name that is not a configured node, or has no incarnation, is refused even with the secret."""
-        for user in (b"intruder/5", b"s1", b"s1/", b"s1/-3", b"s1/x", b"s1/" + b"9" * 30):
+        for user in (b"intruder/5", b"s1", b"s1/", b"s1/-3", b"s1/x", b"s1/" + b"9" * 30, "s1/\u0663".encode("utf-8")):
             self.failureResultOf(self.connect(user=user)).trap(UnauthorizedLogin)
         self.flushLoggedErrors(UnauthorizedLogin)
 

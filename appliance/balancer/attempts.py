@@ -176,13 +176,20 @@ class ServerAttempts:
             buf, self._buf = self._buf, b""
             self._read_head(buf)
 
-    def backend_failed(self, conn: BackendProtocol, reason: Failure) -> None:
-        b = self.balancer
+    def _detach(self, conn: BackendProtocol) -> bool:
+        """
+        The exchange with C{conn} ended without an answer for the client;
+        returns whether the request still waits for one.
+        """
         self._conn = None
-        b.nodes.finished(conn.node, None)
+        self.balancer.nodes.finished(conn.node, None)
         if self._streaming:
             self._stop_streaming(conn)
-        if self._state != BUSY:
+        return self._state == BUSY
+
+    def backend_failed(self, conn: BackendProtocol, reason: Failure) -> None:
+        b = self.balancer
+        if not self._detach(conn):
             return
         if self.responding:
             # Part of the answer is already with the client: only closing
@@ -240,12 +247,7 @@ class ServerAttempts:
         not serve it now): the request goes to the next server, a POST
         too, when its whole body is still here to send.
         """
-        b = self.balancer
-        self._conn = None
-        b.nodes.finished(conn.node, None)
-        if self._streaming:
-            self._stop_streaming(conn)
-        if self._state != BUSY:
+        if not self._detach(conn):
             return
         if not (self._replayable and self._body_done):
             self._fail(503)

@@ -177,7 +177,7 @@ class Voter:
         self._bury(server, incarnation)
         return True
 
-    def proof(self, server: str, incarnation: int, now: float = 0.0) -> None:
+    def proof(self, server: str, incarnation: int) -> None:
         """
         No process listens on C{server}'s port: C{incarnation} and every
         older one are dead.

@@ -430,15 +430,6 @@ class Store:
                 out.append((sid, GONE, 0, self.node, 0))
         return out
 
-    def clear(self) -> int:
-        """
-        Forget every session (a new incarnation starts empty); returns how
-        many there were.
-        """
-        n = len(self.sessions)
-        self.sessions = {}
-        return n
-
     def backed_by(self, peer: str) -> List[Session]:
         """
         Primary copies whose secondary is C{peer}.

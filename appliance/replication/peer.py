@@ -61,9 +61,9 @@ def localize(failure):
     An errback for calls to a peer: one of L{REMOTE_ERRORS} raised there is
     raised here as itself.
     """
-    for error in REMOTE_ERRORS:
-        if failure.check(error) and not isinstance(failure.value, error):
-            raise error(str(failure.value))
+    for kind in REMOTE_ERRORS:
+        if failure.check(kind) and not isinstance(failure.value, kind):
+            raise kind(str(failure.value))
     return failure
 
 
@@ -78,7 +78,7 @@ def parse_username(user, nodes: Collection[str]):
     if isinstance(user, bytes):
         user = user.decode("ascii", "replace")
     name, _, number = user.partition("/")
-    if name not in nodes or not number.isdigit() or len(number) > 20:
+    if name not in nodes or not (number.isascii() and number.isdigit()) or len(number) > 20:
         return None
     return name, int(number)
 

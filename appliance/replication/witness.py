@@ -37,7 +37,7 @@ def vote(voter: Voter, server: str, incarnation: int, now: Callable[[], float], 
 
     def probed(refused: bool) -> bool:
         if refused:
-            voter.proof(server, incarnation, now())
+            voter.proof(server, incarnation)
         return voter.vote(server, incarnation, now())
 
     return probe(server).addCallback(probed)

@@ -30,7 +30,7 @@ from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import IReplicationHandler, NoSuchSession, NotNow, PrimaryAlive, decode_hand_over
 from appliance.server.errors import NotServing, TooManySessions, Unprotected
 from appliance.server.locks import Busy, SessionLocks
-from appliance.server.protection import Copy, Protection, newest
+from appliance.server.protection import Protection, newest
 from appliance.server.quorum import Quorum
 
 log = Logger()

@@ -23,7 +23,7 @@ from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import decode_sids
 from appliance.replication.replicator import Unreadable
-from appliance.server.errors import NotServing, Unprotected
+from appliance.server.errors import Unprotected
 from appliance.server.locks import Busy
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -164,7 +164,7 @@ class Quorum:
         """
         incarnation = self.incarnation_of(server)
         if incarnation is not None:
-            self.membership.voter.proof(server, incarnation, self.now())
+            self.membership.voter.proof(server, incarnation)
 
     def vote(self, server: str, incarnation: int) -> defer.Deferred:
         """
