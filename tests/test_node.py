@@ -312,6 +312,35 @@ class FailoverTests(Base):
         self.assertEqual((promoted.primary, promoted.secondary, promoted.epoch), ("s3", "s2", 2))
         self.assertEqual(self.s.servers["s2"].node.store.get(self.route.sid).epoch, 2)
 
+    def test_rival_promotion_acknowledges_nothing(self):
+        """A second server that made itself primary of the same epoch gets no write acknowledged and stops serving its copy."""
+        self.s.kill("s1")
+        self.s.run(0.5)
+        early = self.s.servers["s3"].node.store.get(self.route.sid).full(self.s.servers["s3"].now())
+        _, route = self.ok("s3", self.route, add("pear"))
+        self.assertEqual((route.primary, route.secondary), ("s3", "s2"))
+        s1 = self.s.restart("s1")
+        self.s.run(2.0)
+        rival = s1.node.store.adopt(early, "s2", s1.now())
+        self.fails("s1", cookie.Route(route.sid, "s1", "s2"), add("rogue"), Fenced)
+        self.assertIsNone(s1.node.store.primary_of(route.sid))
+        self.assertEqual(rival.values, {"cart": b'["apple","rogue"]'})
+        self.assertEqual(self.s.servable(route.sid), ["s3"])
+        self.assertEqual(self.cart("s3", route)[0], ["apple", "pear"])
+        self.assertEqual(self.s.servers["s2"].node.store.get(route.sid).values, {"cart": b'["apple","pear"]'})
+
+    def test_orphans_asked_of_the_primary_s_next_incarnation(self):
+        """A primary that started a new incarnation promotes its own copy; its secondary asks that incarnation too and does not promote a rival."""
+        self.s.servers["s1"].end()
+        for _ in range(12):
+            self.s.run(0.25)
+            self.assertLessEqual(len(self.s.servable(self.route.sid)), 1)
+        self.assertEqual(self.s.servable(self.route.sid), ["s1"])
+        backup = self.s.servers["s3"].node.store.get(self.route.sid)
+        self.assertEqual((backup.primary, backup.epoch), ("s1", 2))
+        _, route = self.ok("s1", self.route, add("pear"))
+        self.assertEqual(self.cart(route.primary, route)[0], ["apple", "pear"])
+
     def test_no_promotion_across_a_partition(self):
         """A secondary cut off from a primary that the others still reach does not promote itself; the primary re-protects on another node."""
         self.s.cut("s3", "s1")

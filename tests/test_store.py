@@ -147,6 +147,29 @@ class TakeoverTests(SynchronousTestCase):
         kept = backup.get(SID)
         self.assertEqual((kept.epoch, kept.primary), (2, "s3"))
 
+    def test_rival_of_the_same_epoch_changes_nothing(self):
+        """A full state or a change of the epoch a backup holds, from another primary, is a rival's: refused, the copy kept as it was."""
+        primary, backup = pair()
+        rival = Store("s3", 100.0)
+        rival.apply(primary.get(SID).full(0.0), 0.0)
+        backup.promote(SID, "s1", 1.0)
+        mine = rival.promote(SID, "s2", 1.0)
+        self.assertEqual(mine.epoch, backup.get(SID).epoch)
+        self.assertEqual(backup.apply(mine.full(1.0), 1.0), Result.RIVAL)
+        delta = rival.commit(mine, changes(late=True), 2.0)
+        self.assertEqual(backup.apply(delta, 2.0), Result.RIVAL)
+        kept = backup.get(SID)
+        self.assertEqual((kept.primary, kept.version, kept.values), ("s2", 1, {"cart": b'["a"]'}))
+
+    def test_demoted_rival_keeps_its_copy(self):
+        """A primary told of a rival stops serving its copy of that epoch but keeps the data for the look-ups."""
+        primary, _ = pair()
+        session = primary.get(SID)
+        self.assertFalse(primary.demote(SID, session.epoch + 1))
+        self.assertTrue(primary.demote(SID, session.epoch))
+        self.assertIsNone(primary.primary_of(SID))
+        self.assertEqual(primary.get(SID).values, {"cart": b'["a"]'})
+
     def test_adopt_then_old_primary_fenced(self):
         """A node that adopted a session fences the old primary's next write."""
         primary, backup = pair()

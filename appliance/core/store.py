@@ -31,6 +31,9 @@ class Result(enum.IntEnum):
     DUPLICATE = 1
     GAP = 2
     FENCED = 3
+    # another primary holds this very epoch: two servers promoted the same
+    # session at once; the sender stops serving its copy but keeps it
+    RIVAL = 4
 
     @property
     def acknowledged(self) -> bool:
@@ -236,7 +239,8 @@ class Store:
         """
         The backup's rules: exact base version applies; same or older is a
         duplicate; a gap or an unknown session asks for the full state; an
-        older epoch is fenced.  C{incarnation} is the sending primary's.
+        older epoch is fenced; a change or a full state of the same epoch
+        from another primary is a rival's.  C{incarnation} is the sending primary's.
         """
         local = self.sessions.get(record.sid)
         if isinstance(record, Full):
@@ -255,6 +259,8 @@ class Store:
         if isinstance(record, Touch):
             local.last_access = now
             return Result.OK
+        if record.primary != local.primary:
+            return Result.RIVAL
         if record.version <= local.version:
             return Result.DUPLICATE
         if record.version != local.version + 1:
@@ -302,6 +308,8 @@ class Store:
         if local is not None:
             if record.epoch < local.epoch:
                 return Result.FENCED
+            if record.epoch == local.epoch and record.primary != local.primary:
+                return Result.RIVAL
             if record.epoch == local.epoch and record.version < local.version:
                 return Result.DUPLICATE
         session = self.sessions[record.sid] = Session(
@@ -327,6 +335,20 @@ class Store:
         session = self.sessions.get(sid)
         if session is not None and session.epoch <= epoch:
             del self.sessions[sid]
+            return True
+        return False
+
+    def demote(self, sid: str, epoch: int) -> bool:
+        """
+        A backup answered that another primary holds C{epoch} of C{sid}:
+        stop serving our copy of that epoch, but keep it, as an orphan of
+        an earlier incarnation, for the look-ups that decide which copy
+        lives on (both rivals may have refused each other).  Returns
+        whether ours was demoted.
+        """
+        session = self.sessions.get(sid)
+        if session is not None and self.mine(session) and session.epoch == epoch:
+            session.primary_inc = self.incarnation - 1
             return True
         return False
 

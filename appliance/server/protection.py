@@ -95,6 +95,13 @@ class Protection:
             if self.store.fenced(record.sid, record.epoch):
                 log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=record.sid, epoch=record.epoch)
             raise Fenced(record.sid)
+        if result is Result.RIVAL:
+            if self.store.demote(record.sid, record.epoch):
+                log.warn(
+                    "{peer} holds {sid} epoch={epoch} from another primary: ours serves no more",
+                    peer=peer, sid=record.sid, epoch=record.epoch,
+                )
+            raise Fenced(record.sid)
         session = self._mine(record.sid)
         if session.secondary == peer:
             return self.deliver(peer, session.full(self.node.now()), avoid)
@@ -284,17 +291,25 @@ class Protection:
             orphans = self.store.orphans(peer, incarnation)
             if not orphans:
                 break
-            found, missing = yield self.locate([s.sid for s in orphans], exclude=(peer,))
+            # The peer is asked too: a new incarnation of it may hold a copy
+            # as new as ours (it promotes its own orphans); its dead one is
+            # skipped by locate.
+            known = self.quorum.incarnation_of(peer)
+            found, missing = yield self.locate([s.sid for s in orphans])
             if missing:
                 yield self.settle(missing, node.settings.takeover_wait)
                 continue
+            again = False
             for session in orphans:
-                outcome = yield self._promote_one(session.sid, peer, incarnation, found[session.sid])
+                outcome = yield self._promote_one(session.sid, peer, incarnation, found[session.sid], known)
                 if outcome == "promoted":
                     promoted += 1
                 elif outcome == "dropped":
                     dropped += 1
-            break
+                elif outcome == "again":
+                    again = True
+            if not again:
+                break
         if promoted or dropped:
             log.info(
                 "{peer} (incarnation {incarnation}) is dead: promoted {promoted} of its sessions backed here"
@@ -304,12 +319,14 @@ class Protection:
         return promoted
 
     @defer.inlineCallbacks
-    def _promote_one(self, sid: str, peer: str, incarnation: int, others: List[Copy]):
+    def _promote_one(self, sid: str, peer: str, incarnation: int, others: List[Copy], known: Optional[int]):
         try:
             yield self.locks.take(sid)
         except Busy:
             return "busy"
         try:
+            if self.quorum.incarnation_of(peer) != known:
+                return "again"  # a new incarnation of it logged in since the look-up: ask it too
             local = self.store.get(sid)
             if local is None or local.primary != peer or local.primary_inc > incarnation:
                 return "moved"
