@@ -228,6 +228,10 @@ def run(
     )  # fmt: skip
     faults: List[Fault] = []
     problems: List[str] = []
+    try:
+        _wait_for_sessions(history, clients, workload, ready_timeout)
+    except RuntimeError as e:
+        problems.append(str(e))
     time.sleep(warmup)
     for n, step in enumerate(steps, 1):
         if workload.poll() is not None:
@@ -267,6 +271,28 @@ def run(
         json.dump([{"name": x.name, "start": x.start, "end": x.end, "servers": x.servers,
                     "unreplicated": x.unreplicated} for x in faults], f)  # fmt: skip
     return Result(report, faults, ops, problems, time.monotonic() - began, d)
+
+
+def _wait_for_sessions(history: str, clients: int, workload, timeout: float) -> None:
+    """
+    Wait until every client has had a write acknowledged (its session
+    exists), so that no fault comes before the sessions it should hit: the
+    workload's processes may take seconds to start on a loaded machine.
+    """
+    deadline = time.monotonic() + timeout
+    started: set = set()
+    while time.monotonic() < deadline and workload.poll() is None:
+        if os.path.exists(history):
+            with open(history) as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        op = json.loads(line)
+                        if op["kind"] == "add" and op["outcome"] == 200:
+                            started.add(op["client"])
+        if len(started) >= clients:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"only {len(started)} of {clients} clients had a write acknowledged before the faults")
 
 
 def load_history(path: str) -> List[Op]:
