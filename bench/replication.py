@@ -584,7 +584,7 @@ for i in range(count):
         # what the secondary holds: decoded from the wire, applied as Full
         (record,) = wire.decode(wire.encode([full]), ("s1", "s2"))
         backup.apply(record, 0.0)
-        del primary.sessions[sid_of(i)]
+        primary.drop(sid_of(i))
 gc.collect()
 after = rss()
 store = primary if role == "primary" else backup

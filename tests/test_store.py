@@ -454,3 +454,106 @@ class LifetimeTests(SynchronousTestCase):
         self.assertFalse(data.changes())
         data.timeout = None
         self.assertFalse(data.changes())
+
+def recount(store):
+    """
+    What the store's indexes and count must say, found by walking every copy.
+    """
+    pairs = {}
+    for s in store.sessions.values():
+        pairs.setdefault((s.primary, s.secondary), {}).setdefault(s.sid[0], set()).add(s.sid)
+    return pairs, sum(1 for s in store.sessions.values() if store.mine(s))
+
+
+INDEX_SIDS = [c * 22 for c in "ABab01-_"]
+peers = st.sampled_from(["s2", "s3", None])
+operation = st.one_of(
+    st.tuples(st.just("create"), st.sampled_from(INDEX_SIDS), peers),
+    st.tuples(st.just("commit"), st.sampled_from(INDEX_SIDS), st.integers(0, 3)),
+    st.tuples(st.just("secondary"), st.sampled_from(INDEX_SIDS), peers),
+    st.tuples(st.just("full"), st.sampled_from(INDEX_SIDS), st.sampled_from(["s2", "s3"]), st.integers(1, 4), peers),
+    st.tuples(st.just("remove"), st.sampled_from(INDEX_SIDS), st.integers(0, 4)),
+    st.tuples(st.just("hand_over"), st.sampled_from(INDEX_SIDS), st.sampled_from(["s2", "s3"])),
+    st.tuples(st.just("promote"), st.sampled_from(INDEX_SIDS), peers),
+    st.tuples(st.just("fenced"), st.sampled_from(INDEX_SIDS), st.integers(0, 4)),
+    st.tuples(st.just("incarnation"), st.just(None), st.just(None)),
+    st.tuples(st.just("compare"), st.sampled_from(["s2", "s3"]), st.sampled_from([None, "Aa", "0-_B"])),
+    st.tuples(st.just("wait"), st.floats(0, 40), st.just(None)),
+    st.tuples(st.just("rotate"), st.sampled_from(INDEX_SIDS), st.sampled_from(INDEX_SIDS)),
+    st.tuples(st.just("demote"), st.sampled_from(INDEX_SIDS), st.integers(0, 4)),
+)
+
+
+class IndexTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(operation, max_size=40))
+    def test_indexes_follow_every_change(self, ops):
+        """Under any sequence of changes the pair index, the primaries count and the expiry wheel agree with a walk of every copy."""
+        store = Store("s1", 30.0)
+        now = 0.0
+        for op in ops:
+            kind, a, b, *rest = op
+            s = store.get(a) if kind not in ("wait", "incarnation", "compare") else None
+            if kind == "create" and s is None:
+                store.create(a, changes(x=1), b, now)
+            elif kind == "commit" and s is not None and store.mine(s):
+                store.commit(s, changes(x=b), now)
+            elif kind == "secondary" and s is not None and store.mine(s):
+                store.set_secondary(s, b, now)
+            elif kind == "full":
+                store.apply(Full(a, rest[0], 1, b, rest[1], 30.0, 0.0, {}), now, incarnation=7)
+            elif kind == "remove":
+                store.apply(Remove(a, b), now)
+            elif kind == "hand_over":
+                store.hand_over(a, b, now, 9)
+            elif kind == "promote":
+                store.promote(a, b, now)
+            elif kind == "fenced":
+                store.fenced(a, b)
+            elif kind == "incarnation":
+                store.incarnation += 1
+            elif kind == "rotate" and s is not None and store.mine(s) and b not in store.sessions and not store.gone(b):
+                store.rotate(s, b, now)
+            elif kind == "demote":
+                store.demote(a, b)
+            elif kind == "compare":
+                store.compare(a, store.digest(a)[:1], 7, b)
+            elif kind == "wait":
+                now += a
+                overdue = {sid for sid, s in store.sessions.items() if now >= s.last_access + s.timeout + 1.0}
+                due = {sid for sid, s in store.sessions.items() if now >= s.last_access + s.timeout}
+                gone = set(store.expired(now))
+                self.assertLessEqual(overdue, gone)
+                self.assertLessEqual(gone, due)
+                self.assertTrue(all(sid not in store.sessions for sid in gone))
+            pairs, primaries = recount(store)
+            indexed = {k: {c: set(b) for c, b in v.items()} for k, v in store._pairs.items()}
+            self.assertEqual(indexed, pairs, op)
+            self.assertEqual(store.primaries, primaries, op)
+            for sid, session in store.sessions.items():
+                self.assertGreater(session.due, 0)
+
+    def test_expiry_looks_only_at_due_sessions(self):
+        """A sweep removes what is due, at most its limit at a time, and never an idle session before its timeout."""
+        store = Store("s1", 10.0)
+        for i in range(5):
+            store.create(INDEX_SIDS[i], changes(x=i), "s2", now=float(i))
+        store.touch(store.get(INDEX_SIDS[0]), 8.0)
+        self.assertEqual(store.expired(10.0), [])
+        self.assertEqual(store.expired(12.0, limit=1), [INDEX_SIDS[1]])
+        self.assertEqual(sorted(store.expired(12.0)), [INDEX_SIDS[2]])
+        self.assertEqual(sorted(store.expired(100.0)), sorted([INDEX_SIDS[0], INDEX_SIDS[3], INDEX_SIDS[4]]))
+        self.assertEqual(len(store), 0)
+
+    def test_sweep_bounds_what_it_looks_at(self):
+        """A sweep looks at most at its limit of due entries, even when none of them has expired (they were used since), and says when more are due."""
+        store = Store("s1", 10.0)
+        for i in range(5):
+            store.create(INDEX_SIDS[i], changes(x=i), "s2", now=0.0)
+            store.touch(store.get(INDEX_SIDS[i]), 9.0)
+        looked = 0
+        while store.expiry_due(10.0):
+            self.assertEqual(store.expired(10.0, limit=2), [])
+            looked += 1
+        self.assertEqual(looked, 3)
+        self.assertEqual(sorted(store.expired(19.0)), sorted(INDEX_SIDS[:5]))

@@ -61,7 +61,9 @@ class Session:
     (see L{appliance.core.membership}); C{former} lists the ids this session
     had before it was given a new one, each with the moment (on the
     holder's clock) until which it must stay dead: every full state carries
-    them, so whoever holds the session also refuses its old ids.
+    them, so whoever holds the session also refuses its old ids; C{due} is
+    the expiry slot the store filed this copy under (0: none), see
+    L{appliance.core.expiry}.
     """
 
     sid: str
@@ -75,6 +77,7 @@ class Session:
     size: int = 0
     primary_inc: int = 0
     former: Tuple[Tuple[str, float], ...] = ()
+    due: int = 0
 
     def expires_at(self) -> float:
         return self.last_access + self.timeout

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import enum
 import heapq
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+from appliance.core.expiry import ExpiryWheel
 from appliance.core.session import DEFAULT_TIMEOUT, MAX_FORMER, Changes, Delta, Full, Remove, Rotate, Session, Touch
 
 Record = Union[Delta, Full, Remove, Touch, Rotate]
@@ -52,20 +53,136 @@ class TooLarge(Exception):
     """
 
 
+#: Entries of the expiry wheel a sweep looks at, at most, per call.
+SWEEP = 10_000
+
+
 class Store:
+    """
+    Every copy the node holds.  Besides the copies by sid it keeps, so that
+    nothing on a busy node walks every session: the copies by (primary,
+    secondary) pair and first character of the sid (a digest, a
+    re-protection, a promotion or a drain looks only at its own), an
+    expiry wheel, and the count of this node's primaries.  So every change
+    of a copy's primary, secondary or presence goes through a method here.
+    """
+
     def __init__(self, node: str, timeout: float, max_bytes: int = 16 * 1024 * 1024):
         self.node = node
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.sessions: Dict[str, Session] = {}
-        # This node's incarnation, stamped on the primaries it holds.
-        self.incarnation = 0
+        self.primaries = 0
+        self._incarnation = 0
+        self._pairs: Dict[Tuple[str, Optional[str]], Dict[str, Dict[str, None]]] = {}
+        self._wheel = ExpiryWheel()
         # Ids rotated away (sid -> until when), and their expiry order.
         self.tombstones: Dict[str, float] = {}
         self._burials: List[Tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self.sessions)
+
+    @property
+    def incarnation(self) -> int:
+        """
+        This node's incarnation, stamped on the primaries it holds.  A new
+        one makes every primary of the old one an orphan.
+        """
+        return self._incarnation
+
+    @incarnation.setter
+    def incarnation(self, value: int) -> None:
+        self._incarnation = value
+        self.primaries = sum(1 for s in self._paired(self.node) if s.primary_inc == value)
+
+    @property
+    def backups(self) -> int:
+        """
+        Copies held here whose primary is elsewhere (or an earlier
+        incarnation of this node).
+        """
+        return len(self.sessions) - self.primaries
+
+    # -- the indexes -------------------------------------------------------
+
+    def _put(self, session: Session) -> None:
+        old = self.sessions.get(session.sid)
+        if old is not None:
+            self._forget(old)
+        self.sessions[session.sid] = session
+        self._index(session)
+        if self.mine(session):
+            self.primaries += 1
+        self._schedule(session)
+
+    def _forget(self, session: Session) -> None:
+        self._unindex(session)
+        if self.mine(session):
+            self.primaries -= 1
+
+    def _index(self, session: Session) -> None:
+        sid = session.sid
+        self._pairs.setdefault((session.primary, session.secondary), {}).setdefault(sid[0], {})[sid] = None
+
+    def _unindex(self, session: Session) -> None:
+        key = (session.primary, session.secondary)
+        buckets = self._pairs.get(key)
+        if buckets is None:
+            return
+        sid = session.sid
+        bucket = buckets.get(sid[0])
+        if bucket is not None and bucket.pop(sid, 0) is None:
+            if not bucket:
+                del buckets[sid[0]]
+                if not buckets:
+                    del self._pairs[key]
+
+    def _relabel(self, session: Session, primary: str, secondary: Optional[str], primary_inc: int) -> None:
+        """
+        Change who a copy names as primary and secondary, keeping the
+        indexes and the count right.
+        """
+        was = self.mine(session)
+        self._unindex(session)
+        session.primary = primary
+        session.secondary = secondary
+        session.primary_inc = primary_inc
+        self._index(session)
+        self.primaries += self.mine(session) - was
+
+    def _paired(self, primary: str, secondary=..., prefixes: Optional[str] = None) -> Iterator[Session]:
+        """
+        Copies whose primary is C{primary} (and secondary C{secondary},
+        when given), whose sid starts with one of C{prefixes} (any, when
+        C{None}).
+        """
+        sessions = self.sessions
+        keys = [k for k in self._pairs if k[0] == primary and (secondary is ... or k[1] == secondary)]
+        for key in keys:
+            buckets = self._pairs.get(key, {})
+            chars = list(buckets) if prefixes is None else [c for c in prefixes if c in buckets]
+            for c in chars:
+                for sid in list(buckets.get(c, ())):
+                    yield sessions[sid]
+
+    def drop(self, sid: str) -> Optional[Session]:
+        """
+        Forget this copy (it is stale, or handed over); returns it.
+        """
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            self._forget(session)
+        return session
+
+    def _schedule(self, session: Session) -> None:
+        slot = self._wheel.slot(session.last_access + session.timeout)
+        if session.due and session.due <= slot:
+            return
+        session.due = slot
+        self._wheel.add(session.sid, slot)
+
+    # -- reading -----------------------------------------------------------
 
     def get(self, sid: str) -> Optional[Session]:
         return self.sessions.get(sid)
@@ -76,7 +193,7 @@ class Store:
         (a copy this node was primary of in an earlier incarnation is an
         orphan like any backup of a dead primary).
         """
-        return session.primary == self.node and session.primary_inc == self.incarnation
+        return session.primary == self.node and session.primary_inc == self._incarnation
 
     def primary_of(self, sid: str) -> Optional[Session]:
         """
@@ -107,9 +224,9 @@ class Store:
             last_access=now,
             timeout=self._timeout(changes, self.timeout),
             size=size,
-            primary_inc=self.incarnation,
+            primary_inc=self._incarnation,
         )
-        self.sessions[sid] = session
+        self._put(session)
         return session.full(now)
 
     def _timeout(self, changes: Changes, current: float) -> float:
@@ -139,6 +256,7 @@ class Store:
         timeout = self._timeout(changes, session.timeout)
         if timeout != session.timeout:
             session.timeout = timeout
+            self._schedule(session)
             return session.full(now)
         return Delta(
             session.sid,
@@ -184,13 +302,15 @@ class Store:
 
     def _rename(self, session: Session, new: str, now: float) -> None:
         old = session.sid
-        del self.sessions[old]
+        self.drop(old)
         # A copy of the old id, wherever one was left, expires within its
         # lifetime: so long the old id stays dead.
         until = now + max(session.timeout, self.timeout)
         session.former = tuple(f for f in session.former if f[1] > now)[1 - MAX_FORMER :] + ((old, until),)
         session.sid = new
-        self.sessions[new] = session
+        # Filed again under its new id (the old id's entries find nothing).
+        session.due = 0
+        self._put(session)
         self._bury(old, until)
 
     def _bury(self, sid: str, until: float) -> None:
@@ -198,7 +318,7 @@ class Store:
         C{sid} must never be served again (until C{until}): a copy held
         here under it goes.
         """
-        self.sessions.pop(sid, None)
+        self.drop(sid)
         if self.tombstones.get(sid, -1.0) < until:
             self.tombstones[sid] = until
             heapq.heappush(self._burials, (until, sid))
@@ -222,17 +342,18 @@ class Store:
         self.tombstones.pop(sid, None)
 
     def remove(self, sid: str) -> Optional[Remove]:
-        session = self.sessions.pop(sid, None)
+        session = self.drop(sid)
         if session is None:
             return None
         return Remove(sid, session.epoch)
 
     def set_secondary(self, session: Session, secondary: Optional[str], now: float) -> Full:
         """
-        Re-protect a primary copy on another node: the new secondary gets the
-        full state.
+        Re-protect a primary copy on another node (or note that it has
+        none): the new secondary gets the full state.
         """
-        session.secondary = secondary
+        if secondary != session.secondary:
+            self._relabel(session, session.primary, secondary, session.primary_inc)
         return session.full(now)
 
     def apply(self, record: Record, now: float, incarnation: int = 0) -> Result:
@@ -252,7 +373,7 @@ class Store:
         if record.epoch < local.epoch:
             return Result.FENCED
         if isinstance(record, Remove):
-            del self.sessions[record.sid]
+            self.drop(record.sid)
             return Result.OK
         if record.epoch > local.epoch:
             return Result.GAP
@@ -272,9 +393,8 @@ class Store:
         for key in record.removed:
             local.size -= len(values.pop(key, b""))
         local.version = record.version
-        local.primary = record.primary
-        local.secondary = record.secondary
-        local.primary_inc = incarnation
+        if (local.primary, local.secondary, local.primary_inc) != (record.primary, record.secondary, incarnation):
+            self._relabel(local, record.primary, record.secondary, incarnation)
         local.last_access = now
         return Result.OK
 
@@ -295,9 +415,7 @@ class Store:
         if record.epoch > old.epoch or record.version != old.version:
             return Result.GAP
         self._rename(old, record.sid, now)
-        old.primary = record.primary
-        old.secondary = record.secondary
-        old.primary_inc = incarnation
+        self._relabel(old, record.primary, record.secondary, incarnation)
         old.last_access = now
         return Result.OK
 
@@ -312,7 +430,7 @@ class Store:
                 return Result.RIVAL
             if record.epoch == local.epoch and record.version < local.version:
                 return Result.DUPLICATE
-        session = self.sessions[record.sid] = Session(
+        session = Session(
             sid=record.sid,
             values=dict(record.values),
             version=record.version,
@@ -324,6 +442,7 @@ class Store:
             size=sum(len(v) for v in record.values.values()),
             primary_inc=incarnation,
         )
+        self._put(session)
         self._bury_former(session, record.former, now)
         return Result.OK
 
@@ -334,7 +453,7 @@ class Store:
         """
         session = self.sessions.get(sid)
         if session is not None and session.epoch <= epoch:
-            del self.sessions[sid]
+            self.drop(sid)
             return True
         return False
 
@@ -348,29 +467,30 @@ class Store:
         """
         session = self.sessions.get(sid)
         if session is not None and self.mine(session) and session.epoch == epoch:
-            session.primary_inc = self.incarnation - 1
+            self._relabel(session, session.primary, session.secondary, self._incarnation - 1)
             return True
         return False
 
-    def hand_over(self, sid: str, requester: str, now: float) -> Optional[Full]:
+    def hand_over(self, sid: str, requester: str, now: float, requester_inc: int = 0) -> Optional[Full]:
         """
         Another node takes this session over: the epoch goes up and the
-        requester becomes primary.  An old primary drops its copy (it is
-        fenced); a backup keeps its copy under the new epoch and primary.
-        Returns the full state for the requester, or C{None} if this node
-        holds nothing.
+        requester (at C{requester_inc}) becomes primary.  An old primary
+        drops its copy (it is fenced); a backup keeps its copy under the
+        new epoch and primary.  Returns the full state for the requester,
+        or C{None} if this node holds nothing.
         """
         session = self.sessions.get(sid)
         if session is None:
             return None
         session.epoch += 1
         if self.mine(session) or session.secondary != self.node:
-            del self.sessions[sid]
+            self.drop(sid)
             secondary = session.secondary
+            session.primary = requester
+            session.secondary = secondary
         else:
             secondary = self.node
-        session.primary = requester
-        session.secondary = secondary
+            self._relabel(session, requester, secondary, requester_inc)
         full = session.full(now)
         session.last_access = now
         return full
@@ -390,9 +510,9 @@ class Store:
             last_access=now,
             timeout=full.timeout,
             size=sum(len(v) for v in full.values.values()),
-            primary_inc=self.incarnation,
+            primary_inc=self._incarnation,
         )
-        self.sessions[full.sid] = session
+        self._put(session)
         self._bury_former(session, full.former, now)
         return session
 
@@ -405,20 +525,38 @@ class Store:
         if session is None:
             return None
         session.epoch = max(session.epoch + 1, floor + 1)
-        session.primary = self.node
-        session.primary_inc = self.incarnation
-        session.secondary = secondary
+        self._relabel(session, self.node, secondary, self._incarnation)
         session.last_access = now
         return session
 
-    def expired(self, now: float) -> List[str]:
+    # -- time --------------------------------------------------------------
+
+    def expired(self, now: float, limit: int = SWEEP) -> List[str]:
         """
-        Remove and return every session idle past its timeout, primary or
-        backup alike.
+        Remove and return the sessions idle past their timeout, primary or
+        backup alike, found on the expiry wheel, not by walking every
+        session.  At most C{limit} entries of the wheel are looked at (the
+        rest wait: see L{expiry_due}).
         """
-        gone = [sid for sid, s in self.sessions.items() if now >= s.last_access + s.timeout]
-        for sid in gone:
-            del self.sessions[sid]
+        gone: List[str] = []
+        sessions = self.sessions
+        left = limit
+        while left > 0:
+            due = self._wheel.pop(now, left)
+            if due is None:
+                break
+            slot, sids = due
+            left -= len(sids)
+            for sid in sids:
+                s = sessions.get(sid)
+                if s is None or s.due != slot:
+                    continue
+                s.due = 0
+                if now >= s.last_access + s.timeout:
+                    self.drop(sid)
+                    gone.append(sid)
+                else:
+                    self._schedule(s)
         burials, tombstones = self._burials, self.tombstones
         while burials and burials[0][0] <= now:
             until, sid = heapq.heappop(burials)
@@ -426,15 +564,20 @@ class Store:
                 del tombstones[sid]
         return gone
 
+    def expiry_due(self, now: float) -> bool:
+        """
+        Whether sessions are still due for an expiry look at C{now}.
+        """
+        return self._wheel.due(now)
+
+    # -- looking copies up -------------------------------------------------
+
     def orphans(self, primary: str, incarnation: int) -> List[Session]:
         """
         Backups whose primary is C{primary} at C{incarnation} or older.
         """
-        return [
-            s
-            for s in self.sessions.values()
-            if s.primary == primary and s.primary_inc <= incarnation and not self.mine(s)
-        ]
+        mine = self.mine
+        return [s for s in self._paired(primary) if s.primary_inc <= incarnation and not mine(s)]
 
     def copies(self, sids: Iterable[str]) -> List[Tuple[str, int, int, str, int]]:
         """
@@ -452,45 +595,50 @@ class Store:
                 out.append((sid, GONE, 0, self.node, 0))
         return out
 
-    def backed_by(self, peer: str) -> List[Session]:
+    def backed_by(self, peer: Optional[str], prefixes: Optional[str] = None) -> List[Session]:
         """
-        Primary copies whose secondary is C{peer}.
+        Primary copies whose secondary is C{peer} (C{None}: none), of the
+        sids starting with one of C{prefixes} when given.
         """
-        mine = self.mine
-        return [s for s in self.sessions.values() if s.secondary == peer and mine(s)]
+        inc = self._incarnation
+        return [s for s in self._paired(self.node, peer, prefixes) if s.primary_inc == inc]
 
-    def digest(self, peer: str) -> List[Tuple[str, int, int]]:
-        """
-        (sid, version, epoch) of every primary copy backed by C{peer}.
-        """
-        return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer)]
+    # -- digests -----------------------------------------------------------
 
-    def compare(self, primary: str, digest: Iterable[Tuple[str, int, int]], incarnation: int = 0) -> List[str]:
+    def digest(self, peer: str, prefixes: Optional[str] = None) -> List[Tuple[str, int, int]]:
+        """
+        (sid, version, epoch) of every primary copy backed by C{peer} (whose
+        sid starts with one of C{prefixes}, when given).
+        """
+        return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer, prefixes)]
+
+    def compare(
+        self, primary: str, digest: Iterable[Tuple[str, int, int]], incarnation: int = 0, prefixes: Optional[str] = None
+    ) -> List[str]:
         """
         On the backup: the sids from C{primary}'s digest that differ from the
         copies here (so need the full state).  Backups that this incarnation
         of C{primary} still claims to own but left out of its digest are
         dropped: it removed them (or moved them to another secondary) and
-        the news was lost.  Backups of an older incarnation are not its to
-        disown: they are orphans (see L{orphans}).
+        the news was lost.  A digest in parts covers the sids starting with
+        one of C{prefixes}: only those can be left out of it.  Backups of an
+        older incarnation are not its to disown: they are orphans (see
+        L{orphans}).
         """
-        listed = {}
+        listed = set()
         differ = []
         for sid, version, epoch in digest:
-            listed[sid] = True
+            listed.add(sid)
             local = self.sessions.get(sid)
             if local is None or local.version != version or local.epoch != epoch:
                 differ.append(sid)
         stale = [
-            sid
-            for sid, s in self.sessions.items()
-            if s.primary == primary
-            and s.primary_inc == incarnation
-            and s.secondary == self.node
-            and sid not in listed
+            s.sid
+            for s in self._paired(primary, self.node, prefixes)
+            if s.primary_inc == incarnation and s.sid not in listed
         ]
         for sid in stale:
-            del self.sessions[sid]
+            self.drop(sid)
         return differ
 
 

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from appliance import cookie
 from appliance.config import ClusterConfig
 from appliance.core.session import Full, Session, SessionData
-from appliance.core.store import GONE, Fenced, Record, Result, Store, place_secondary
+from appliance.core.store import GONE, SWEEP, Fenced, Record, Result, Store, place_secondary
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import IReplicationHandler, NoSuchSession, NotNow, PrimaryAlive, decode_hand_over
@@ -65,6 +65,9 @@ class Outcome:
 
 @implementer(IReplicationHandler)
 class SessionNode:
+    #: Entries of the expiry wheel one reactor turn looks at, at most.
+    sweep = SWEEP
+
     def __init__(
         self,
         clock,
@@ -100,8 +103,6 @@ class SessionNode:
         self.locks = SessionLocks(clock, self.settings.lock_wait)
         self.protection = Protection(self)
         self.touched: dict = {}
-        self._primaries = 0
-        self._counted_at: Optional[float] = None
         self.sync = self.settings.replication == "sync"
         self.stopped = False
         self._sleeps: set = set()
@@ -208,7 +209,7 @@ class SessionNode:
             copies = found[sid]
             if any(c.epoch == GONE for c in copies):
                 # Rotated away: never served again, even from a copy here.
-                self.store.sessions.pop(sid, None)
+                self.store.drop(sid)
                 return None, []
             mine = protection.local_copy(sid)
             if mine is not None:
@@ -332,14 +333,13 @@ class SessionNode:
         if session is None:
             if not changes:
                 return Outcome()
-            if not self._room(now):
+            if self.store.primaries >= self.settings.max_sessions:
                 raise TooManySessions(self.settings.max_sessions)
             secondary = self.pick_secondary()
             if secondary is None and not self.quorum.alone():
                 raise NotServing("no secondary is reachable for a new session")
             sid = cookie.new_sid()
             full = self.store.create(sid, changes, secondary, now)
-            self._primaries += 1
             handle.session = self.store.get(sid)
             if secondary is not None:
                 handle.waits.append(deliver(secondary, full))
@@ -371,22 +371,6 @@ class SessionNode:
         if session.secondary is not None:
             handle.waits.append(self.protection.deliver(session.secondary, rotation))
         log.info("rotated {old} to {new}", old=old, new=new)
-
-    def _room(self, now: float) -> bool:
-        """
-        Whether this node may create one more session.  Counting its
-        primaries walks the store, so it is done only once the store holds
-        C{max_sessions} copies in all, and then at most once a second;
-        sessions created in between are added to the last count.
-        """
-        limit = self.settings.max_sessions
-        if len(self.store) < limit:
-            return True
-        if self._counted_at is None or now - self._counted_at >= 1.0:
-            mine = self.store.mine
-            self._primaries = sum(1 for s in self.store.sessions.values() if mine(s))
-            self._counted_at = now
-        return self._primaries < limit
 
     def background_failure(self, failure) -> None:
         if not failure.check(Fenced, PeerUnavailable, Unprotected, NotServing, Busy):
@@ -468,7 +452,16 @@ class SessionNode:
                     self.send(peer, self.store.touch(session, session.last_access)).addErrback(self.background_failure)
 
     def expire(self) -> List[str]:
-        return self.store.expired(self.now())
+        """
+        Remove the sessions idle past their timeout, a slice at a time: a
+        sweep that finds more than a slice due goes on in the next reactor
+        turn instead of holding this one.
+        """
+        now = self.now()
+        gone = self.store.expired(now, self.sweep)
+        if self.store.expiry_due(now) and not self.stopped:
+            self.clock.callLater(0, self.expire)
+        return gone
 
     # -- IReplicationHandler -----------------------------------------------
 
@@ -504,10 +497,7 @@ class SessionNode:
                     self.quorum.known_dead(local.primary, dead)
                 if not self.quorum.is_dead(local.primary, local.primary_inc):
                     raise PrimaryAlive(local.primary)
-            full = self.store.hand_over(sid, peer, self.now())
-            kept = self.store.get(sid)
-            if kept is not None:
-                kept.primary_inc = incarnation
+            full = self.store.hand_over(sid, peer, self.now(), incarnation)
             log.info("handed {sid} over to {peer} epoch={epoch}", sid=sid, peer=peer, epoch=full.epoch)
             return full
         finally:

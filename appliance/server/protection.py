@@ -117,7 +117,7 @@ class Protection:
             # whole state once more before looking for another secondary.
             return self.deliver(peer, session.full(self.node.now()), avoid + (peer,))
         if session.secondary == peer:
-            session.secondary = None
+            self.store.set_secondary(session, None, self.node.now())
         return self.protect(session, avoid + (peer,))
 
     def _mine(self, sid: str) -> Session:
@@ -332,12 +332,12 @@ class Protection:
                 return "moved"
             if any(c.epoch == GONE for c in others):
                 # Its id was rotated away: the old id is never served again.
-                del self.store.sessions[sid]
+                self.store.drop(sid)
                 return "dropped"
             mine = self.local_copy(sid)
             best = newest(others + [mine])
             if best is not mine and (best.epoch, best.version) > (mine.epoch, mine.version):
-                del self.store.sessions[sid]
+                self.store.drop(sid)
                 return "dropped"
             if best is not mine:
                 return "theirs"

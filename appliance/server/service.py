@@ -127,7 +127,7 @@ class SessionServerService(service.Service):
             "incarnation": self.membership.incarnation,
             "status": "ok" if self.quorum.may_serve() else "no-lease",
             "sessions": len(self.node.store),
-            "primaries": sum(1 for s in self.node.store.sessions.values() if self.node.store.mine(s)),
+            "primaries": self.node.store.primaries,
             "unreplicated": self.replicator.unreplicated(),
             "replication": self.cluster.cluster.replication,
             "peers": {name: link.connected for name, link in sorted(self.links.items()) if name in self.servers},
