@@ -88,6 +88,7 @@ class ClusterSettings:
     clock_drift: float = 0.01
     max_session_bytes: int = 16 * 1024 * 1024
     max_sessions: int = 100_000
+    drain_timeout: float = 30.0
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
@@ -585,6 +586,7 @@ class _Loader:
             clock_drift=s.get("clock_drift", _fraction, 0.01),
             max_session_bytes=s.get("max_session_bytes", _size, 16 * 1024 * 1024),
             max_sessions=s.get("max_sessions", _count, 100_000),
+            drain_timeout=s.get("drain_timeout", _positive_duration, 30.0),
             access_log=s.get("access_log", _boolean, False),
             **tls,
         )

@@ -75,7 +75,8 @@ class HostingTests(TestCase):
             peer_load=lambda p: 0, send=None, quorum=quorum_for(reactor, self.cluster, "s1", time.monotonic),
         )
         self.addCleanup(self.node.stop)
-        site = hosting.site(reactor, self.cluster, self.node, lambda: {"node": "s1", "status": "ok"})
+        self.state = {"node": "s1", "status": "ok"}
+        site = hosting.site(reactor, self.cluster, self.node, lambda: dict(self.state))
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.base = f"http://127.0.0.1:{port.getHost().port}"
@@ -236,3 +237,10 @@ class HostingTests(TestCase):
         self.assertEqual((code, json.loads(body)["status"]), (200, "ok"))
         code, _, _ = yield self.fetch("GET", "/nothing")
         self.assertEqual(code, 404)
+
+    @defer.inlineCallbacks
+    def test_draining_health_is_503(self):
+        """A draining server's health answers 503 (balancers take it out of rotation) with its status in the JSON."""
+        self.state["status"] = "draining"
+        code, body, _ = yield self.fetch("GET", "/_appliance/health")
+        self.assertEqual((code, json.loads(body)["status"]), (503, "draining"))

@@ -603,6 +603,13 @@ class Store:
         inc = self._incarnation
         return [s for s in self._paired(self.node, peer, prefixes) if s.primary_inc == inc]
 
+    def owned(self) -> List[Session]:
+        """
+        Every primary copy of this incarnation.
+        """
+        inc = self._incarnation
+        return [s for s in self._paired(self.node) if s.primary_inc == inc]
+
     # -- digests -----------------------------------------------------------
 
     def digest(self, peer: str, prefixes: Optional[str] = None) -> List[Tuple[str, int, int]]:

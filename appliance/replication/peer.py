@@ -133,6 +133,18 @@ class IReplicationHandler(Interface):
         Fire with whether this voter holds C{incarnation} of C{server} dead.
         """
 
+    def take(peer, incarnation, records):
+        """
+        C{peer}, draining, hands over these sessions (L{Full} states whose
+        primary it is): fire with a L{wire.Take} for each.
+        """
+
+    def peer_leaving(peer, incarnation):
+        """
+        C{peer} is draining: place nothing more on it, re-protect elsewhere
+        what it backs; fire once that is done.
+        """
+
 
 @implementer(pb.IPerspective)
 class PeerAvatar(pb.Avatar):
@@ -186,6 +198,16 @@ class PeerAvatar(pb.Avatar):
         except wire.WireError as e:
             raise Refused(str(e))
         return "".join(self.handler.digest_received(self.peer, self.incarnation, entries)).encode("ascii")
+
+    def perspective_take(self, chunks) -> defer.Deferred:
+        records = self._records(chunks)
+        if not all(isinstance(r, Full) for r in records):
+            raise Refused("a hand-over carries full states")
+        d = defer.maybeDeferred(self.handler.take, self.peer, self.incarnation, records)
+        return d.addCallback(wire.encode_takes)
+
+    def perspective_leaving(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.handler.peer_leaving, self.peer, self.incarnation)
 
     def perspective_locate(self, chunks) -> List[bytes]:
         try:

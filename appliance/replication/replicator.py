@@ -99,6 +99,16 @@ class Replicator:
         self._arrange(q)
         return d
 
+    def flush(self) -> None:
+        """
+        Send what every queue holds now, batching or not (a draining node
+        leaves nothing queued).
+        """
+        for q in list(self._queues.values()):
+            if q.pending:
+                q.due = True
+                self._arrange(q)
+
     def hold(self, peer: str) -> None:
         """
         Keep records for C{peer} queued (while a reconnected link resyncs).

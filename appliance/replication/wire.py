@@ -12,6 +12,7 @@ chunks (L{split} / L{join}).
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import struct
@@ -269,6 +270,32 @@ def decode_results(data: object, count: int) -> List[Optional[Result]]:
     if not isinstance(data, bytes) or len(data) != count:
         raise WireError("results do not match the batch")
     return [_RESULTS.get(b) for b in data]
+
+
+class Take(enum.IntEnum):
+    """
+    A node's answer to one session a draining peer hands it.
+    """
+
+    #: It is primary now (epoch + 1) and its new secondary has the copy.
+    TAKEN = 0
+    #: It holds a newer copy: the offered one is stale.
+    STALE = 1
+    #: The session is busy here (or could not be taken now): offer it again.
+    BUSY = 2
+
+
+_TAKES = {int(t): t for t in Take}
+
+
+def encode_takes(takes: Iterable[Take]) -> bytes:
+    return bytes(int(t) for t in takes)
+
+
+def decode_takes(data: object, count: int) -> List[Take]:
+    if not isinstance(data, bytes) or len(data) != count or any(b not in _TAKES for b in data):
+        raise WireError("take answers do not match the sessions offered")
+    return [_TAKES[b] for b in data]
 
 
 def encode_digest(entries: Iterable[Tuple[str, int, int]]) -> bytes:

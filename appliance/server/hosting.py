@@ -296,7 +296,11 @@ class NodeResource(resource.Resource):
         if path == HEALTH:
             if request.method not in (b"GET", b"HEAD"):
                 return plain_error(request, 405, b"Method Not Allowed", allow=b"GET, HEAD")
-            body = json.dumps(self.health()).encode("utf-8")
+            state = self.health()
+            if state.get("status") == "draining":
+                # Out of the balancers' rotation: no new session comes here.
+                request.setResponseCode(503)
+            body = json.dumps(state).encode("utf-8")
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return body

@@ -28,6 +28,7 @@ from appliance.core.store import GONE, SWEEP, Fenced, Record, Result, Store, pla
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import IReplicationHandler, NoSuchSession, NotNow, PrimaryAlive, decode_hand_over
+from appliance.server.drain import Leaving
 from appliance.server.errors import NotServing, TooManySessions, Unprotected
 from appliance.server.locks import Busy, SessionLocks
 from appliance.server.protection import Protection, newest
@@ -105,6 +106,9 @@ class SessionNode:
         self.touched: dict = {}
         self.sync = self.settings.replication == "sync"
         self.stopped = False
+        #: Set by L{appliance.server.drain.Drain}: serve only what is ours.
+        self.draining = False
+        self.leaving = Leaving(self)
         self._sleeps: set = set()
         quorum.on_dead = self.dead
 
@@ -137,8 +141,15 @@ class SessionNode:
 
     # -- placement ---------------------------------------------------------
 
+    def may_place(self, peer: str) -> bool:
+        """
+        Whether C{peer} may get a copy: its link is up and it is not
+        draining.
+        """
+        return self.connected(peer) and not self.leaving.draining(peer)
+
     def pick_secondary(self, exclude: tuple = ()) -> Optional[str]:
-        live = [n for n in self.peers if n.name not in exclude and self.connected(n.name)]
+        live = [n for n in self.peers if n.name not in exclude and self.may_place(n.name)]
         load = {n.name: self.peer_load(n.name) for n in live}
         return place_secondary(self.me, live, load, self.me.secondary)
 
@@ -154,6 +165,8 @@ class SessionNode:
             return defer.fail(NotServing("this node does not hold its lease"))
         sid = route.sid
         if sid is None:
+            if self.draining:
+                return defer.fail(NotServing("this node is draining"))
             return defer.succeed(Handle(self._data(None)))
         local = self.store.get(sid)
         if (
@@ -205,6 +218,10 @@ class SessionNode:
                     except (Unprotected, Fenced):
                         raise NotServing(f"no second copy of {sid} can be made now")
                 return local, []
+            if self.draining:
+                # Its owner is elsewhere now (or will be): the balancer
+                # sends the request on.
+                raise NotServing("this node is draining")
             found, missing = yield protection.locate([sid])
             copies = found[sid]
             if any(c.epoch == GONE for c in copies):
@@ -505,6 +522,12 @@ class SessionNode:
 
     def locate(self, sids: List[str]):
         return self.store.copies(sids)
+
+    def take(self, peer: str, incarnation: int, records):
+        return self.leaving.take(peer, incarnation, records)
+
+    def peer_leaving(self, peer: str, incarnation: int):
+        return self.leaving.leaving(peer, incarnation)
 
     def digest_received(self, peer: str, incarnation: int, entries) -> List[str]:
         return self.store.compare(peer, entries, incarnation)

@@ -135,7 +135,7 @@ class Protection:
         cannot be reached.
         """
         node = self.node
-        if session.secondary is None or not node.connected(session.secondary) or session.secondary in exclude:
+        if session.secondary is None or not node.may_place(session.secondary) or session.secondary in exclude:
             lost = () if session.secondary is None else (session.secondary,)
             self.store.set_secondary(session, node.pick_secondary(exclude + lost), node.now())
         if session.secondary is not None:

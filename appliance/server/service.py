@@ -21,6 +21,7 @@ from appliance.replication import witness
 from appliance.replication.link import PeerLink, PeerUnavailable
 from appliance.replication.replicator import Replicator
 from appliance.server import hosting
+from appliance.server.drain import Drain
 from appliance.server.node import SessionNode
 from appliance.server.quorum import Quorum
 
@@ -103,6 +104,13 @@ class SessionServerService(service.Service):
             self.replicator.send,
             self.quorum,
         )
+        # Until every balancer's health check has seen the drain (a check
+        # per interval, health_fall of them, and one in progress).
+        linger = max([b.health_interval * (b.health_fall + 1) for b in cluster.balancers] or [0.0])
+        self.drainer = Drain(
+            self.node, self.replicator.flush, self.replicator.unreplicated, settings.drain_timeout, linger
+        )
+        self._drained: Optional[defer.Deferred] = None
         self._ports = []
         self._loops = []
 
@@ -125,7 +133,7 @@ class SessionServerService(service.Service):
             "node": self.name,
             "pid": os.getpid(),
             "incarnation": self.membership.incarnation,
-            "status": "ok" if self.quorum.may_serve() else "no-lease",
+            "status": "draining" if self.node.draining else "ok" if self.quorum.may_serve() else "no-lease",
             "sessions": len(self.node.store),
             "primaries": self.node.store.primaries,
             "unreplicated": self.replicator.unreplicated(),
@@ -250,8 +258,27 @@ class SessionServerService(service.Service):
             if link.connected and name in self.servers:
                 self.node.resync(name)
 
+    def drain(self) -> defer.Deferred:
+        """
+        Hand everything over (L{appliance.server.drain}); fires with the
+        report.  Asked twice, drains once.
+        """
+        if self._drained is None:
+            self._drained = self.drainer.run()
+        d = defer.Deferred()
+        self._drained.addBoth(lambda r: d.callback(r) or r)
+        return d
+
     def stopService(self) -> Optional[defer.Deferred]:
+        """
+        A stop (SIGTERM) drains first, then closes everything.
+        """
         super().stopService()
+        d = self.drain()
+        d.addErrback(lambda f: log.failure("drain failed", f))
+        return d.addCallback(lambda _: self._close())
+
+    def _close(self) -> defer.Deferred:
         for loop in self._loops:
             if loop.running:
                 loop.stop()
