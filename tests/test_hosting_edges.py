@@ -87,7 +87,7 @@ class BodyFramingTests(SynchronousTestCase):
         self.assertEqual(code, 200)
         self.assertEqual(
             json.loads(body),
-            {"length": "1003", "body": payload.decode(), "transfer_encoding": False, "terminated": True},
+            {"length": "1003", "body": payload.decode(), "transfer_encoding": False, "terminated": None},
         )
 
     def test_length_framed_and_empty_bodies(self):
