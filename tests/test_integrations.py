@@ -246,6 +246,18 @@ class DjangoTests(Base):
         self.browser.json("POST", "/site/expiry", {"seconds": "0", "csrfmiddlewaretoken": self.csrf()})
         self.assertEqual(self.stored()[0].timeout, 1800.0)
 
+    def test_cookie_settings(self):
+        """SESSION_COOKIE_SECURE marks the appliance's cookie Secure over plain HTTP; SESSION_COOKIE_NAME is ignored."""
+        from django.test import override_settings
+
+        self.login()
+        self.assertNotIn(b"; Secure", self.browser.set_cookies[0])
+        with override_settings(SESSION_COOKIE_SECURE=True, SESSION_COOKIE_NAME="other"):
+            self.login("bob", "blueberry")
+        self.assertEqual([c.split(b"=")[0] for c in self.browser.set_cookies], [b"APPSESSION"])
+        self.assertIn(b"; Secure", self.browser.set_cookies[0])
+        self.assertEqual(self.browser.json("GET", "/site/")[1]["user"], "bob")
+
     def test_expired_session_logs_out(self):
         """A session idle past its lifetime is gone: the user is anonymous again."""
         self.login()
