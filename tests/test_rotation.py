@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance import cookie
-from appliance.core.store import TooLarge
+from appliance.core.store import Fenced, TooLarge
 
 from .sim import Sim
 from .test_node import Base, add, read
@@ -129,6 +129,28 @@ class RotationTests(Base):
         _, taken = self.ok("s2", new, read)
         self.assertEqual(taken.primary, "s2")
         self.assertTrue(self.s.servers["s2"].node.store.gone(self.old.sid))
+
+
+class RivalRotationTests(Base):
+    def test_rival_rotation_undone(self):
+        """A rival primary of the same epoch that rotates gets no rotation: its copy keeps the old id, serves no more, and buries nothing."""
+        self.sim()
+        old = self.start(["apple"])
+        self.s.kill("s1")
+        self.s.run(0.5)
+        early = self.s.servers["s3"].node.store.get(old.sid).full(self.s.servers["s3"].now())
+        _, route = self.ok("s3", old, add("pear"))
+        self.assertEqual((route.primary, route.secondary), ("s3", "s2"))
+        s1 = self.s.restart("s1")
+        self.s.run(2.0)
+        s1.node.store.adopt(early, "s2", s1.now())
+        self.fails("s1", cookie.Route(route.sid, "s1", "s2"), rotate, Fenced)
+        store = s1.node.store
+        self.assertEqual((store.tombstones, store.primary_of(old.sid)), ({}, None))
+        self.assertEqual(sorted(store.sessions), [old.sid])
+        self.assertEqual(self.s.servable(old.sid), ["s3"])
+        self.assertFalse(self.s.servers["s2"].node.store.gone(old.sid))
+        self.assertEqual(self.cart("s3", route)[0], ["apple", "pear"])
 
 
 class AsyncRotationTests(SynchronousTestCase):

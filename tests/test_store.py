@@ -387,6 +387,27 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(backup.apply(record, now=10.0), Result.FENCED)
         self.assertFalse(backup.gone(SID))
 
+    def test_rotation_from_a_rival_primary(self):
+        """A rotation of the epoch the backup holds from another primary is a rival's: nothing renamed, nothing buried."""
+        _, backup, record = self.rotated()
+        backup.get(SID).primary = "s3"
+        self.assertEqual(backup.apply(record, now=10.0), Result.RIVAL)
+        self.assertFalse(backup.gone(SID))
+        self.assertIsNotNone(backup.get(SID))
+        self.assertIsNone(backup.get(NEW))
+
+    def test_unrotate_gives_the_old_id_back(self):
+        """A refused rotation is undone on the primary: the copy is under its old id again, which is not dead, and carries no former id."""
+        primary, _, _ = self.rotated()
+        primary.unrotate(NEW, SID)
+        self.assertIsNone(primary.get(NEW))
+        s = primary.get(SID)
+        self.assertEqual((s.sid, s.former, s.values), (SID, (), {"cart": b'["a"]'}))
+        self.assertFalse(primary.gone(SID))
+        pairs, primaries = recount(primary)
+        self.assertEqual({k: {c: set(b) for c, b in v.items()} for k, v in primary._pairs.items()}, pairs)
+        self.assertEqual((primary.primaries, primary.expired(1000.0)), (primaries, [SID]))
+
     def test_full_state_drops_orphan_of_former_id(self):
         """A full state naming a former id drops a copy held under that id and refuses late copies of it."""
         primary, _, _ = self.rotated()
@@ -481,6 +502,7 @@ operation = st.one_of(
     st.tuples(st.just("wait"), st.floats(0, 40), st.just(None)),
     st.tuples(st.just("rotate"), st.sampled_from(INDEX_SIDS), st.sampled_from(INDEX_SIDS)),
     st.tuples(st.just("demote"), st.sampled_from(INDEX_SIDS), st.integers(0, 4)),
+    st.tuples(st.just("unrotate"), st.sampled_from(INDEX_SIDS), st.sampled_from(INDEX_SIDS)),
 )
 
 
@@ -516,6 +538,8 @@ class IndexTests(SynchronousTestCase):
                 store.rotate(s, b, now)
             elif kind == "demote":
                 store.demote(a, b)
+            elif kind == "unrotate":
+                store.unrotate(a, b)
             elif kind == "compare":
                 store.compare(a, store.digest(a)[:1], 7, b)
             elif kind == "wait":

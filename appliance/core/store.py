@@ -334,12 +334,23 @@ class Store:
         """
         return sid in self.tombstones
 
-    def unbury(self, sid: str) -> None:
+    def unrotate(self, sid: str, old: str) -> None:
         """
-        A rotation was fenced (a newer owner holds the session under its
-        old id): do not report that id dead.
+        The backup refused our rotation of C{old} to C{sid} (a newer or a
+        rival owner holds the session under C{old}): our copy takes its old
+        id back and C{old} is not reported dead, so that the look-ups that
+        settle which copy lives on compare copies of one id, and no full
+        state of ours buries C{old} where the other owner keeps it.
         """
-        self.tombstones.pop(sid, None)
+        self.tombstones.pop(old, None)
+        session = self.sessions.get(sid)
+        if session is None or old in self.sessions or not session.former or session.former[-1][0] != old:
+            return
+        self.drop(sid)
+        session.sid = old
+        session.former = session.former[:-1]
+        session.due = 0
+        self._put(session)
 
     def remove(self, sid: str) -> Optional[Remove]:
         session = self.drop(sid)
@@ -412,6 +423,8 @@ class Store:
             return Result.GAP
         if record.epoch < old.epoch:
             return Result.FENCED
+        if record.epoch == old.epoch and record.primary != old.primary:
+            return Result.RIVAL
         if record.epoch > old.epoch or record.version != old.version:
             return Result.GAP
         self._rename(old, record.sid, now)

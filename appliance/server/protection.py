@@ -88,18 +88,20 @@ class Protection:
     def _delivered(self, result: Result, peer: str, record: Record, avoid: Tuple[str, ...]):
         if result.acknowledged or isinstance(record, (Remove, Touch)):
             return None
+        sid = record.sid
+        if isinstance(record, Rotate) and result in (Result.FENCED, Result.RIVAL):
+            # A newer or a rival owner holds the session under its old id.
+            self.store.unrotate(sid, record.old)
+            sid = record.old
         if result is Result.FENCED:
-            if isinstance(record, Rotate):
-                # A newer owner holds the session under its old id.
-                self.store.unbury(record.old)
-            if self.store.fenced(record.sid, record.epoch):
-                log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=record.sid, epoch=record.epoch)
+            if self.store.fenced(sid, record.epoch):
+                log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=sid, epoch=record.epoch)
             raise Fenced(record.sid)
         if result is Result.RIVAL:
-            if self.store.demote(record.sid, record.epoch):
+            if self.store.demote(sid, record.epoch):
                 log.warn(
                     "{peer} holds {sid} epoch={epoch} from another primary: ours serves no more",
-                    peer=peer, sid=record.sid, epoch=record.epoch,
+                    peer=peer, sid=sid, epoch=record.epoch,
                 )
             raise Fenced(record.sid)
         session = self._mine(record.sid)
