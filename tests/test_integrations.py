@@ -246,6 +246,12 @@ class DjangoTests(Base):
         self.browser.json("POST", "/site/expiry", {"seconds": "0", "csrfmiddlewaretoken": self.csrf()})
         self.assertEqual(self.stored()[0].timeout, 1800.0)
 
+    def test_session_pages_vary_on_cookie(self):
+        """A page that read the session says Vary: Cookie, as with Django's own middleware."""
+        code, head, _ = self.browser.go("GET", "/site/")
+        self.assertEqual(code, 200)
+        self.assertIn(b"Cookie", b",".join(head.get(b"vary", [])))
+
     def test_cookie_settings(self):
         """SESSION_COOKIE_SECURE marks the appliance's cookie Secure over plain HTTP; SESSION_COOKIE_NAME is ignored."""
         from django.test import override_settings

@@ -38,6 +38,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.utils import timezone
+from django.utils.cache import patch_vary_headers
 
 from appliance.integrations import ENVIRON_KEY, session_from
 
@@ -158,4 +159,7 @@ class SessionMiddleware:
         session_from(request.environ, _ADAPTER)
         response = self.get_response(request)
         request.session.finish(response)
+        if request.session.accessed:
+            # As Django's own: a page that read the session is per visitor.
+            patch_vary_headers(response, ("Cookie",))
         return response
