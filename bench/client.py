@@ -48,6 +48,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers  # noqa: E402
 
 from appliance.client import Client, ClientError, OutcomeUnknown  # noqa: E402
+from bench.proc import cpu_seconds  # noqa: E402
 from tests.helpers import cluster_ini, free_ports, health, twistd  # noqa: E402
 
 PER_SESSION = 40
@@ -306,16 +307,37 @@ def run(reactor, args, cluster: Cluster):
     agent = Agent(reactor, pool=pool)
     url = f"http://127.0.0.1:{cluster.lb}/cart/items".encode()
     results = {"client": [], "http": []}
+    cost = {"client": [], "http": []}
     yield client_adds(reactor, client, 1.0, args.concurrency)
     yield http_adds(reactor, agent, url, 1.0, args.concurrency)
+    pids = []
+    for name in sorted(cluster.ports):
+        pids.append((yield blocking(reactor, pid_of, cluster, name)))
+
+    def cpu():
+        return time.process_time(), cpu_seconds(cluster.proc.pid), sum(cpu_seconds(p) for p in pids)
+
+    @defer.inlineCallbacks
+    def measure(kind, phase):
+        before, start = cpu(), time.monotonic()
+        rate = yield phase
+        after, wall = cpu(), time.monotonic() - start
+        adds = rate * wall
+        results[kind].append(rate)
+        cost[kind].append([1000 * (a - b) / adds for a, b in zip(after, before)])
+
     for r in range(args.rounds):
-        results["client"].append((yield client_adds(reactor, client, args.seconds, args.concurrency)))
-        results["http"].append((yield http_adds(reactor, agent, url, args.seconds, args.concurrency)))
+        yield measure("client", client_adds(reactor, client, args.seconds, args.concurrency))
+        yield measure("http", http_adds(reactor, agent, url, args.seconds, args.concurrency))
         print(f"round {r + 1}: client {results['client'][-1]:.0f} adds/s, HTTP via balancer {results['http'][-1]:.0f} adds/s")
     yield pool.closeCachedConnections()
     c, h = statistics.median(results["client"]), statistics.median(results["http"])
     print(f"throughput ({args.replication}, {args.concurrency} in flight): client {c:.0f} adds/s, "
           f"HTTP {h:.0f} adds/s, ratio {c / h:.2f}x")
+    for kind in ("client", "http"):
+        load, top, nodes = (statistics.median(x[i] for x in cost[kind]) for i in range(3))
+        print(f"  CPU ms per add, {kind:6}: load generator {load:.3f}, balancer process {top:.3f}, "
+              f"session servers {nodes:.3f}; servers + balancer {top + nodes:.3f}")
     if args.trials:
         print("failover:")
         times = yield failover_trials(reactor, cluster, client, args.trials)

@@ -6,7 +6,6 @@ failover, and the client port's PB gate over iosim.
 
 from __future__ import annotations
 
-import json
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.spread import pb
@@ -16,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance.client import errors
 from appliance.config import ServiceConfig
 from appliance.core import identity
-from appliance.core.calls import CALLS, CallId
+from appliance.core import calls as records
+from appliance.core.calls import CallId
 from appliance.core.session import decode_value
 from appliance.replication import clientgate, guard
 from appliance.server.services import Services, SessionCalls
@@ -87,7 +87,13 @@ class CallPathTests(SynchronousTestCase):
         backup = self.sim.servers[session.secondary].node.store.get(sid)
         self.assertEqual(backup.version, session.version)
         self.assertEqual(decode_value(backup.values["cart"]), ["apple"])
-        self.assertIn("n", json.dumps(decode_value(backup.values[CALLS])))
+        self.assertEqual(decode_value(backup.values[records.slot(CallId("n", 1))]), ["n", 1, "1"])
+
+    def test_first_attempt_runs_without_looking(self):
+        """A call sent for the first time runs; only a retry is answered from the record."""
+        sid, _, _ = self.open()
+        self.add("s1", sid, 1)
+        self.assertEqual(self.add("s1", sid, 2)[0], "2")
 
     def test_retry_on_primary_replays(self):
         """A retried call with a recorded id returns the record and does not run again."""
@@ -122,7 +128,7 @@ class CallPathTests(SynchronousTestCase):
         self.assertRaises(errors.UnknownSession, self.add, third, sid, 2)
 
     def test_dropped_record_is_outcome_unknown(self):
-        """A retry of a call whose record was dropped (too old) is OutcomeUnknown."""
+        """A retry of a call whose record was overwritten (too old) is OutcomeUnknown."""
         sid, _, _ = self.open()
         for seq in range(1, 40):
             self.add("s1", sid, seq)
@@ -156,7 +162,7 @@ class CallPathTests(SynchronousTestCase):
         """The built-in set may not write the appliance's own keys, and keys hides them."""
         sid, _, _ = self.open()
         calls = self.calls("s1")
-        self.assertRaises(errors.CallRefused, self.wait, calls.call("shop", sid, CallId("n", 1), False, "", "set", [CALLS, 1]))
+        self.assertRaises(errors.CallRefused, self.wait, calls.call("shop", sid, CallId("n", 1), False, "", "set", [records.slot(CallId("n", 1)), 1]))
         self.wait(calls.call("shop", sid, CallId("n", 2), False, "", "set", ["a", 1]))
         self.assertEqual(self.wait(calls.call("shop", sid, CallId("n", 3), False, "", "keys", []))[0], '["a"]')
 

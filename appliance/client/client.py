@@ -129,7 +129,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.now = now or reactor.seconds
         self.nonce = os.urandom(8).hex()
-        self._seq = itertools.count(1)
+        self._handles = itertools.count(1)
         self.nodes: Dict[str, Tuple[int, str, int]] = {}
         self.ids: Dict[str, int] = {}
         self.links: Dict[str, _Link] = {}
@@ -330,6 +330,10 @@ class RemoteSession:
         self.sid = sid
         self.primary = primary
         self.secondary: Optional[str] = None
+        # Calls are numbered per handle: two handles of one session never
+        # share a call id.
+        self.nonce = f"{client.nonce}.{next(client._handles)}"
+        self._seq = itertools.count(1)
 
     @property
     def handle(self) -> str:
@@ -367,8 +371,8 @@ class RemoteSession:
             text = json.dumps(list(args), allow_nan=False)
         except (TypeError, ValueError) as e:
             return defer.fail(CallRefused(f"arguments must be JSON values: {e}"))
-        seq = next(self.client._seq)
-        nonce = self.client.nonce
+        seq = next(self._seq)
+        nonce = self.nonce
 
         def attempt(remote, sent_before):
             return remote.callRemote("call", self.sid, nonce, seq, sent_before, service, method, text)

@@ -1,34 +1,34 @@
 """
 Call records: what makes a retried call run at most once.
 
-A client numbers its calls (a nonce of its own and a sequence number);
-the session keeps the ids and results of its recent non-idempotent calls
-under a reserved key, so the record is committed in the same change as
-the call's effect and travels with it in the delta and in the full state.
-A retry whose id is recorded gets the recorded result; a retry whose
-record was dropped (too old: the session keeps only the last L{KEEP}) or
-whose session is gone cannot be told apart from a call that never ran,
-and is answered "outcome unknown".
+A client numbers the calls of each session it holds (a nonce of its own
+and a sequence number); the session keeps the results of its recent
+non-idempotent calls under reserved keys, one per slot
+(C{seq % KEEP}), so a record is committed in the same change as the
+call's effect, travels with it in the delta and in the full state, and
+costs one small key per call.  A retry whose record is in its slot gets
+the recorded result; a retry whose slot holds a later call (the record
+was overwritten: too old) or another caller's, or whose session is gone,
+cannot be told from a call that never ran, and is answered "outcome
+unknown".  A first attempt is never recorded yet, so only retries look.
 
 Pure: values in, values out.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 from attrs import frozen
 
 #: Session keys under this prefix belong to the appliance, not the application.
 RESERVED = "appliance."
-#: The session key holding the call records.
-CALLS = "appliance.calls"
+#: The prefix of the call-record keys.
+CALLS = "appliance.call."
 #: The session key naming the client that created the session.
 OWNER = "appliance.owner"
-#: Records kept per session ...
+#: Records kept per session (slots).
 KEEP = 32
-#: ... and nonces whose dropped sequence numbers are remembered.
-KEEP_NONCES = 16
 
 NEW = "new"
 DONE = "done"
@@ -38,54 +38,48 @@ LOST = "lost"
 @frozen
 class CallId:
     """
-    One call's id: the caller's C{nonce} and its C{seq} (increasing per
-    nonce).
+    One call's id: the caller's C{nonce} (one per session handle it
+    holds) and its C{seq} (increasing per nonce).
     """
 
     nonce: str
     seq: int
 
 
-def _parts(value: object) -> Tuple[List[list], Dict[str, int]]:
+def slot(call: CallId, keep: int = KEEP) -> str:
     """
-    The records and the floors (in the order they were last raised: a
-    list of pairs in the session, as JSON objects keep no order).
+    The session key that records C{call}.
     """
-    if not isinstance(value, dict):
-        return [], {}
-    done = value.get("done")
-    floors = value.get("floors")
-    return (done if isinstance(done, list) else []), dict(floors if isinstance(floors, list) else [])
+    return f"{CALLS}{call.seq % keep}"
 
 
-def look(value: object, call: CallId) -> Tuple[str, Optional[str]]:
+def look(entry: object, call: CallId) -> Tuple[str, Optional[str]]:
     """
-    What the records C{value} (the session's C{CALLS} entry, or C{None})
-    say of C{call}: C{(DONE, result)} with the recorded result text,
-    C{(LOST, None)} when its record may have been dropped, or
-    C{(NEW, None)}.
+    What C{entry} (the value of C{slot(call)} in the session, or C{None})
+    says of a retried C{call}: C{(DONE, result)} with the recorded result
+    text, C{(LOST, None)} when its record may have been overwritten, or
+    C{(NEW, None)} when the call surely did not commit here.
     """
-    done, floors = _parts(value)
-    for entry in done:
-        if entry[0] == call.nonce and entry[1] == call.seq:
-            return DONE, entry[2]
-    floor = floors.get(call.nonce)
-    if isinstance(floor, int) and call.seq <= floor:
-        return LOST, None
-    return NEW, None
+    if not isinstance(entry, list) or len(entry) != 3:
+        return NEW, None
+    nonce, seq, result = entry
+    if nonce == call.nonce:
+        if seq == call.seq:
+            return DONE, result
+        if isinstance(seq, int) and seq < call.seq:
+            return NEW, None
+    return LOST, None
 
 
-def record(value: object, call: CallId, result: str, keep: int = KEEP) -> dict:
+def record(call: CallId, result: str) -> list:
     """
-    The records C{value} with C{call}'s C{result} added, the oldest
-    dropped beyond C{keep} (their sequence numbers remembered as a floor
-    per nonce, for the last L{KEEP_NONCES} nonces).
+    The value to store at C{slot(call)}.
     """
-    done, floors = _parts(value)
-    done = done + [[call.nonce, call.seq, result]]
-    while len(done) > keep:
-        nonce, seq, _ = done.pop(0)
-        floors[nonce] = max(seq, floors.pop(nonce, seq))
-    while len(floors) > KEEP_NONCES:
-        del floors[next(iter(floors))]
-    return {"done": done, "floors": [[n, s] for n, s in floors.items()]}
+    return [call.nonce, call.seq, result]
+
+
+def recorded(values: Mapping[str, object]) -> int:
+    """
+    How many call records a session's decoded C{values} hold.
+    """
+    return sum(1 for key in values if key.startswith(CALLS))

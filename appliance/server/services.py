@@ -28,7 +28,7 @@ from appliance import cookie
 from appliance.client.errors import CallRefused, OutcomeUnknown, ServiceFailed, UnknownSession
 from appliance.config import ServiceConfig
 from appliance.core import calls, identity
-from appliance.core.calls import CALLS, OWNER, RESERVED, CallId
+from appliance.core.calls import OWNER, RESERVED, CallId
 from appliance.core.session import NotJSON, SessionData, encode_value
 from appliance.server.hosting import load_object
 from appliance.server.node import SessionNode
@@ -221,14 +221,16 @@ class SessionCalls:
             return self._unknown(handle.session.sid, retry and not idempotent)
         if idempotent:
             return self._run(handle, cls, method, args)
-        state, recorded = calls.look(handle.data.get(CALLS), call)
-        if state == calls.DONE:
-            return recorded
-        if state == calls.LOST:
-            return OutcomeUnknown(f"the record of call {call.seq} is no longer kept: it may or may not have run")
+        key = calls.slot(call)
+        if retry:
+            state, recorded = calls.look(handle.data.get(key), call)
+            if state == calls.DONE:
+                return recorded
+            if state == calls.LOST:
+                return OutcomeUnknown(f"the record of call {call.seq} is no longer kept: it may or may not have run")
         result = self._run(handle, cls, method, args)
         if isinstance(result, str):
-            handle.data[CALLS] = calls.record(handle.data.get(CALLS), call, result)
+            handle.data[key] = calls.record(call, result)
         return result
 
     def _run(self, handle, cls, method, args):
