@@ -226,6 +226,7 @@ def exactly_once(reactor, cluster: Cluster, client: Client, adds: int, workers: 
     C{adds} adds over C{workers} sessions with C{kills} primary kills;
     returns the checker's findings.
     """
+    resent = client.resent
     sessions = []
     for _ in range(workers):
         sessions.append((yield client.open()))
@@ -238,15 +239,22 @@ def exactly_once(reactor, cluster: Cluster, client: Client, adds: int, workers: 
     killed = []
     deadline = reactor.seconds() + seconds
 
+    held = [False]
+
     @defer.inlineCallbacks
     def killer():
         done = 0
         while done < kills and reactor.seconds() < deadline:
             if kill_at and issued[0] >= min(kill_at):
                 kill_at.discard(min(kill_at))
+                # The adds wait while the cluster heals, so that every
+                # kill lands in the middle of the sequence.
+                held[0] = True
                 yield wait_whole(reactor, cluster)
                 victim = sessions[done % workers].primary
                 pid = yield blocking(reactor, pid_of, cluster, victim)
+                held[0] = False
+                yield task.deferLater(reactor, 0.05, lambda: None)
                 if pid:
                     os.kill(pid, 9)
                     killed.append((victim, pid, issued[0]))
@@ -259,6 +267,8 @@ def exactly_once(reactor, cluster: Cluster, client: Client, adds: int, workers: 
     def worker(k):
         session = sessions[k]
         while reactor.seconds() < deadline:
+            while held[0]:
+                yield task.deferLater(reactor, 0.02, lambda: None)
             n = next(counter)
             if n >= adds:
                 return
@@ -276,7 +286,7 @@ def exactly_once(reactor, cluster: Cluster, client: Client, adds: int, workers: 
 
     yield defer.gatherResults([killer()] + [worker(k) for k in range(workers)], consumeErrors=True)
     yield wait_whole(reactor, cluster)
-    report = {"adds": issued[0], "kills": killed, "acknowledged": 0, "outcome_unknown": 0, "failed": 0,
+    report = {"adds": issued[0], "kills": killed, "resent": client.resent - resent, "acknowledged": 0, "outcome_unknown": 0, "failed": 0,
               "missing": [], "duplicated": [], "unexplained": []}
     for k, session in enumerate(sessions):
         items = yield session.call("cart", "items")
@@ -349,7 +359,8 @@ def run(reactor, args, cluster: Cluster):
         report = yield exactly_once(reactor, cluster, client, args.adds, args.workers, args.kills, args.bound)
         ok = not (report["missing"] or report["duplicated"] or report["unexplained"])
         print(f"  adds {report['adds']}, acknowledged {report['acknowledged']}, OutcomeUnknown {report['outcome_unknown']}, "
-              f"other failures {report['failed']} {report.get('failed_kinds', {}) or ''}")
+              f"other failures {report['failed']} {report.get('failed_kinds', {}) or ''}; "
+              f"calls resent after a failure {report['resent']}")
         print(f"  kills {len(report['kills'])}: " + ", ".join(f"{v}@{n}" for v, _, n in report["kills"]))
         print(f"  missing acknowledged: {len(report['missing'])} {report['missing'][:5]}; "
               f"duplicated: {len(report['duplicated'])} {report['duplicated'][:5]}; "

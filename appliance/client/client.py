@@ -136,6 +136,8 @@ class Client:
         self._dialling: Dict[str, defer.Deferred] = {}
         self.down_until: Dict[str, float] = {}
         self.closed = False
+        #: Attempts that resent a call (after a failure or a failover).
+        self.resent = 0
 
     # -- connections -------------------------------------------------------
 
@@ -406,6 +408,7 @@ class RemoteSession:
                     last = e
                     continue
                 sent_before, sent = sent, True
+                client.resent += sent_before
                 d = defer.maybeDeferred(attempt, link.remote, sent_before)
                 try:
                     value, total = yield d.addTimeout(client.timeout, client.reactor).addErrback(localize)
