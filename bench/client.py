@@ -323,6 +323,8 @@ def run(reactor, args, cluster: Cluster):
     pids = []
     for name in sorted(cluster.ports):
         pids.append((yield blocking(reactor, pid_of, cluster, name)))
+    print("session servers: " + ", ".join(f"{n} pid {p}" for n, p in zip(sorted(cluster.ports), pids))
+          + f"; balancer and supervisor pid {cluster.proc.pid}; logs in {cluster.work}", flush=True)
 
     def cpu():
         return time.process_time(), cpu_seconds(cluster.proc.pid), sum(cpu_seconds(p) for p in pids)
@@ -339,7 +341,7 @@ def run(reactor, args, cluster: Cluster):
     for r in range(args.rounds):
         yield measure("client", client_adds(reactor, client, args.seconds, args.concurrency))
         yield measure("http", http_adds(reactor, agent, url, args.seconds, args.concurrency))
-        print(f"round {r + 1}: client {results['client'][-1]:.0f} adds/s, HTTP via balancer {results['http'][-1]:.0f} adds/s")
+        print(f"round {r + 1}: client {results['client'][-1]:.0f} adds/s, HTTP via balancer {results['http'][-1]:.0f} adds/s", flush=True)
     yield pool.closeCachedConnections()
     c, h = statistics.median(results["client"]), statistics.median(results["http"])
     print(f"throughput ({args.replication}, {args.concurrency} in flight): client {c:.0f} adds/s, "

@@ -12,9 +12,11 @@ import subprocess
 import sys
 
 from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from appliance.client import Client, LoginRefused, UnknownSession
+from appliance.client.client import resolve
 
 from .helpers import ROOT, RealNodes, free_ports, http, write
 
@@ -36,9 +38,9 @@ class ClientNodes(RealNodes):
     Real session servers with client ports, credentials and the cart service.
     """
 
-    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync"):
+    def __init__(self, case, names=("s1", "s2", "s3"), replication="sync", balancer=None, dns=None):
         self.client_ports = dict(zip(names, free_ports(len(names))))
-        super().__init__(case, names, replication, apps=CLIENTS)
+        super().__init__(case, names, replication, balancer=balancer, dns=dns, apps=CLIENTS)
 
     def start(self, name, roles="server"):
         if "client = " not in self.text:
@@ -131,6 +133,36 @@ class ClientEndToEndTests(TestCase):
         self.assertNotIn(session.secondary, (None, primary))
         self.assertEqual((yield session.call("cart", "items")), [f"item-{i}" for i in range(20)])
         self.assertTrue(client.is_down(primary))
+
+
+
+class DnsTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_connect_by_cluster_name(self):
+        """The client finds the cluster's hosts through our responder and logs in on them."""
+        lb, dns_port = free_ports(2)
+        nodes = ClientNodes(
+            self,
+            balancer=f"\n[balancer:lb1]\nlisten = 127.0.0.1:{lb}\nnode = s1\n",
+            dns=f"\n[dns]\nlisten = 127.0.0.1:{dns_port}\nnode = s1\ncheck_interval = 250ms\n",
+        )
+        nodes.start("s1", roles="dns,balancer")
+        port = nodes.client_ports["s2"]
+        seeds = None
+        for _ in range(100):
+            try:
+                seeds = yield resolve(reactor, "app.cluster.test", port, ("127.0.0.1", dns_port), timeout=1.0)
+                break
+            except Exception:
+                yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(seeds, [("127.0.0.1", port)])
+        client = Client(reactor, seeds, "shop", "shop-password")
+        self.addCleanup(client.close)
+        yield client.connect()
+        session = yield client.open()
+        self.assertEqual(session.primary, "s2")
 
 
 BLOCKING = """

@@ -269,11 +269,12 @@ class Client:
     @defer.inlineCallbacks
     def open(self):
         """
-        A new session; fires with its L{RemoteSession}.
+        A new session, on a node this client is connected to if it can;
+        fires with its L{RemoteSession}.
         """
         deadline = self.now() + self.failover_time
         while True:
-            for name in self.candidates(None, None):
+            for name in self.candidates(next(iter(self.links), None), None):
                 try:
                     link = yield self.link(name)
                     d = defer.maybeDeferred(link.remote.callRemote, "open")

@@ -241,7 +241,7 @@ class SessionCalls:
         try:
             return run(cls, method, handle.data, args)
         except (ServiceFailed, CallRefused) as e:
-            handle.data = SessionData(handle.session.values)
+            handle.data.discard()
             return e
 
     @defer.inlineCallbacks
