@@ -13,7 +13,6 @@ from typing import Dict, List
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.spread import pb
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -52,19 +51,16 @@ class Harness:
         self.pumps: Dict[str, List] = {name: [] for name in names}
         self.dials: List[str] = []
 
-    def dial(self, creds, port):
+    def connect(self, port, factory):
         name = next(n for n, p in self.port_of.items() if p == port)
         self.dials.append(name)
         if name in self.sim.down:
             return defer.fail(error.ConnectionRefusedError())
-        factory = pb.PBClientFactory()
         client, _, pump = connectedServerAndClient(
             lambda: self.gates[name].buildProtocol(None), lambda: factory.buildProtocol(None)
         )
         self.pumps[name].append((client, pump))
-        d = factory.login(creds)
-        pump.flush()
-        return d
+        return defer.succeed(client)
 
     def flush(self):
         for pairs in self.pumps.values():
@@ -101,18 +97,8 @@ class MemoryClient(Client):
         super().__init__(harness.clock, [("127.0.0.1", 1)], "shop", password, **kwargs)
         self.harness = harness
 
-    def _dial(self, host, port):
-        from twisted.cred.credentials import UsernamePassword
-
-        creds = UsernamePassword(self.name.encode(), self.password.encode())
-        d = self.harness.dial(creds, port)
-
-        def refused(failure):
-            if failure.check("appliance.replication.guard.LoginRefused"):
-                raise LoginRefused("refused")
-            return failure
-
-        return d.addErrback(refused)
+    def _connect(self, host, port, factory):
+        return self.harness.connect(port, factory)
 
 
 class ClientTests(SynchronousTestCase):

@@ -133,7 +133,7 @@ class Client:
         self.nodes: Dict[str, Tuple[int, str, int]] = {}
         self.ids: Dict[str, int] = {}
         self.links: Dict[str, _Link] = {}
-        self._dialling: Dict[str, defer.Deferred] = {}
+        self._dialling: Dict[str, List[defer.Deferred]] = {}
         self.down_until: Dict[str, float] = {}
         self.closed = False
         #: Attempts that resent a call (after a failure or a failover).
@@ -141,18 +141,24 @@ class Client:
 
     # -- connections -------------------------------------------------------
 
+    def _connect(self, host: str, port: int, factory) -> defer.Deferred:
+        """
+        Connect C{factory} to C{host}:C{port}.
+        """
+        if ":" in host:
+            endpoint = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        else:
+            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
+        return endpoint.connect(factory)
+
     def _dial(self, host: str, port: int) -> defer.Deferred:
         """
         Connect and log in; fires with the avatar's remote reference.
         """
         factory = pb.PBClientFactory()
         factory.noisy = False
-        if ":" in host:
-            endpoint = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
-        else:
-            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout)
         creds = UsernamePassword(self.name.encode("utf-8"), self.password.encode("utf-8"))
-        d = endpoint.connect(factory)
+        d = self._connect(host, port, factory)
         d.addCallback(lambda _: factory.login(creds))
         d.addTimeout(self.connect_timeout + self.timeout, self.reactor)
 
