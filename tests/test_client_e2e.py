@@ -135,6 +135,24 @@ class ClientEndToEndTests(TestCase):
         self.assertTrue(client.is_down(primary))
 
 
+    @defer.inlineCallbacks
+    def test_drained_primary(self):
+        """SIGTERM drains the primary: the client's calls follow the session to the node it was handed to."""
+        client = yield self.nodes.client(self).connect()
+        session = yield client.open()
+        for i in range(5):
+            yield session.call("cart", "add", f"item-{i}")
+        primary = session.primary
+        proc = self.nodes.procs[primary]
+        proc.terminate()
+        i = 5
+        while proc.poll() is None or i < 10:
+            self.assertLess(i, 2000, "the drained node never exited")
+            yield session.call("cart", "add", f"item-{i}")
+            i += 1
+        yield session.call("cart", "add", f"item-{i}")
+        self.assertNotEqual(session.primary, primary)
+        self.assertEqual((yield session.call("cart", "items")), [f"item-{n}" for n in range(i + 1)])
 
 class DnsTests(TestCase):
     timeout = 120

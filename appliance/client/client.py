@@ -424,8 +424,10 @@ class RemoteSession:
                     client.mark_down(name)
                     continue
                 except NotServed as e:
+                    # Nothing was done there (or what was is recorded):
+                    # try the next node; a draining one sends us on.
                     last = e
-                    break
+                    continue
                 if total:
                     self._learned(name, total)
                 return value
