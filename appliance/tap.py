@@ -51,6 +51,9 @@ def load(options) -> ClusterConfig:
             from appliance.server.hosting import check_apps
 
             check_apps(cluster)
+            from appliance.server.services import Services
+
+            Services.checked(cluster)
     except ConfigError as e:
         sys.stderr.write(f"appliance: {e}\n")
         raise SystemExit(1)

@@ -19,6 +19,7 @@ from appliance.core import calls as records
 from appliance.core.calls import CallId
 from appliance.core.session import decode_value
 from appliance.replication import clientgate, guard
+from appliance.demo.cart import Cart
 from appliance.server.services import Services, SessionCalls
 
 from .sim import Sim
@@ -248,3 +249,65 @@ class GateTests(SynchronousTestCase):
             self.assertTrue(failure.check(errors.CallRefused), (args[:7], failure))
         self.assertEqual(session.version, version)
         self.assertEqual(self.result(avatar.callRemote("call", sid, "n", 1, False, "cart", "add", '["a"]'))[0], "1")
+
+
+class ServiceCheckTests(SynchronousTestCase):
+    """
+    A service that cannot be used stops startup with one line naming its section and key.
+    """
+
+    BASE = (
+        "[cluster]\nname = app.cluster.test\nsecret = a-long-secret\n"
+        "[node:s1]\nhttp = 127.0.0.1:9001\nreplication = 127.0.0.1:9101\nmachine = m\nrack = r\n"
+    )
+
+    def check(self, section: str, key: str, words: str):
+        from appliance.config import ClusterConfig, ConfigError
+
+        cluster = ClusterConfig.from_string(self.BASE + section, "test.ini")
+        with self.assertRaises(ConfigError) as caught:
+            Services.checked(cluster)
+        self.assertEqual((caught.exception.section, caught.exception.key), ("service:cart", key))
+        self.assertIn(words, str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
+
+    def test_missing_module(self):
+        """An object whose module does not exist is named."""
+        self.check("[service:cart]\nobject = no.such.module:Cart\n", "object", "cannot import no.such.module:Cart")
+
+    def test_not_a_class(self):
+        """An object that is not a class with public methods is refused."""
+        self.check("[service:cart]\nobject = appliance.demo.cart:MAX_ITEM\n", "object", "not a class")
+
+    def test_idempotent_method_missing(self):
+        """An idempotent name the class lacks is refused."""
+        self.check("[service:cart]\nobject = appliance.demo.cart:Cart\nidempotent = items, total\n", "idempotent", "no method total")
+
+    def test_shipped_services_load(self):
+        """The shipped cart service passes the check."""
+        from appliance.config import ClusterConfig
+
+        cluster = ClusterConfig.from_string(self.BASE + "[service:cart]\nobject = appliance.demo.cart:Cart\nidempotent = items\n")
+        self.assertEqual(Services.checked(cluster).find("cart", "items"), (Cart, True))
+
+    def test_twistd_prints_one_line(self):
+        """twistd on a config whose service cannot be imported exits 1 with one line, no traceback."""
+        import os
+        import subprocess
+        import sys
+
+        from .helpers import ROOT
+
+        path = os.path.abspath(self.mktemp() + ".ini")
+        with open(path, "w") as f:
+            f.write(self.BASE + "[service:cart]\nobject = no.such.module:Cart\n")
+        proc = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+             "appliance", "--config", path, "--node", "s1", "--roles", "server"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(proc.returncode, 1)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, proc.stderr)
+        self.assertTrue(lines[0].startswith(f"appliance: {path}: [service:cart] object: cannot import no.such.module:Cart"))
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)

@@ -201,5 +201,5 @@ def for_node(cluster: ClusterConfig, node_name: str, node, clock) -> pb.PBServer
     The client port's factory for session server C{node_name}: its
     registered services over its node's request path.
     """
-    calls = SessionCalls(node, Services(cluster.services), cluster.node_ids)
+    calls = SessionCalls(node, Services.checked(cluster), cluster.node_ids)
     return server_factory(cluster, node_name, calls, clock)

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from appliance import cookie
 from appliance.client.errors import CallRefused, OutcomeUnknown, ServiceFailed, UnknownSession
-from appliance.config import ServiceConfig
+from appliance.config import ClusterConfig, ConfigError, ServiceConfig
 from appliance.core import calls, identity
 from appliance.core.calls import OWNER, RESERVED, CallId
 from appliance.core.session import NotJSON, SessionData, encode_value
@@ -118,6 +118,27 @@ class Services:
             cls = load(config.object)
             for name in public_methods(cls):
                 self._methods[(config.name, name)] = (cls, name in config.idempotent)
+
+    @classmethod
+    def checked(cls, cluster: ClusterConfig, load: Callable[[str], object] = load_object) -> "Services":
+        """
+        The services of C{cluster}; one whose object cannot be imported,
+        is not a class with public methods, or declares an idempotent
+        method it lacks raises L{ConfigError} naming its section and key.
+        """
+        for config in cluster.services:
+            where = f"service:{config.name}"
+            try:
+                target = load(config.object)
+            except Exception as e:
+                problem = " ".join(str(e).split()) or "(no message)"
+                raise ConfigError(cluster.path, where, "object", f"cannot import {config.object}: {type(e).__name__}: {problem}") from None
+            if not isinstance(target, type) or not public_methods(target):
+                raise ConfigError(cluster.path, where, "object", f"{config.object} is not a class with public methods")
+            missing = [m for m in config.idempotent if m not in public_methods(target)]
+            if missing:
+                raise ConfigError(cluster.path, where, "idempotent", f"{config.object} has no method {missing[0]}")
+        return cls(cluster.services, load)
 
     def find(self, service: str, method: str) -> Tuple[type, bool]:
         try:
