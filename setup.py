@@ -24,12 +24,15 @@ setup(
     ],
     package_data={"twisted": ["plugins/appliance_plugin.py"]},
     install_requires=[
-        "twisted[tls]>=23.10",
+        "twisted>=23.10",
         "attrs>=22.2",
         "dnslib>=0.9.23",
-        "pyopenssl>=23",
     ],
     extras_require={
+        # TLS (HTTPS on a balancer, mutual TLS between peers) needs
+        # cryptography, which has no build for PyPy without a Rust toolchain:
+        # optional, so that `pip install .` works on PyPy as it is.
+        "tls": ["twisted[tls]>=23.10", "pyopenssl>=23"],
         # The framework adapters (appliance.integrations); pure Python, so
         # they install on PyPy too (pip picks the newest release that
         # supports the interpreter: Django 4.2 on Python 3.9).
@@ -37,9 +40,9 @@ setup(
         "django": DJANGO,
         "pyramid": PYRAMID,
         # hypothesis: property tests of the session rules; dnspython: an
-        # independent resolver for the DNS end-to-end test; treq: StubTreq for
-        # resource trees; redis: the benchmark's central-store baseline; the
-        # frameworks: the adapters' tests and examples.
-        "test": ["hypothesis>=6", "dnspython>=2.3", "treq>=23", "redis>=4"] + FLASK + DJANGO + PYRAMID,
+        # independent resolver for the DNS end-to-end test; redis: the
+        # benchmark's central-store baseline; the frameworks: the adapters'
+        # tests and examples.  (No treq: it requires twisted[tls].)
+        "test": ["hypothesis>=6", "dnspython>=2.3", "redis>=4"] + FLASK + DJANGO + PYRAMID,
     },
 )

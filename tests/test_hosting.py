@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import time
+from io import BytesIO
+from urllib.parse import urlencode
 
-import treq
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
 
 from appliance.config import ClusterConfig
 from appliance.server import hosting
@@ -83,9 +86,14 @@ class HostingTests(TestCase):
 
     @defer.inlineCallbacks
     def fetch(self, method, path, cookie=None, data=None):
-        headers = {b"Cookie": [cookie.encode()]} if cookie else {}
-        response = yield treq.request(method, self.base + path, headers=headers, data=data, persistent=False)
-        body = yield response.content()
+        headers = Headers({b"Cookie": [cookie.encode()]} if cookie else {})
+        producer = None
+        if data is not None:
+            headers.setRawHeaders(b"Content-Type", [b"application/x-www-form-urlencoded"])
+            producer = FileBodyProducer(BytesIO(urlencode(data).encode()))
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        response = yield agent.request(method.encode(), (self.base + path).encode(), headers, producer)
+        body = yield readBody(response)
         set_cookie = response.headers.getRawHeaders(b"set-cookie", [None])[0]
         return response.code, body, set_cookie.decode() if set_cookie else None
 
