@@ -40,6 +40,8 @@ def load(options) -> ClusterConfig:
     The configuration, or exit with its one-line error: a config mistake is
     not a crash and gets no traceback.
     """
+    from appliance.runtime import check_tls
+
     try:
         cluster = ClusterConfig.from_path(options["config"])
         if options["node"] is not None and cluster.node(options["node"]) is None:
@@ -54,6 +56,7 @@ def load(options) -> ClusterConfig:
             from appliance.server.services import Services
 
             Services.checked(cluster)
+        check_tls(cluster)
     except ConfigError as e:
         sys.stderr.write(f"appliance: {e}\n")
         raise SystemExit(1)

@@ -23,6 +23,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 from appliance.balancer.service import BalancerService
 from appliance.config import Address, BalancerConfig, ClusterConfig, ClusterSettings, NodeConfig
 
+from .helpers import SKIP_TLS_ON_PYPY
+
 SID = "AAAAAAAAAAAAAAAAAAAAAA"
 NEW_SID = "BBBBBBBBBBBBBBBBBBBBBB"
 BIG = os.urandom(3 * 1024 * 1024)
@@ -505,6 +507,7 @@ class LimitTests(TestCase):
 
 class HttpsTests(TestCase):
     timeout = 20
+    skip = SKIP_TLS_ON_PYPY
 
     def setUp(self):
         directory = tempfile.mkdtemp()

@@ -89,7 +89,7 @@ class InstallTests(SynchronousTestCase):
         py = os.path.join(venv, "bin", "python")
         subprocess.run([py, "-m", "pip", "install", "-q", "twisted", "attrs"], check=True, timeout=600, capture_output=True)
         build = os.path.abspath(self.mktemp())
-        shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns("_trial_temp*", ".git", "*.pyc", "__pycache__"))
+        shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns("_trial_temp*", ".git", ".pypy", "*.pyc", "__pycache__"))
         subprocess.run(
             [py, "-m", "pip", "install", "-q", "--no-deps", build],
             check=True, timeout=300, capture_output=True,

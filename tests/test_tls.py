@@ -20,11 +20,12 @@ from appliance.cookie import NO_ROUTE
 from appliance.server.service import SessionServerService
 
 from .certs import make_ca, make_leaf
-from .helpers import cluster_ini
+from .helpers import SKIP_TLS_ON_PYPY, cluster_ini
 
 
 class ReplicationTLSTests(TestCase):
     timeout = 30
+    skip = SKIP_TLS_ON_PYPY
 
     def config(self, cert, key, ca):
         extra = f"tls_cert = {cert}\ntls_key = {key}\ntls_ca = {ca}"
