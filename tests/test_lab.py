@@ -85,6 +85,9 @@ class BareLab:
         try:
             s.connect((self.lab.address(destination), port))
             outcome = "connected"
+        except socket.timeout:
+            # Python 3.9 (PyPy here) names it "timeout"; from 3.10 it is TimeoutError.
+            outcome = "TimeoutError"
         except OSError as e:
             outcome = type(e).__name__
         finally:

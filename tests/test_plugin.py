@@ -85,28 +85,31 @@ class InstallTests(SynchronousTestCase):
     def test_install_help_uninstall(self):
         """pip install . gives a working 'twistd appliance --help' anywhere; uninstall leaves Twisted importable."""
         venv = os.path.abspath(self.mktemp())
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+        # Not this process's PYTHONPATH (trial -j sets it to its sys.path):
+        # pip would find Twisted there and install no twistd in the venv.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120, env=env)
         py = os.path.join(venv, "bin", "python")
-        subprocess.run([py, "-m", "pip", "install", "-q", "twisted", "attrs"], check=True, timeout=600, capture_output=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", "twisted", "attrs"], check=True, timeout=600, capture_output=True, env=env)
         build = os.path.abspath(self.mktemp())
         shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns("_trial_temp*", ".git", ".pypy", "*.pyc", "__pycache__"))
         subprocess.run(
             [py, "-m", "pip", "install", "-q", "--no-deps", build],
-            check=True, timeout=300, capture_output=True,
+            check=True, timeout=300, capture_output=True, env=env,
         )
         elsewhere = os.path.abspath(self.mktemp())
         os.makedirs(elsewhere)
         twistd = os.path.join(venv, "bin", "twistd")
-        helped = subprocess.run([py, twistd, "appliance", "--help"], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+        helped = subprocess.run([py, twistd, "appliance", "--help"], cwd=elsewhere, capture_output=True, text=True, timeout=120, env=env)
         self.assertEqual(helped.returncode, 0, helped.stderr)
         self.assertIn("--config", helped.stdout)
         self.assertIn("--node", helped.stdout)
-        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", "appliance"], check=True, timeout=120, capture_output=True)
+        subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", "appliance"], check=True, timeout=120, capture_output=True, env=env)
         still = subprocess.run(
             [py, "-c", "import twisted.plugins, twisted.internet.reactor; from twisted.plugin import getPlugins; "
                        "from twisted.application.service import IServiceMaker; "
                        "print(sorted(m.tapname for m in getPlugins(IServiceMaker)))"],
-            cwd=elsewhere, capture_output=True, text=True, timeout=120,
+            cwd=elsewhere, capture_output=True, text=True, timeout=120, env=env,
         )
         self.assertEqual(still.returncode, 0, still.stderr)
         self.assertNotIn("'appliance'", still.stdout)
