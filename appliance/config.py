@@ -93,6 +93,7 @@ class ClusterSettings:
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
     access_log: bool = False
+    runtime: Optional[str] = None
 
     @property
     def tls(self) -> bool:
@@ -124,6 +125,7 @@ class DnsConfig:
     check_interval: float = 2.0
     rrl_rate: int = 50
     rrl_slip: int = 2
+    processes: int = 1
 
 
 @frozen
@@ -156,6 +158,7 @@ class BalancerConfig:
     forward_internal: bool = False
     new_session_rate: float = 10.0
     new_session_burst: int = 100
+    processes: int = 1
 
 
 @frozen
@@ -588,6 +591,7 @@ class _Loader:
             max_sessions=s.get("max_sessions", _count, 100_000),
             drain_timeout=s.get("drain_timeout", _positive_duration, 30.0),
             access_log=s.get("access_log", _boolean, False),
+            runtime=s.get("runtime"),
             **tls,
         )
         if len(settings.secret) < 8:
@@ -611,6 +615,7 @@ class _Loader:
             check_interval=s.get("check_interval", _positive_duration, 2.0),
             rrl_rate=s.get("rrl_rate", _count, 50),
             rrl_slip=s.get("rrl_slip", _slip, 2),
+            processes=s.get("processes", _count, 1),
         )
         s.done()
         return config
@@ -656,9 +661,14 @@ class _Loader:
             forward_internal=s.get("forward_internal", _boolean, False),
             new_session_rate=s.get("new_session_rate", _per_second, 10.0),
             new_session_burst=s.get("new_session_burst", _count, 100),
+            processes=s.get("processes", _count, 1),
         )
         if config.redirect_https and https is None:
             raise s.error("redirect_https", "needs an https address")
+        if config.processes > 1 and witness is not None:
+            raise s.error("processes", "a witness is one voter: a balancer with a witness address runs as one process")
+        if config.processes > 1 and config.mode == "sticky":
+            raise s.error("processes", "sticky mode learns servers per process: it runs as one process")
         s.done()
         return config
 

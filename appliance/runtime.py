@@ -1,5 +1,6 @@
 """
-What this interpreter can run.
+What this interpreter can run, and the interpreter the processes this one
+starts run under (C{[cluster] runtime}).
 
 TLS (HTTPS on a balancer, mutual TLS between peers) needs pyOpenSSL and
 cryptography, the C{tls} extra; cryptography has no PyPy build without a
@@ -10,7 +11,11 @@ TLS key stops startup with one line instead of an import traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
+import shutil
+import subprocess
+import sys
 from typing import Callable, Optional, Tuple
 
 from appliance.config import ClusterConfig, ConfigError
@@ -55,3 +60,42 @@ def check_tls(cluster: ClusterConfig, import_module: Callable = importlib.import
         missing = tls_missing(import_module)
         if missing is not None:
             raise ConfigError(cluster.path, *setting, missing)
+
+
+def interpreter(cluster: ClusterConfig) -> str:
+    """
+    The executable the processes started by this one run under: C{[cluster]
+    runtime} (a command found on C{PATH}, or a path; C{~} is the home
+    directory), else this one.
+    """
+    runtime = cluster.cluster.runtime
+    if runtime is None:
+        return sys.executable
+    found = shutil.which(os.path.expanduser(runtime))
+    if found is None:
+        raise ConfigError(cluster.path, "cluster", "runtime", f"no such interpreter: {runtime}")
+    return os.path.abspath(found)
+
+
+def check_runtime(cluster: ClusterConfig, cwd: Optional[str] = None) -> None:
+    """
+    Raise the L{ConfigError} of C{[cluster] runtime} when it names no
+    interpreter that runs the appliance (from C{cwd}, where the children
+    start: this process's working directory by default), or one that
+    cannot do the TLS this cluster configures.
+    """
+    if cluster.cluster.runtime is None:
+        return
+    executable = interpreter(cluster)
+    probe = "from appliance.runtime import tls_missing; print(tls_missing() or '')"
+    try:
+        done = subprocess.run([executable, "-c", probe], cwd=cwd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(cluster.path, "cluster", "runtime", f"{executable} does not run: {e}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(cluster.path, "cluster", "runtime", f"{executable} cannot run the appliance: {last}")
+    missing = done.stdout.strip()
+    setting = tls_setting(cluster)
+    if missing and setting is not None:
+        raise ConfigError(cluster.path, *setting, f"runtime {cluster.cluster.runtime}: {missing}")

@@ -13,7 +13,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
-from appliance.config import ClusterConfig
+from appliance.config import ClusterConfig, ConfigError
+from appliance.runtime import interpreter
 
 log = Logger()
 
@@ -43,13 +44,25 @@ class ProcessServices(service.MultiService):
             raise SystemExit(1)
 
 
-def child_command(config_path: str, node: str) -> list:
+def child_command(config_path: str, node: str, executable: Optional[str] = None) -> list:
     """
     How the all-in-one starts a session server: the same plugin, in its own
     process, so that killing it is a real server failure.
     """
+    return _command(config_path, executable, "--node", node, "--roles", "server")
+
+
+def section_command(config_path: str, section: str, executable: Optional[str] = None) -> list:
+    """
+    How a supervisor starts one process of a balancer or of the DNS
+    responder (C{section} is C{balancer:NAME} or C{dns}).
+    """
+    return _command(config_path, executable, "--section", section)
+
+
+def _command(config_path: str, executable: Optional[str], *args: str) -> list:
     return [
-        sys.executable,
+        executable or sys.executable,
         "-c",
         "from twisted.scripts.twistd import run; run()",
         "--nodaemon",
@@ -57,11 +70,46 @@ def child_command(config_path: str, node: str) -> list:
         "appliance",
         "--config",
         os.path.abspath(config_path),
-        "--node",
-        node,
-        "--roles",
-        "server",
+        *args,
     ]
+
+
+class _Children:
+    """
+    The supervised child processes of this process, in one
+    L{ProcessMonitor} created with the first of them.
+    """
+
+    def __init__(self, reactor, parent: service.MultiService):
+        self.reactor = reactor
+        self.parent = parent
+        self.monitor: Optional[ProcessMonitor] = None
+
+    def add(self, name: str, argv: list) -> None:
+        if self.monitor is None:
+            self.monitor = ProcessMonitor(reactor=self.reactor)
+            self.monitor.minRestartDelay = 0.5
+            self.monitor.maxRestartDelay = 5
+            self.monitor.threshold = 2
+            self.monitor.setServiceParent(self.parent)
+        self.monitor.addProcess(name, argv, env=dict(os.environ))
+
+
+def section_service(reactor, cluster: ClusterConfig, section: str) -> service.Service:
+    """
+    The one service a C{--section} child runs; it shares its addresses with
+    the other processes of that section when there are several.
+    """
+    if section == "dns" and cluster.dns is not None:
+        from appliance.dns.service import DnsService
+
+        return DnsService(reactor, cluster, reuse_port=cluster.dns.processes > 1)
+    for balancer in cluster.balancers:
+        if section == f"balancer:{balancer.name}":
+            from appliance.balancer.service import BalancerService
+
+            return BalancerService(reactor, cluster, balancer, reuse_port=balancer.processes > 1)
+    raise ConfigError(cluster.path, section, None, "--section names no balancer or dns section")
 
 
 def make_service(
@@ -70,28 +118,46 @@ def make_service(
     config_path: str,
     node: Optional[str] = None,
     roles: Sequence[str] = ("dns", "balancer", "server"),
+    section: Optional[str] = None,
 ) -> service.MultiService:
+    """
+    This process's services.  Without C{node} (the all-in-one), each session
+    server is a supervised child; with C{[cluster] runtime}, so is every
+    balancer and the DNS responder, under that interpreter, while this
+    process only supervises.  A balancer or responder with C{processes = N}
+    is N supervised children sharing its addresses.
+    """
     top = ProcessServices(cluster)
+    if section is not None:
+        section_service(reactor, cluster, section).setServiceParent(top)
+        return top
     everything = node is None
+    executable = interpreter(cluster)
+    in_children = everything and cluster.cluster.runtime is not None
+    children = _Children(reactor, top)
+
+    def start(name: str, processes: int, make) -> None:
+        if processes == 1 and not in_children:
+            make().setServiceParent(top)
+            return
+        for i in range(1, processes + 1):
+            children.add(name if processes == 1 else f"{name}#{i}", section_command(config_path, name, executable))
+
     if cluster.dns is not None and "dns" in roles and (everything or cluster.dns.node == node):
         from appliance.dns.service import DnsService
 
-        DnsService(reactor, cluster).setServiceParent(top)
+        start("dns", cluster.dns.processes, lambda: DnsService(reactor, cluster))
     if "balancer" in roles:
         from appliance.balancer.service import BalancerService
 
         for balancer in cluster.balancers:
             if everything or balancer.node == node:
-                BalancerService(reactor, cluster, balancer).setServiceParent(top)
+                start(f"balancer:{balancer.name}", balancer.processes,
+                      lambda b=balancer: BalancerService(reactor, cluster, b))
     if "server" in roles:
         if everything:
-            monitor = ProcessMonitor(reactor=reactor)
-            monitor.minRestartDelay = 0.5
-            monitor.maxRestartDelay = 5
-            monitor.threshold = 2
             for n in cluster.nodes:
-                monitor.addProcess(n.name, child_command(config_path, n.name), env=dict(os.environ))
-            monitor.setServiceParent(top)
+                children.add(n.name, child_command(config_path, n.name, executable))
         else:
             from appliance.server.service import SessionServerService
 

@@ -24,7 +24,9 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "etc/cluster.ini", "The cluster configuration file."],
         ["node", "n", None, "Run only the roles of this node."],
-        ["roles", "r", ",".join(ROLES), "With --node: which of its roles to run (comma-separated)."],
+        ["roles", "r", ",".join(ROLES), "Which roles to run (comma-separated)."],
+        ["section", None, None, "Run only this balancer:NAME or dns section's service "
+                                "(how a supervisor starts the processes of a balancer or the responder)."],
     ]
 
     def postOptions(self) -> None:
@@ -40,12 +42,15 @@ def load(options) -> ClusterConfig:
     The configuration, or exit with its one-line error: a config mistake is
     not a crash and gets no traceback.
     """
-    from appliance.runtime import check_tls
+    from appliance.runtime import check_runtime, check_tls
 
     try:
         cluster = ClusterConfig.from_path(options["config"])
         if options["node"] is not None and cluster.node(options["node"]) is None:
             raise ConfigError(options["config"], f"node:{options['node']}", None, "--node names no such section")
+        sections = (["dns"] if cluster.dns is not None else []) + [f"balancer:{b.name}" for b in cluster.balancers]
+        if options["section"] is not None and options["section"] not in sections:
+            raise ConfigError(options["config"], options["section"], None, "--section names no balancer or dns section")
         if "server" in options["roles"]:
             # Here, not as the site starts: a missing module is a config
             # mistake (one line), and the all-in-one supervisor must not
@@ -56,7 +61,12 @@ def load(options) -> ClusterConfig:
             from appliance.server.services import Services
 
             Services.checked(cluster)
-        check_tls(cluster)
+        # The all-in-one with a runtime only supervises: its children's
+        # interpreter is the one that needs TLS (check_runtime asks it).
+        if options["node"] is not None or options["section"] is not None or cluster.cluster.runtime is None:
+            check_tls(cluster)
+        if options["section"] is None:
+            check_runtime(cluster)
     except ConfigError as e:
         sys.stderr.write(f"appliance: {e}\n")
         raise SystemExit(1)
@@ -68,4 +78,4 @@ def makeService(options):
 
     from appliance.service import make_service
 
-    return make_service(reactor, load(options), options["config"], options["node"], options["roles"])
+    return make_service(reactor, load(options), options["config"], options["node"], options["roles"], options["section"])

@@ -137,6 +137,23 @@ def http(method, url, data=None, cookie=None, timeout=5.0):
         return e.code, e.headers, e.read()
 
 
+def children_of(pid: int) -> list:
+    """
+    The processes whose parent is C{pid} (from /proc).
+    """
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
 def wait_for(predicate, timeout=20.0, what="condition"):
     deadline = time.monotonic() + timeout
     last = None

@@ -263,9 +263,16 @@ class Cluster:
         balancer.setdefault("health_fall", 1)
         balancer.setdefault("health_rise", 2)
         balancer.setdefault("down_time", 0.5)
+        self.start_balancer(tuple(nodes), balancer)
+
+    def start_balancer(self, nodes: Tuple[NodeConfig, ...], balancer) -> None:
+        """
+        The balancer in front of the stand-ins: a service in this process.
+        """
+        test = self.test
         self.config = BalancerConfig(name="lb", listen=Address("127.0.0.1", 0), **balancer)
         self.cluster = ClusterConfig(
-            "<test>", ClusterSettings("app.test", "secret-secret"), None, (self.config,), tuple(nodes), ()
+            "<test>", ClusterSettings("app.test", "secret-secret"), None, (self.config,), nodes, ()
         )
         self.service = BalancerService(reactor, self.cluster, self.config)
         self.service.startService()
@@ -280,11 +287,12 @@ class Cluster:
 
 class PluginModeTests(TestCase):
     timeout = 20
+    make = Cluster
 
     @defer.inlineCallbacks
     def test_routes_to_primary(self):
         """Plugin mode sends a request to the server its cookie names as primary."""
-        c = Cluster(self, 3)
+        c = self.make(self, 3)
         for primary in ("s2", "s3", "s1"):
             status, headers, body = parse((yield raw(c.port, get(cookie=f"{SID}!{primary}!s1"))))
             self.assertEqual((status, body), (200, b"from " + primary.encode()))
@@ -294,7 +302,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_refusing_primary_falls_back(self):
         """A primary that refuses connections sends the request to the secondary."""
-        c = Cluster(self, 2, dead=("s1",))
+        c = self.make(self, 2, dead=("s1",))
         status, headers, body = parse((yield raw(c.port, get(cookie=f"{SID}!s1!s2", method=b"POST", body=b"x=1"))))
         self.assertEqual((status, body), (200, b"from s2"))
         self.assertEqual(c.seen("s2")[0][3], b"x=1")
@@ -302,7 +310,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_no_cookie_placed_by_policy(self):
         """Without a cookie, round robin spreads requests over the servers."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         bodies = set()
         for _ in range(4):
             bodies.add(parse((yield raw(c.port, get())))[2])
@@ -311,7 +319,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_bad_cookie_is_no_cookie(self):
         """A malformed cookie or one naming unknown servers is placed by policy."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         for cookie in ("garbage", f"{SID}!nobody!", "!!!!", "x" * 300):
             status, _, body = parse((yield raw(c.port, get(cookie=cookie))))
             self.assertEqual(status, 200)
@@ -320,7 +328,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_post_not_retried_when_server_dies(self):
         """A POST whose server dies mid-response gets 502 and is never sent to the other server."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         c.standins["s1"].mode = "die"
         status, _, _ = parse((yield raw(c.port, get(cookie=f"{SID}!s1!s2", method=b"POST", body=b"pay=1"))))
         self.assertEqual(status, 502)
@@ -330,7 +338,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_get_retried_when_server_dies(self):
         """A GET whose server dies mid-response is retried on the secondary."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         c.standins["s1"].mode = "die"
         status, _, body = parse((yield raw(c.port, get(cookie=f"{SID}!s1!s2"))))
         self.assertEqual((status, body), (200, b"from s2"))
@@ -339,7 +347,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_server_comes_back(self):
         """A server found down by health checks rejoins after health_rise passes."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         yield c.sites["s1"].kill()
         yield wait_for(lambda: not c.service.balancer.nodes["s1"].up, 5.0)
         status, _, body = parse((yield raw(c.port, get(cookie=f"{SID}!s1!s2"))))
@@ -353,7 +361,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_fail_open(self):
         """With every server marked down the balancer still tries them."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         for name in ("s1", "s2"):
             c.service.balancer.nodes[name].up = False
         c.service._health.stop()
@@ -363,7 +371,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_keep_alive(self):
         """Several requests on one client connection are all answered, in order."""
-        c = Cluster(self, 2)
+        c = self.make(self, 2)
         one = get(b"/1", cookie=f"{SID}!s1!s2").replace(b"Connection: close\r\n", b"")
         two = get(b"/2", cookie=f"{SID}!s2!s1")
         received = yield raw(c.port, one + two)
@@ -374,7 +382,7 @@ class PluginModeTests(TestCase):
     @defer.inlineCallbacks
     def test_lb_health(self):
         """/_appliance/lb-health is answered by the balancer itself."""
-        c = Cluster(self, 1)
+        c = self.make(self, 1)
         status, _, body = parse((yield raw(c.port, get(b"/_appliance/lb-health"))))
         self.assertEqual((status, body), (200, b"ok\n"))
         self.assertEqual(c.seen("s1"), [])
@@ -415,25 +423,28 @@ class StickyModeTests(TestCase):
 
 class LimitTests(TestCase):
     timeout = 20
+    # The cluster these tests run against (test_balancer_processes runs
+    # them unchanged against a balancer of several processes).
+    make = Cluster
 
     @defer.inlineCallbacks
     def test_header_too_large(self):
         """A request head over max_header_bytes gets 431."""
-        c = Cluster(self, 1, max_header_bytes=2048)
+        c = self.make(self, 1, max_header_bytes=2048)
         status, _, _ = parse((yield raw(c.port, get(extra=b"X-Big: " + b"a" * 4000 + b"\r\n"))))
         self.assertEqual(status, 431)
 
     @defer.inlineCallbacks
     def test_too_many_headers(self):
         """More header lines than max_headers get 431."""
-        c = Cluster(self, 1, max_headers=20)
+        c = self.make(self, 1, max_headers=20)
         status, _, _ = parse((yield raw(c.port, get(extra=b"".join(b"X-%d: 1\r\n" % i for i in range(30))))))
         self.assertEqual(status, 431)
 
     @defer.inlineCallbacks
     def test_body_too_large(self):
         """A body over max_body_bytes gets 413 and never reaches a server."""
-        c = Cluster(self, 1, max_body_bytes=1000)
+        c = self.make(self, 1, max_body_bytes=1000)
         status, _, _ = parse((yield raw(c.port, get(method=b"POST", body=b"a" * 2000))))
         self.assertEqual(status, 413)
         self.assertEqual(c.seen("s1"), [])
@@ -441,7 +452,7 @@ class LimitTests(TestCase):
     @defer.inlineCallbacks
     def test_malformed(self):
         """A malformed request line, or Content-Length with Transfer-Encoding, gets 400."""
-        c = Cluster(self, 1)
+        c = self.make(self, 1)
         status, _, _ = parse((yield raw(c.port, b"NONSENSE\r\n\r\n")))
         self.assertEqual(status, 400)
         smuggle = get(method=b"POST", body=b"0\r\n\r\n", extra=b"Transfer-Encoding: chunked\r\n")
@@ -452,7 +463,7 @@ class LimitTests(TestCase):
     @defer.inlineCallbacks
     def test_slow_head(self):
         """A client that does not finish its head within head_timeout gets 408 and is dropped."""
-        c = Cluster(self, 1, head_timeout=0.3)
+        c = self.make(self, 1, head_timeout=0.3)
         started = reactor.seconds()
         status, _, _ = parse((yield raw(c.port, b"GET / HTTP/1.1\r\nHost: x\r\n")))
         self.assertEqual(status, 408)
@@ -461,7 +472,7 @@ class LimitTests(TestCase):
     @defer.inlineCallbacks
     def test_hop_by_hop(self):
         """Hop-by-hop headers are not forwarded; X-Forwarded-For, X-Forwarded-Proto and Forwarded are added."""
-        c = Cluster(self, 1)
+        c = self.make(self, 1)
         extra = (
             b"Connection: X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
             b"Upgrade: websocket\r\nProxy-Authorization: Basic eA==\r\nX-Forwarded-For: 192.0.2.1\r\n"
@@ -480,7 +491,7 @@ class LimitTests(TestCase):
     @defer.inlineCallbacks
     def test_large_response(self):
         """A large response is relayed whole (with flow control toward the client)."""
-        c = Cluster(self, 1)
+        c = self.make(self, 1)
         status, headers, body = parse((yield raw(c.port, get(b"/big"), timeout=10.0)))
         self.assertEqual(status, 200)
         self.assertEqual(body, BIG)
@@ -488,7 +499,7 @@ class LimitTests(TestCase):
     @defer.inlineCallbacks
     def test_chunked_response(self):
         """A chunked response is relayed chunked to the end, and the connection reused after."""
-        c = Cluster(self, 1)
+        c = self.make(self, 1)
         one = get(b"/chunked").replace(b"Connection: close\r\n", b"")
         received = yield raw(c.port, one + get(b"/after"))
         self.assertIn(b"Transfer-Encoding: chunked", received)
@@ -498,7 +509,7 @@ class LimitTests(TestCase):
     @defer.inlineCallbacks
     def test_large_body_streamed(self):
         """A body larger than retry_body_bytes is streamed through whole."""
-        c = Cluster(self, 1, retry_body_bytes=1024)
+        c = self.make(self, 1, retry_body_bytes=1024)
         body = os.urandom(300_000)
         status, _, _ = parse((yield raw(c.port, get(method=b"POST", body=body), timeout=10.0)))
         self.assertEqual(status, 200)

@@ -163,6 +163,27 @@ class MistakeTests(SynchronousTestCase):
         """An app section names exactly one of wsgi and resource."""
         self.check(GOOD + "\n[app:x]\nmount = /x\n", "app:x", "wsgi", "exactly one")
 
+    def test_processes_and_runtime(self):
+        """processes (balancer, DNS) and runtime are read; one process and this interpreter by default."""
+        config = load(
+            GOOD.replace("secret = a-long-secret", "secret = a-long-secret\nruntime = pypy3")
+            + "\n[balancer:lb1]\nlisten = 127.0.0.1:9000\nprocesses = 2\n"
+            + "\n[dns]\nlisten = 127.0.0.1:9053\nprocesses = 3\n"
+        )
+        self.assertEqual((config.cluster.runtime, config.balancers[0].processes, config.dns.processes), ("pypy3", 2, 3))
+        default = load(GOOD + "\n[balancer:lb1]\nlisten = 127.0.0.1:9000\n")
+        self.assertEqual((default.cluster.runtime, default.balancers[0].processes), (None, 1))
+
+    def test_processes_must_be_counted(self):
+        """processes is a whole number of at least 1."""
+        self.check(GOOD + "\n[balancer:lb1]\nlisten = 127.0.0.1:9000\nprocesses = 0\n", "balancer:lb1", "processes", "at least 1")
+
+    def test_one_process_for_a_witness_or_sticky(self):
+        """A witness (one voter) and sticky mode (a learned table) cannot be spread over processes."""
+        lb = GOOD + "\n[balancer:lb1]\nlisten = 127.0.0.1:9000\nprocesses = 2\n"
+        self.check(lb + "witness = 127.0.0.1:9200\n", "balancer:lb1", "processes", "one voter")
+        self.check(lb + "mode = sticky\n", "balancer:lb1", "processes", "per process")
+
     def test_partial_tls(self):
         """Replication TLS needs certificate, key and CA together."""
         self.check(

@@ -19,7 +19,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance import tap
-from appliance.service import child_command, make_service
+from appliance.service import child_command, make_service, section_command
 from appliance.config import ClusterConfig
 
 from .helpers import ROOT, RealNodes, cluster_ini, free_ports, http, twistd, write
@@ -49,6 +49,17 @@ class PluginTests(SynchronousTestCase):
         options = tap.Options()
         options.parseOptions(["--config", SHIPPED, "--node", "s9"])
         self.assertRaises(SystemExit, tap.load, options)
+
+    def test_unknown_section_is_one_line(self):
+        """--section naming no balancer or dns section stops startup with a one-line error."""
+        import io
+        from unittest import mock
+
+        options = tap.Options()
+        options.parseOptions(["--config", SHIPPED, "--section", "balancer:nope"])
+        with mock.patch("sys.stderr", new_callable=io.StringIO) as err:
+            self.assertRaises(SystemExit, tap.load, options)
+        self.assertEqual(err.getvalue(), f"appliance: {SHIPPED}: [balancer:nope]: --section names no balancer or dns section\n")
 
     def test_node_service(self):
         """--node s1 --roles server builds just that session server."""
@@ -131,6 +142,38 @@ class AllInOneServiceTests(SynchronousTestCase):
         (monitor,) = [s for s in top if isinstance(s, ProcessMonitor)]
         self.assertEqual(sorted(monitor.processes), ["s1", "s2", "s3"])
         self.assertEqual(monitor.processes["s1"][0], child_command(SHIPPED, "s1"))
+
+    def test_runtime_runs_every_role_in_children(self):
+        """With runtime, the all-in-one only supervises: servers, balancer and DNS are children under that interpreter."""
+        from twisted.runner.procmon import ProcessMonitor
+
+        text = open(SHIPPED).read().replace("[cluster]\n", f"[cluster]\nruntime = {sys.executable}\n", 1)
+        cluster = ClusterConfig.from_string(text, SHIPPED)
+        (monitor,) = list(make_service(MemoryReactorClock(), cluster, SHIPPED))
+        self.assertIsInstance(monitor, ProcessMonitor)
+        self.assertEqual(sorted(monitor.processes), ["balancer:lb1", "dns", "s1", "s2", "s3"])
+        self.assertEqual(monitor.processes["balancer:lb1"][0], section_command(SHIPPED, "balancer:lb1", sys.executable))
+        self.assertEqual(monitor.processes["dns"][0][-2:], ["--section", "dns"])
+        self.assertEqual({argv[0] for argv, *_ in monitor.processes.values()}, {os.path.abspath(sys.executable)})
+
+    def test_processes_are_supervised_children(self):
+        """processes = 2 makes a balancer two supervised children, each serving the section with SO_REUSEPORT."""
+        from twisted.runner.procmon import ProcessMonitor
+
+        from appliance.balancer.service import BalancerService
+
+        text = open(SHIPPED).read().replace("\nprocesses = 1                ; N > 1: N supervised processes share", "\nprocesses = 2 ;", 1)
+        text = text.replace("witness = ", "; witness = ")
+        cluster = ClusterConfig.from_string(text, SHIPPED)
+        top = make_service(MemoryReactorClock(), cluster, SHIPPED)
+        (monitor,) = [s for s in top if isinstance(s, ProcessMonitor)]
+        self.assertEqual(sorted(monitor.processes), ["balancer:lb1#1", "balancer:lb1#2", "s1", "s2", "s3"])
+        self.assertEqual(monitor.processes["balancer:lb1#2"][0], section_command(SHIPPED, "balancer:lb1"))
+        (child,) = list(make_service(MemoryReactorClock(), cluster, SHIPPED, section="balancer:lb1"))
+        self.assertIsInstance(child, BalancerService)
+        self.assertTrue(child.reuse_port)
+        (alone,) = list(make_service(MemoryReactorClock(), ClusterConfig.from_path(SHIPPED), SHIPPED, section="balancer:lb1"))
+        self.assertFalse(alone.reuse_port)
 
     def test_node_roles(self):
         """--node picks the balancers and DNS placed on that node."""

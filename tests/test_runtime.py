@@ -1,21 +1,27 @@
 """
-What an interpreter without TLS refuses at startup, and which tests say why
-they do not run where TLS is missing.
+Runtimes: what an interpreter without TLS refuses at startup (and which
+tests say why they do not run there), the interpreter of child processes
+(C{[cluster] runtime}), and listening sockets shared by the processes of
+one service (C{SO_REUSEPORT}).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance import runtime
-from appliance.config import ClusterConfig, ConfigError
+from appliance.config import Address, ClusterConfig, ConfigError
+from appliance.listen import listen_tcp, listen_udp
 
 from . import helpers
-from .helpers import ROOT, cluster_ini, free_ports, twistd, write
+from .helpers import ROOT, children_of, cluster_ini, free_ports, http, spawn, twistd, wait_for, write
 
 TLS_BALANCER = "\n[balancer:lb1]\nlisten = 127.0.0.1:{port}\nhttps = 127.0.0.1:{https}\ntls_cert = lb.pem\ntls_key = lb.key\n"
 
@@ -85,3 +91,189 @@ class TlsTestsTests(SynchronousTestCase):
         else:
             self.assertIsNone(helpers.SKIP_TLS_ON_PYPY)
             self.assertIsNone(runtime.tls_missing())
+
+
+class InterpreterTests(SynchronousTestCase):
+    def cluster(self, runtime_line: str) -> ClusterConfig:
+        text, _ = cluster_ini(names=("s1",), extra=runtime_line)
+        return ClusterConfig.from_string(text, "c.ini")
+
+    def test_default_is_this_interpreter(self):
+        """Without runtime, children run under this process's interpreter."""
+        self.assertEqual(runtime.interpreter(self.cluster("")), sys.executable)
+
+    def test_named_runtime(self):
+        """runtime names a command found on PATH, or a path."""
+        self.assertEqual(runtime.interpreter(self.cluster(f"runtime = {sys.executable}")), os.path.abspath(sys.executable))
+        runtime.check_runtime(self.cluster(f"runtime = {sys.executable}"), cwd=ROOT)
+
+    def test_unknown_runtime(self):
+        """A runtime that names no interpreter stops startup with one line naming [cluster] runtime."""
+        cluster = self.cluster("runtime = no-such-python-here")
+        e = self.assertRaises(ConfigError, runtime.check_runtime, cluster)
+        self.assertEqual(str(e), "c.ini: [cluster] runtime: no such interpreter: no-such-python-here")
+
+    def test_runtime_that_cannot_run_the_appliance(self):
+        """A runtime that is not a Python with the appliance installed is refused, with its last error line."""
+        cluster = self.cluster("runtime = false")
+        e = self.assertRaises(ConfigError, runtime.check_runtime, cluster, ROOT)
+        self.assertTrue(str(e).startswith("c.ini: [cluster] runtime: "), str(e))
+        self.assertIn("cannot run the appliance", str(e))
+
+
+def wrapper(case: SynchronousTestCase, shadow_openssl: bool = False) -> str:
+    """
+    An interpreter of its own for C{runtime}: this one, marking the
+    environment of what it runs (and, with C{shadow_openssl}, unable to
+    import OpenSSL).
+    """
+    directory = os.path.abspath(case.mktemp())
+    os.makedirs(os.path.join(directory, "OpenSSL"))
+    write(os.path.join(directory, "OpenSSL", "__init__.py"), "raise ImportError('no OpenSSL in this runtime')\n")
+    path = "PYTHONPATH=" + directory + " " if shadow_openssl else ""
+    script = write(os.path.join(directory, "python"),
+                   f"#!/bin/sh\nAPPLIANCE_TEST_RUNTIME={directory} {path}exec {sys.executable} \"$@\"\n")
+    os.chmod(script, 0o755)
+    return script
+
+
+class RuntimeTests(SynchronousTestCase):
+    def test_runtime_without_tls_refused(self):
+        """A runtime that cannot do the TLS the cluster configures stops startup with one line naming the TLS setting."""
+        https, port = free_ports(2)
+        text, _ = cluster_ini(names=("s1",), extra=f"runtime = {wrapper(self, shadow_openssl=True)}",
+                              balancer=TLS_BALANCER.format(port=port, https=https))
+        cluster = ClusterConfig.from_string(text, "c.ini")
+        e = self.assertRaises(ConfigError, runtime.check_runtime, cluster, ROOT)
+        self.assertTrue(str(e).startswith("c.ini: [balancer:lb1] https: runtime "), str(e))
+        self.assertIn("TLS needs pyOpenSSL", str(e))
+
+    def test_all_in_one_under_a_runtime(self):
+        """With runtime, the all-in-one serves the cart through its balancer while every role is a child under that runtime."""
+        (lb,) = free_ports(1)
+        python = wrapper(self)
+        marker = os.path.dirname(python)
+        text, _ = cluster_ini(names=("s1", "s2"), extra=f"runtime = {python}",
+                              balancer=f"\n[balancer:lb1]\nlisten = 127.0.0.1:{lb}\nhealth_interval = 200ms\n")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = write(os.path.join(directory, "cluster.ini"), text)
+        proc = spawn(self, twistd("--config", config), os.path.join(directory, "all.log"))
+
+        def cart():
+            status, _, body = http("POST", f"http://127.0.0.1:{lb}/cart/items", {"item": "apple"}, timeout=2.0)
+            return status == 200 and body
+
+        self.assertIn(b"apple", wait_for(cart, 60, "the cart through the balancer"))
+        children = children_of(proc.pid)
+        self.assertEqual(len(children), 3, children)
+        for pid in children:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                self.assertIn(f"APPLIANCE_TEST_RUNTIME={marker}".encode(), f.read().split(b"\0"))
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            self.assertNotIn(b"APPLIANCE_TEST_RUNTIME", f.read())
+
+
+class ReusePortTests(SynchronousTestCase):
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+
+    def close(self, port) -> None:
+        self.addCleanup(port.stopListening)
+
+    def test_tcp_shared(self):
+        """Two listeners with reuse_port share one address; a third without it cannot listen there."""
+        (port,) = free_ports(1)
+        address = Address("127.0.0.1", port)
+        factory = Factory.forProtocol(Protocol)
+        first = listen_tcp(self.reactor, address, factory, True)
+        self.close(first)
+        second = listen_tcp(self.reactor, address, factory, True)
+        self.close(second)
+        self.assertEqual((first.getHost().port, second.getHost().port), (port, port))
+        self.assertRaises(CannotListenError, listen_tcp, self.reactor, address, factory, False)
+
+    def test_tcp_taken(self):
+        """An address held by a socket without SO_REUSEPORT is a CannotListenError naming it."""
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        e = self.assertRaises(CannotListenError, listen_tcp, self.reactor, Address("127.0.0.1", port),
+                              Factory.forProtocol(Protocol), True)
+        self.assertEqual((e.interface, e.port), ("127.0.0.1", port))
+        self.assertEqual(e.socketError.strerror, "Address already in use")
+
+    def test_udp_shared(self):
+        """Two UDP listeners with reuse_port share one address."""
+        (port,) = free_ports(1)
+        address = Address("127.0.0.1", port)
+        first = listen_udp(self.reactor, address, DatagramProtocol(), True, 65535)
+        self.close(first)
+        second = listen_udp(self.reactor, address, DatagramProtocol(), True, 65535)
+        self.close(second)
+        self.assertEqual((first.getHost().port, second.getHost().port), (port, port))
+
+
+def udp_inodes(port: int) -> set:
+    """
+    Inodes of the IPv4 UDP sockets bound to C{port}.
+    """
+    with open("/proc/net/udp") as f:
+        next(f)
+        rows = [line.split() for line in f]
+    return {row[9] for row in rows if int(row[1].split(":")[1], 16) == port}
+
+
+def socket_inodes(pid: int) -> set:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+class DnsProcessesTests(SynchronousTestCase):
+    def test_two_responder_processes(self):
+        """[dns] processes = 2 runs two supervised responders, each with its own socket on the address; both UDP and TCP answer."""
+        import dns.flags
+        import dns.message
+        import dns.query
+
+        (lb,) = free_ports(1)
+        while True:
+            (port,) = free_ports(1)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    continue
+        text, _ = cluster_ini(names=("s1",), balancer=f"\n[balancer:lb1]\nlisten = 127.0.0.1:{lb}\n",
+                              dns=f"\n[dns]\nlisten = 127.0.0.1:{port}\nprocesses = 2\n")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = write(os.path.join(directory, "cluster.ini"), text)
+        proc = spawn(self, twistd("--config", config, "--roles", "dns"), os.path.join(directory, "dns.log"))
+
+        def both_bound():
+            children = children_of(proc.pid)
+            inodes = udp_inodes(port)
+            return len(children) == 2 and all(socket_inodes(pid) & inodes for pid in children) and children
+
+        children = wait_for(both_bound, 60, "two responder processes bound to the address")
+        self.assertFalse(socket_inodes(proc.pid) & udp_inodes(port), "the supervisor holds the address itself")
+        query = dns.message.make_query("app.cluster.test", "A")
+        for ask in (dns.query.udp, dns.query.tcp):
+            answer = ask(query, "127.0.0.1", port=port, timeout=5)
+            self.assertEqual(answer.id, query.id)
+            self.assertTrue(answer.flags & dns.flags.AA, answer)
+        self.assertEqual(len(children), 2)
+

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from appliance.config import Address, BalancerConfig, ClusterConfig
 from appliance.cookie import Route, session_cookie
+from appliance.listen import listen_tcp
 
 from .backend import BackendPool
 from .framing import Limits, RequestHead
@@ -211,13 +212,22 @@ ALPN_PROTOCOLS = (b"http/1.1", b"http/1.0")
 
 class BalancerService(Service):
     """
-    One HTTP balancer in front of the cluster's session servers.
+    One HTTP balancer in front of the cluster's session servers.  With
+    C{reuse_port}, one of the C{processes} that share its addresses.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, cluster: ClusterConfig, config: BalancerConfig, now: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        reactor,
+        cluster: ClusterConfig,
+        config: BalancerConfig,
+        now: Callable[[], float] = time.monotonic,
+        reuse_port: bool = False,
+    ):
         self.reactor = reactor
+        self.reuse_port = reuse_port
         self.cluster = cluster
         self.config = config
         self.now = now
@@ -232,19 +242,13 @@ class BalancerService(Service):
     def startService(self) -> None:
         config = self.config
         balancer = self.balancer = Balancer(self.reactor, self.cluster, config)
-        self.ports.append(
-            self.reactor.listenTCP(
-                config.listen.port, FrontendFactory(balancer, False), interface=config.listen.host
-            )
-        )
+        self.ports.append(listen_tcp(self.reactor, config.listen, FrontendFactory(balancer, False), self.reuse_port))
         if config.https is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
             options = tls_options(config.tls_cert, config.tls_key)
-            port = self.reactor.listenSSL(
-                config.https.port,
-                FrontendFactory(balancer, True),
-                options,
-                interface=config.https.host,
-            )
+            factory = TLSMemoryBIOFactory(options, False, FrontendFactory(balancer, True))
+            port = listen_tcp(self.reactor, config.https, factory, self.reuse_port)
             self.ports.append(port)
             balancer.https_port = port.getHost().port
         self._sweep = LoopingCall(balancer.sweep)

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 
 from appliance.config import ClusterConfig, ConfigError
+from appliance.listen import listen_tcp, listen_udp
 from appliance.dns.health import HealthChecker, check_timeout, http_health_check
 from appliance.dns.protocol import DnsDatagramProtocol, DnsStreamFactory
 from appliance.dns.responder import Responder
@@ -71,7 +72,9 @@ class DnsService(Service):
         reactor,
         cluster: ClusterConfig,
         check: Optional[Callable[[Frontend], "Deferred[bool]"]] = None,
+        reuse_port: bool = False,
     ):
+        self._reuse_port = reuse_port
         if cluster.dns is None:
             raise ValueError(f"{cluster.path}: no [dns] section")
         self._reactor = reactor
@@ -120,12 +123,10 @@ class DnsService(Service):
         listen = self._dns.listen
         udp = DnsDatagramProtocol(self.responder, self._reactor)
         tcp = DnsStreamFactory(self.responder, self._reactor)
-        udp_port = self._reactor.listenUDP(
-            listen.port, udp, interface=listen.host, maxPacketSize=65535
-        )
+        udp_port = listen_udp(self._reactor, listen, udp, self._reuse_port, 65535)
         _enlarge_receive_buffer(udp_port)
         try:
-            tcp_port = self._reactor.listenTCP(listen.port, tcp, interface=listen.host)
+            tcp_port = listen_tcp(self._reactor, listen, tcp, self._reuse_port)
         except BaseException:
             udp_port.stopListening()
             super().stopService()
