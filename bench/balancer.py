@@ -1,15 +1,26 @@
 """
-Benchmark the balancer against HAProxy in front of the same backend.
+Benchmark the balancer against HAProxy in front of the same backend, on
+each runtime, behind several backends, with 1 or more processes.
 
-    python3 bench/balancer.py [--duration 5] [--rounds 3] [--connections 32]
+    python3 bench/balancer.py [--duration 4] [--rounds 3] [--connections 32]
+        [--runtime python3,.pypy/bin/python] [--backend own,nginx,cart] [--processes 1,2]
 
-Everything runs on 127.0.0.1 with free ports: a small raw-protocol backend
-(a child process that sets the session cookie), our balancer (child
-process, plugin mode, the request's cookie naming the backend) and HAProxy
-(nbthread 1, keep-alive, http-reuse always).  C{wrk -t1 -cN} measures the
-three in alternating rounds; then each is measured again at half of our
-balancer's best rate (a fixed rate per connection, set with a wrk Lua
-delay, random so that arrivals are spread) for the p99 latency added.  Every child is stopped at the end.
+Everything runs on 127.0.0.1 with free ports.  For each backend and each
+process count N: the backend, HAProxy (C{nbthread N}, keep-alive,
+http-reuse always) and our balancer under each runtime (plugin mode,
+C{twistd appliance --roles balancer} with C{processes = N}: one process, or
+a supervisor and N children sharing the port) are measured with C{wrk
+-tT -cC} in alternating rounds, every request carrying a session cookie;
+then, for each runtime, the backend, HAProxy and ours again at half of that
+runtime's best rate (a random per-request delay in a wrk Lua script, so
+arrivals are spread) for the p99 latency added.  CPU per request is the
+user+system time of the proxy's processes (supervisor and children).
+
+Backends: C{own}, a minimal raw-protocol server (C{--backend-runtime}) setting
+the session cookie; C{nginx} (Debian nginx-light, one worker) answering a
+fixed 28-byte JSON body; C{cart}, a real session server (single node, the
+demo cart, C{--backend-runtime}) answering C{GET /cart} for 200 pre-created sessions whose
+cookies the Lua script rotates.  Every child is stopped at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-from proc import cpu_seconds  # bench/ is on sys.path when run as a script
+from proc import children_of, cpu_seconds  # bench/ is on sys.path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SID = "AAAAAAAAAAAAAAAAAAAAAA"
@@ -123,15 +134,13 @@ def stop(proc: Optional[subprocess.Popen]) -> None:
         proc.wait(5)
 
 
-def wrk(port: int, duration: int, connections: int, script: Optional[str] = None) -> Optional[Tuple[float, float, int]]:
+def wrk(port: int, duration: int, connections: int, threads: int, script: str) -> Optional[Tuple[float, float, int]]:
     """
     Requests per second, p99 latency (ms) and requests completed of one
     wrk run; C{None} when wrk printed no result (it happens on a
     overloaded machine), so that one bad run does not lose the others.
     """
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Cookie: {COOKIE}"]
-    if script:
-        cmd += ["-s", script]
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script]
     cmd.append(f"http://127.0.0.1:{port}/")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
@@ -152,23 +161,9 @@ def wrk(port: int, duration: int, connections: int, script: Optional[str] = None
     return float(rate.group(1)), p99, int(total.group(1))
 
 
-def measure(port: int, pid: Optional[int], duration: int, connections: int, script: Optional[str] = None):
-    """
-    One wrk run and the proxy's CPU microseconds per request during it:
-    (req/s, p99 ms, CPU us/request) or C{None}.
-    """
-    before = cpu_seconds(pid)
-    result = wrk(port, duration, connections, script)
-    if result is None:
-        return None
-    rate, p99, total = result
-    cpu = (cpu_seconds(pid) - before) * 1e6 / total if pid is not None and total else 0.0
-    return rate, p99, cpu
-
-
 HAPROXY_CFG = """\
 global
-    nbthread 1
+    nbthread {threads}
     maxconn 4096
 defaults
     mode http
@@ -185,14 +180,42 @@ backend be
     server b1 127.0.0.1:{backend}
 """
 
+NGINX_CFG = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        keepalive_requests 1000000;
+        location / {{
+            default_type application/json;
+            return 200 '{{"items": ["apple", "pear"]}}';
+        }}
+    }}
+}}
+"""
+
+# One file for our balancer and, behind it, the cart's session server.
 CLUSTER_INI = """\
 [cluster]
 name = bench.test
-secret = bench-secret
+secret = bench-secret-123
+cookie = APPSESSION
+session_timeout = 30m
+[app:cart]
+mount = /cart
+wsgi = appliance.demo.cart:app
 [balancer:lb]
 listen = 127.0.0.1:{port}
 mode = plugin
 policy = round_robin
+processes = {processes}
 [node:b1]
 http = 127.0.0.1:{backend}
 replication = 127.0.0.1:{replication}
@@ -200,110 +223,247 @@ machine = m1
 rack = r1
 """
 
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "appliance"]
+
+CART_SESSIONS = 200
+
+COOKIE_LUA = """\
+local cookies = {{{cookies}}}
+local n = #cookies
+local i = 0
+{delay}
+request = function()
+  i = i + 1
+  return wrk.format("GET", "{path}", {{["Cookie"] = cookies[(i % n) + 1]}})
+end
+"""
+
+DELAY_LUA = """\
+math.randomseed(os.time())
+function delay()
+  return math.random(0, {top})
+end
+"""
+
+
+def lua(path: str, cookies: List[str], url_path: str, top: Optional[int]) -> str:
+    """
+    A wrk script: requests to C{url_path} rotating C{cookies}, each after
+    a random 0..C{top} ms delay when C{top} is given.
+    """
+    with open(path, "w") as f:
+        f.write(COOKIE_LUA.format(
+            cookies=", ".join('"%s"' % c for c in cookies), path=url_path,
+            delay=DELAY_LUA.format(top=top) if top is not None else "",
+        ))
+    return path
+
+
+class Backend:
+    """
+    One backend: the processes it runs, the path and cookies of its load.
+    """
+
+    def __init__(self, kind: str, port: int, procs: List[subprocess.Popen], path: str, cookies: List[str]):
+        self.kind, self.port, self.procs, self.path, self.cookies = kind, port, procs, path, cookies
+
+
+def start_backend(kind: str, tmp: str, ini_for, port: int, python: str) -> Backend:
+    if kind == "own":
+        proc = start([python, os.path.abspath(__file__), "--serve-backend", str(port)], cwd=ROOT)
+        wait_http(port)
+        return Backend(kind, port, [proc], "/", [COOKIE])
+    if kind == "nginx":
+        cfg = os.path.join(tmp, "nginx.conf")
+        with open(cfg, "w") as f:
+            f.write(NGINX_CFG.format(tmp=tmp, port=port))
+        proc = start(["nginx", "-c", cfg, "-p", tmp + "/"])
+        wait_http(port)
+        return Backend(kind, port, [proc], "/", [COOKIE])
+    if kind == "cart":
+        from replication import create_sessions
+
+        ini = ini_for(1)
+        proc = start([python, *TWISTD, "--config", ini, "--node", "b1", "--roles", "server"], cwd=ROOT)
+        wait_http(port, 30.0)
+        cookies = create_sessions(port, CART_SESSIONS, workers=4)
+        return Backend(kind, port, [proc], "/cart", cookies)
+    raise SystemExit(f"unknown backend {kind!r}: own, nginx or cart")
+
+
+def pids_of(proc: subprocess.Popen) -> List[int]:
+    """
+    A proxy's processes: itself and its children (a supervisor's balancers).
+    """
+    return [proc.pid] + children_of(proc.pid)
+
+
+def wait_children(proc: subprocess.Popen, count: int, deadline: float = 60.0) -> None:
+    end = time.monotonic() + deadline
+    while len(children_of(proc.pid)) < count:
+        if time.monotonic() > end or proc.poll() is not None:
+            raise SystemExit(f"{count} balancer processes did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+
+
+def measure(port: int, pids: List[int], duration: int, connections: int, threads: int, script: str):
+    """
+    One wrk run and the proxy's CPU microseconds per request during it:
+    (req/s, p99 ms, CPU us/request) or C{None}.
+    """
+    before = sum(cpu_seconds(p) for p in pids)
+    result = wrk(port, duration, connections, threads, script)
+    if result is None:
+        return None
+    rate, p99, total = result
+    cpu = (sum(cpu_seconds(p) for p in pids) - before) * 1e6 / total if pids and total else 0.0
+    return rate, p99, cpu
+
+
+def short(runtime: str) -> str:
+    """
+    A runtime's label: its implementation and version.
+    """
+    out = subprocess.run([runtime, "-c", "import platform; print(platform.python_implementation())"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise SystemExit(f"runtime {runtime} does not run: {out.stderr.strip()[-300:]}")
+    return out.stdout.strip().lower()
+
+
+def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str]) -> Dict[str, object]:
+    """
+    Measure every target for one backend and process count; print and
+    return the summary.
+    """
+    backend_port, ours_port, haproxy_port, replication = free_port(), free_port(), free_port(), free_port()
+    ini = os.path.join(tmp, f"{kind}-{processes}.ini")
+
+    def ini_for(p: int) -> str:
+        with open(ini, "w") as f:
+            f.write(CLUSTER_INI.format(port=ours_port, backend=backend_port, replication=replication, processes=p))
+        return ini
+
+    procs: List[subprocess.Popen] = []
+    try:
+        backend = start_backend(kind, tmp, ini_for, backend_port, args.backend_runtime)
+        procs += backend.procs
+        ini_for(processes)
+        cfg = os.path.join(tmp, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(HAPROXY_CFG.format(threads=processes, port=haproxy_port, backend=backend_port))
+        haproxy = start(["haproxy", "-db", "-f", cfg])
+        procs.append(haproxy)
+        targets: Dict[str, Tuple[int, List[int]]] = {"direct": (backend_port, []), "haproxy": (haproxy_port, [])}
+        ours_procs = {}
+        for label, runtime in runtimes.items():
+            port = free_port()
+            with open(ini) as f:
+                text = f.read().replace(f"listen = 127.0.0.1:{ours_port}", f"listen = 127.0.0.1:{port}")
+            path = os.path.join(tmp, f"{kind}-{processes}-{label}.ini")
+            with open(path, "w") as f:
+                f.write(text)
+            proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=ROOT)
+            procs.append(proc)
+            ours_procs[label] = (port, proc)
+        wait_http(haproxy_port)
+        for label, (port, proc) in ours_procs.items():
+            if processes > 1:
+                wait_children(proc, processes)
+            wait_http(port, 60.0)
+            targets[f"ours-{label}"] = (port, pids_of(proc))
+        targets["haproxy"] = (haproxy_port, [haproxy.pid])
+        script = lua(os.path.join(tmp, "load.lua"), backend.cookies, backend.path, None)
+        for name, (port, _) in targets.items():  # warm up (PyPy's JIT too)
+            wrk(port, 2, args.connections, args.threads, script)
+        results: Dict[str, List[Tuple[float, float, float]]] = {n: [] for n in targets}
+        for r in range(args.rounds):
+            for name, (port, pids) in targets.items():
+                got = measure(port, pids, args.duration, args.connections, args.threads, script)
+                if got is not None:
+                    results[name].append(got)
+                    print(f"  round {r + 1} {name:14s} {got[0]:9.0f} req/s  p99 {got[1]:7.2f} ms  cpu {got[2]:5.1f} us/req", flush=True)
+        if not all(results.values()):
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(f"  {proc.args[:3]} exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            raise SystemExit("a target never gave a result")
+        median = {n: statistics.median(v[0] for v in runs) for n, runs in results.items()}
+        cpu = {n: statistics.median(v[2] for v in runs) for n, runs in results.items()}
+        half: Dict[str, Dict[str, float]] = {}
+        for label in runtimes:
+            ours = f"ours-{label}"
+            rate = max(v[0] for v in results[ours]) / 2
+            top = max(1, round(2 * 1000.0 * args.connections / rate))
+            slow = lua(os.path.join(tmp, f"half-{label}.lua"), backend.cookies, backend.path, top)
+            runs: Dict[str, List[float]] = {n: [] for n in ("direct", "haproxy", ours)}
+            for r in range(args.rounds):
+                for name in runs:
+                    port, pids = targets[name]
+                    got = measure(port, pids, args.duration, args.connections, args.threads, slow)
+                    if got is not None:
+                        runs[name].append(got[1])
+            half[label] = {n: statistics.median(v) if v else float("nan") for n, v in runs.items()}
+            half[label]["rate"] = rate
+        return {"median": median, "cpu": cpu, "half": half}
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def report(kind: str, processes: int, summary, runtimes: Dict[str, str], args) -> None:
+    median, cpu, half = summary["median"], summary["cpu"], summary["half"]
+    print(f"backend {kind}, {processes} process(es) / haproxy nbthread {processes}, "
+          f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, median of {args.rounds} alternating rounds:")
+    for name in median:
+        extra = f"  cpu {cpu[name]:5.1f} us/req" if name != "direct" else ""
+        print(f"  {name:14s} {median[name]:9.0f} req/s{extra}")
+    for label in runtimes:
+        ours = f"ours-{label}"
+        h = half[label]
+        print(f"  {ours}/haproxy {median[ours] / median['haproxy']:.2f}x   "
+              f"cpu/request {cpu[ours] / cpu['haproxy']:.2f}x haproxy's   "
+              f"p99 added at {h['rate']:.0f} req/s: ours {h[ours] - h['direct']:.2f} ms, haproxy {h['haproxy'] - h['direct']:.2f} ms")
+    print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x", flush=True)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--runtime", default=sys.executable,
+                        help="comma-separated interpreters for our balancer, each with the appliance's "
+                             "dependencies installed (default: this one)")
+    parser.add_argument("--backend-runtime", default=sys.executable,
+                        help="the interpreter of the own and cart backends (default: this one)")
+    parser.add_argument("--backend", default="own", help="comma-separated: own, nginx, cart (default own)")
+    parser.add_argument("--processes", default="1", help="comma-separated process counts (default 1)")
     parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_backend:
         serve_backend(args.serve_backend)
         return 0
-    for tool in ("wrk", "haproxy"):
+    kinds = [k for k in args.backend.split(",") if k]
+    for tool in ["wrk", "haproxy"] + (["nginx"] if "nginx" in kinds else []):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required and not on PATH")
-    duration = max(1, min(args.duration, 60))
-    rounds = max(1, min(args.rounds, 10))
-
+    args.duration = max(1, min(args.duration, 60))
+    args.rounds = max(1, min(args.rounds, 10))
+    runtimes: Dict[str, str] = {}
+    for runtime in args.runtime.split(","):
+        label = short(runtime)
+        runtimes[label if label not in runtimes else runtime] = runtime
     tmp = tempfile.mkdtemp(prefix="bench-balancer-")
-    backend_port, ours_port, haproxy_port = free_port(), free_port(), free_port()
-    procs: Dict[str, subprocess.Popen] = {}
     try:
-        procs["backend"] = start([sys.executable, os.path.abspath(__file__), "--serve-backend", str(backend_port)])
-        wait_http(backend_port)
-        ini = os.path.join(tmp, "cluster.ini")
-        with open(ini, "w") as f:
-            f.write(CLUSTER_INI.format(port=ours_port, backend=backend_port, replication=free_port()))
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs["ours"] = start([sys.executable, "-m", "appliance.balancer", ini, "lb", "-q"], cwd=ROOT, env=env)
-        cfg = os.path.join(tmp, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(HAPROXY_CFG.format(port=haproxy_port, backend=backend_port))
-        procs["haproxy"] = start(["haproxy", "-db", "-f", cfg])
-        wait_http(ours_port)
-        wait_http(haproxy_port)
-
-        targets = {"direct": backend_port, "ours": ours_port, "haproxy": haproxy_port}
-        pids = {"direct": None, "ours": procs["ours"].pid, "haproxy": procs["haproxy"].pid}
-        for name, port in targets.items():  # warm up
-            wrk(port, 1, args.connections)
-        results: Dict[str, List[Tuple[float, float, float]]] = {n: [] for n in targets}
-        for r in range(rounds):
-            for name, port in targets.items():
-                got = measure(port, pids[name], duration, args.connections)
-                if got is None:
-                    continue
-                results[name].append(got)
-                rate, lat, cpu = got
-                print(f"round {r + 1} {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms  cpu {cpu:5.1f} us/req", flush=True)
-        if not all(results.values()):
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited: {proc.stderr.read().decode(errors='replace')[-3000:]}")
-            raise SystemExit("a target never gave a result")
-
-        best = {n: max(v[0] for v in runs) for n, runs in results.items()}
-        median = {n: statistics.median(v[0] for v in runs) for n, runs in results.items()}
-        p99 = {n: statistics.median(v[1] for v in runs) for n, runs in results.items()}
-        cpu = {n: statistics.median(v[2] for v in runs) for n, runs in results.items()}
-
-        # Half of our best rate: each connection waits a random whole number
-        # of milliseconds (wrk's timer unit) averaging connections/rate
-        # before each request, so arrivals are spread out rather than sent
-        # in synchronised bursts.
-        half = best["ours"] / 2
-        script = os.path.join(tmp, "rate.lua")
-        delay_ms = 1000.0 * args.connections / half
-        top = max(1, round(2 * delay_ms))
-        with open(script, "w") as f:
-            f.write(f"math.randomseed(os.time())\nfunction delay()\n  return math.random(0, {top})\nend\n")
-        half_runs: Dict[str, List[Tuple[float, float, float]]] = {n: [] for n in targets}
-        for r in range(rounds):
-            for name, port in targets.items():
-                got = measure(port, pids[name], duration, args.connections, script)
-                if got is None:
-                    continue
-                half_runs[name].append(got)
-                print(f"half {r + 1} {name:8s} {got[0]:9.0f} req/s  p99 {got[1]:7.2f} ms", flush=True)
-        half_results = {
-            n: (statistics.median(v[0] for v in runs), statistics.median(v[1] for v in runs)) if runs else (0.0, float("nan"))
-            for n, runs in half_runs.items()
-        }
-
-        print()
-        print(f"wrk -t1 -c{args.connections} -d{duration}s, {rounds} alternating rounds, median of rounds:")
-        for name in targets:
-            extra = f"  cpu {cpu[name]:5.1f} us/req" if pids[name] is not None else ""
-            print(f"  {name:8s} {median[name]:9.0f} req/s (best {best[name]:.0f})  p99 {p99[name]:7.2f} ms{extra}")
-        print(f"  ours/haproxy  {median['ours'] / median['haproxy']:.2f}x   (best/best {best['ours'] / best['haproxy']:.2f}x)")
-        print(f"  ours/direct   {median['ours'] / median['direct']:.2f}x")
-        print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x")
-        print(f"  cpu per request ours/haproxy {cpu['ours'] / cpu['haproxy']:.2f}x" if cpu["haproxy"] else "")
-        print(f"at about half of our max load (target {half:.0f} req/s; random 0-{top} ms delay before each request), median of rounds:")
-        for name in targets:
-            rate, lat = half_results[name]
-            print(f"  {name:8s} {rate:9.0f} req/s  p99 {lat:7.2f} ms")
-        print(f"  p99 added by ours:    {half_results['ours'][1] - half_results['direct'][1]:6.2f} ms")
-        print(f"  p99 added by haproxy: {half_results['haproxy'][1] - half_results['direct'][1]:6.2f} ms")
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                print(f"warning: {name} exited early: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+        for kind in kinds:
+            for processes in [int(p) for p in args.processes.split(",")]:
+                print(f"== backend {kind}, {processes} process(es)", flush=True)
+                summary = one_setup(args, tmp, kind, processes, runtimes)
+                report(kind, processes, summary, runtimes, args)
         return 0
     finally:
-        for proc in procs.values():
-            stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

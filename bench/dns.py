@@ -1,17 +1,19 @@
 """
-Queries per second of the appliance DNS responder against dnslib's own
-threaded DNSServer serving the same records, measured with dnsperf in one
-run, alternating servers.
+Queries per second of the appliance DNS responder, on each runtime, against
+NSD (one server process) and dnslib's own threaded DNSServer serving the
+same records, measured with dnsperf in one run, alternating servers.
 
-    python3 bench/dns.py [--seconds 10] [--rounds 2]
+    python3 bench/dns.py [--seconds 10] [--rounds 2] [--runtime python3,.pypy/bin/python]
 
 Each run is `dnsperf -l SECONDS -n 1000000 -c 4 -q OUTSTANDING -t 2` (20 in flight by default: with 200, dnslib's server drops queries and dnsperf stalls on their timeouts, which would flatter the ratio).
 
-Both servers run as child processes on free 127.0.0.1 ports.  Ours is
+Every server runs as a child process on a free 127.0.0.1 port.  Ours is
 C{python -m appliance.dns.service} with a generated config: three balancers
 on 127.0.0.1-3, kept healthy by tiny HTTP responders in this process, and an
 RRL limit high enough not to throttle dnsperf (which queries from one
-address).  Prints each run, the mean qps of each server and ours/dnslib.
+address).  NSD (Debian C{nsd}, C{server-count: 1}, its RRL off as ours is set not to throttle) serves a zone file with
+the same records: the physical anchor for an authoritative responder.
+Prints each run, the mean qps of each server, ours/NSD and ours/dnslib.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Tuple
+from typing import Dict, List, Tuple
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,7 +84,7 @@ def start_health(host: str, port: int) -> HTTPServer:
     return server
 
 
-def write_config(directory: str, dns_port: int, lb_port: int) -> str:
+def write_config(directory: str, dns_port: int, lb_port: int, name: str = "cluster.ini") -> str:
     lines = [
         "[cluster]",
         f"name = {NAME}",
@@ -103,10 +105,51 @@ def write_config(directory: str, dns_port: int, lb_port: int) -> str:
         "machine = m1",
         "rack = r1",
     ]
-    path = os.path.join(directory, "cluster.ini")
+    path = os.path.join(directory, name)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+NSD_CONF = """\
+server:
+    ip-address: 127.0.0.1@{port}
+    server-count: 1
+    do-ip6: no
+    username: ""
+    chroot: ""
+    zonesdir: "{tmp}"
+    database: ""
+    pidfile: "{tmp}/nsd.pid"
+    xfrdfile: "{tmp}/xfrd.state"
+    zonelistfile: "{tmp}/zone.list"
+    logfile: "{tmp}/nsd.log"
+    verbosity: 0
+    hide-version: yes
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+remote-control:
+    control-enable: no
+zone:
+    name: {name}
+    zonefile: "{tmp}/{name}.zone"
+"""
+
+
+def start_nsd(tmp: str, port: int) -> subprocess.Popen:
+    """
+    NSD serving the records ours serves (three A, the SRV set and SOA).
+    """
+    zone = [f"$ORIGIN {NAME}.", "$TTL 5", f"@ IN SOA ns1.{NAME}. hostmaster.{NAME}. 1 3600 600 86400 5", "@ IN NS ns1",
+            "ns1 IN A 127.0.0.1"]
+    for i, host in enumerate(BALANCERS, 1):
+        zone += [f"@ IN A {host}", f"_http._tcp IN SRV 10 10 8080 lb{i}", f"lb{i} IN A {host}"]
+    with open(os.path.join(tmp, f"{NAME}.zone"), "w") as f:
+        f.write("\n".join(zone) + "\n")
+    conf = os.path.join(tmp, "nsd.conf")
+    with open(conf, "w") as f:
+        f.write(NSD_CONF.format(port=port, tmp=tmp, name=NAME))
+    return subprocess.Popen(["nsd", "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def dnslib_server(port: int) -> None:
@@ -216,47 +259,59 @@ def main() -> None:
         help="dnsperf -q: queries in flight (a server that drops queries stalls dnsperf for -t seconds each)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="runs of each server")
+    parser.add_argument("--runtime", default=sys.executable,
+                        help="comma-separated interpreters for our responder (default: this one)")
     parser.add_argument("--dnslib-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dnslib_server:
         dnslib_server(args.dnslib_server)
         return
-    if shutil.which("dnsperf") is None:
-        raise SystemExit("dnsperf is not installed (apt-get install dnsperf)")
+    for tool, package in (("dnsperf", "dnsperf"), ("nsd", "nsd")):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install {package})")
 
     lb_port = free_port()
     healths = [start_health(h, lb_port) for h in BALANCERS]
     procs = []
+    results: Dict[str, List[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            ours_port, theirs_port = free_port(), free_port()
-            config = write_config(tmp, ours_port, lb_port)
             env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            ours = subprocess.Popen(
-                [sys.executable, "-m", "appliance.dns.service", config],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-            )
-            procs.append(ours)
+            ports: Dict[str, int] = {}
+            for runtime in args.runtime.split(","):
+                port = free_port()
+                config = write_config(tmp, port, lb_port, name=f"{len(ports)}.ini")
+                ours = subprocess.Popen(
+                    [runtime, "-m", "appliance.dns.service", config],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+                )
+                procs.append(ours)
+                wait_ready(ours, 60.0)
+                label = "ours-" + implementation(runtime)
+                ports[label if label not in ports else f"ours-{runtime}"] = port
+            theirs_port, nsd_port = free_port(), free_port()
             theirs = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--dnslib-server", str(theirs_port)],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
             )
             procs.append(theirs)
-            wait_ready(ours)
+            procs.append(start_nsd(tmp, nsd_port))
             wait_ready(theirs)
-            wait_answering(ours_port)
-            wait_answering(theirs_port)
+            ports["nsd"], ports["dnslib"] = nsd_port, theirs_port
+            for port in ports.values():
+                wait_answering(port)
             time.sleep(1.5)  # let the first health round settle
             datafile = os.path.join(tmp, "queries.txt")
             with open(datafile, "w") as f:
                 f.write("\n".join(QUERIES) + "\n")
-
-            results = {"appliance": [], "dnslib": []}
+            for label, port in ports.items():  # warm up (PyPy's JIT too)
+                run_dnsperf(port, datafile, 2, args.outstanding)
+            results = {label: [] for label in ports}
             for r in range(args.rounds):
-                for label, port in (("appliance", ours_port), ("dnslib", theirs_port)):
+                for label, port in ports.items():
                     qps, lost = run_dnsperf(port, datafile, args.seconds, args.outstanding)
                     results[label].append(qps)
-                    print(f"round {r + 1} {label:9s} {qps:10.0f} qps  (lost {lost})", flush=True)
+                    print(f"round {r + 1} {label:12s} {qps:10.0f} qps  (lost {lost})", flush=True)
         finally:
             for p in procs:
                 p.terminate()
@@ -267,10 +322,22 @@ def main() -> None:
                     p.kill()
             for h in healths:
                 h.shutdown()
-    ours_qps = sum(results["appliance"]) / len(results["appliance"])
-    theirs_qps = sum(results["dnslib"]) / len(results["dnslib"])
-    print(f"appliance {ours_qps:.0f} qps, dnslib DNSServer {theirs_qps:.0f} qps, "
-          f"ratio ours/dnslib {ours_qps / theirs_qps:.2f} (target >= 1.5)")
+    mean = {label: sum(v) / len(v) for label, v in results.items()}
+    print(f"dnsperf -c 4 -q {args.outstanding} -l {args.seconds}, mean of {args.rounds} alternating rounds: "
+          + ", ".join(f"{label} {qps:.0f} qps" for label, qps in mean.items()))
+    for label in mean:
+        if label.startswith("ours-"):
+            target = 0.5 if "pypy" in label else 0.3
+            print(f"  {label}/nsd {mean[label] / mean['nsd']:.2f}x (target >= {target})   "
+                  f"{label}/dnslib {mean[label] / mean['dnslib']:.2f}x")
+
+
+def implementation(runtime: str) -> str:
+    out = subprocess.run([runtime, "-c", "import platform; print(platform.python_implementation())"],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise SystemExit(f"runtime {runtime} does not run: {out.stderr.strip()[-300:]}")
+    return out.stdout.strip().lower()
 
 
 if __name__ == "__main__":

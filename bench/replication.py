@@ -3,6 +3,7 @@ The replication benchmark: what keeping a session on a secondary costs.
 
     python3 bench/replication.py                 # 3 rounds x 5 s per configuration
     python3 bench/replication.py --duration 10 --rounds 3 --profile 8
+    python3 bench/replication.py --runtime python3,.pypy/bin/python --modes off,sync
 
 1. Session-write throughput (C{wrk -t1 -c32}, C{POST /cart/items} on a pool
    of pre-created sessions, cookies rotated by the Lua script) against one
@@ -20,6 +21,11 @@ The replication benchmark: what keeping a session on a secondary costs.
 3. Resident memory per session for 100,000 sessions of ~1 KB JSON: primary
    copies in one L{Store}, backup copies (applied from wire-decoded full
    states) in another, each measured in a fresh child process.
+
+With C{--runtime A,B}, the session servers' modes (off, sync, async,
+batched) run under each interpreter in the same rounds: C{sync} is the first,
+C{sync@pypy} the same configuration under the second, and the summary gives
+each against the first runtime and against C{off} on its own runtime.
 
 Everything listens on 127.0.0.1 on free ports; every child process is killed
 at the end, on error too.  Run from anywhere; the servers run with
@@ -51,7 +57,9 @@ from proc import cpu_seconds  # bench/ is on sys.path when run as a script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+#: Interpreters by label (C{--runtime}); "" is the first, whose modes carry no suffix.
+RUNTIMES: Dict[str, str] = {"": sys.executable}
 MODES = ("off", "sync", "async", "batched", "redis", "redis-1hop", "baseline")
 SECRET = "bench-secret-123"
 
@@ -190,7 +198,7 @@ class Setup:
         self.secondary_port = secondary_port
 
 
-def start_appliance(children: Children, workdir: str, mode: str, args, run_id: str) -> Setup:
+def start_appliance(children: Children, workdir: str, mode: str, args, run_id: str, python: str = sys.executable) -> Setup:
     """
     Mode C{baseline} is C{sync} run from another checkout (C{--baseline}):
     the same bench, side by side, against an earlier version of the code.
@@ -203,7 +211,7 @@ def start_appliance(children: Children, workdir: str, mode: str, args, run_id: s
         f.write(cluster_ini(replication, nodes, args.batch_count, args.batch_interval, args.app_threads))
     procs = {}
     for name in names:
-        argv = TWISTD + ["appliance", "--config", conf, "--node", name, "--roles", "server"]
+        argv = [python] + TWISTD + ["appliance", "--config", conf, "--node", name, "--roles", "server"]
         procs[name] = children.start(argv, os.path.join(workdir, f"{run_id}-{name}.log"), cwd=cwd)
     s1 = nodes["s1"]["http"]
 
@@ -211,6 +219,8 @@ def start_appliance(children: Children, workdir: str, mode: str, args, run_id: s
         for name in names:
             health = get_json(nodes[name]["http"], "/_appliance/health")
             if health is None or not all(health.get("peers", {}).values()):
+                return False
+            if health.get("status") != "ok":  # no lease yet: it would answer 503
                 return False
             if len(health.get("peers", {})) != len(names) - 1:
                 return False
@@ -324,10 +334,11 @@ def run_wrk(port: int, script: str, duration: float, connections: int, timeout_s
 
 
 def one_run(children: Children, workdir: str, mode: str, args, run_id: str, profile: Optional[str] = None) -> dict:
+    mode, _, runtime = mode.partition("@")
     if mode.startswith("redis"):
         setup = start_redis(children, workdir, run_id, "onehop" if mode == "redis-1hop" else "wsgiresource")
     else:
-        setup = start_appliance(children, workdir, mode, args, run_id)
+        setup = start_appliance(children, workdir, mode, args, run_id, RUNTIMES[runtime])
     try:
         cookies = create_sessions(setup.port, args.sessions)
         if mode in ("sync", "async", "batched", "baseline"):
@@ -657,11 +668,23 @@ def main(argv=None) -> int:
                         help="after the rounds, one more run per --profile-modes of this many seconds under py-spy")
     parser.add_argument("--profile-modes", default="sync", help="modes to profile (default sync)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    parser.add_argument("--runtime", default=sys.executable,
+                        help="comma-separated interpreters of the session servers, each with the appliance's "
+                             "dependencies installed (default: this one)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
             parser.error(f"unknown mode {m!r}")
+    first, *others = args.runtime.split(",")
+    RUNTIMES[""] = first
+    for runtime in others:
+        out = subprocess.run([runtime, "-c", "import platform; print(platform.python_implementation().lower())"],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            parser.error(f"runtime {runtime} does not run: {out.stderr.strip()[-300:]}")
+        RUNTIMES[out.stdout.strip() if out.stdout.strip() not in RUNTIMES else runtime] = runtime
+    modes += [f"{m}@{label}" for label in RUNTIMES if label for m in list(modes) if m in ("off", "sync", "async", "batched")]
     if "baseline" in modes and not (args.baseline and os.path.isdir(os.path.join(args.baseline, "appliance"))):
         parser.error("mode baseline needs --baseline DIR, a checkout of the appliance")
     if args.rounds < 1 or args.rounds > 20 or not 0.5 <= args.duration <= 120:
@@ -674,6 +697,7 @@ def main(argv=None) -> int:
     results: Dict[str, List[dict]] = {m: [] for m in modes}
     summary: Dict[str, object] = {}
     print(f"replication benchmark  {time.strftime('%Y-%m-%d %H:%M:%S')}  python {sys.version.split()[0]}  "
+          f"runtimes {RUNTIMES}  "
           f"cpus {os.cpu_count()}  work dir {workdir}")
     try:
         if not args.skip_http:
@@ -760,6 +784,10 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
         ratio("batched", "off")
         ratio("sync", "redis", 2.5)
         ratio("sync", "redis-1hop")
+        for label in RUNTIMES:
+            if label:
+                ratio(f"sync@{label}", "sync", 3.0)
+                ratio(f"sync@{label}", f"off@{label}", 0.85)
     w = summary.get("wire")
     if w:
         verdict = "met" if w["percent"] <= 2.0 else "MISSED"
