@@ -17,7 +17,7 @@ Pure: values in, values out.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
 from attrs import frozen
 
@@ -77,9 +77,3 @@ def record(call: CallId, result: str) -> list:
     """
     return [call.nonce, call.seq, result]
 
-
-def recorded(values: Mapping[str, object]) -> int:
-    """
-    How many call records a session's decoded C{values} hold.
-    """
-    return sum(1 for key in values if key.startswith(CALLS))
