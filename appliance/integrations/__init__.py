@@ -11,6 +11,8 @@ says so.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 from appliance.core.session import SessionData
 
 #: The WSGI environ key under which the session server hands over a session.
@@ -36,3 +38,39 @@ def session_from(environ, adapter: str) -> SessionData:
             "not on its own development server"
         )
     return session
+
+
+class SessionView(MutableMapping):
+    """
+    A framework's session object over the appliance's L{SessionData}
+    (C{self.data}): reads and writes go straight through, so changes made
+    in place are found at commit like any other.
+    """
+
+    def __init__(self, data: SessionData):
+        self.data = data
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value):
+        self.data[key] = value
+
+    def __delitem__(self, key):
+        del self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __contains__(self, key):
+        return key in self.data
+
+    def rotate(self) -> None:
+        """
+        A new session id at the end of this request, the data kept (call
+        it on login).
+        """
+        self.data.rotate()

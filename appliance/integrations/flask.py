@@ -19,40 +19,13 @@ from __future__ import annotations
 
 from flask.sessions import SessionInterface, SessionMixin
 
-from appliance.integrations import session_from
+from appliance.integrations import SessionView, session_from
 
 
-class ApplianceSession(SessionMixin):
+class ApplianceSession(SessionView, SessionMixin):
     """
     The appliance's session under Flask's session API.
     """
-
-    def __init__(self, data):
-        self.data = data
-
-    def __getitem__(self, key):
-        return self.data[key]
-
-    def __setitem__(self, key, value):
-        self.data[key] = value
-
-    def __delitem__(self, key):
-        del self.data[key]
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __contains__(self, key):
-        return key in self.data
-
-    def rotate(self) -> None:
-        """
-        A new session id at the end of this request, the data kept.
-        """
-        self.data.rotate()
 
     def invalidate(self) -> None:
         """

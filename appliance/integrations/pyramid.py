@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import MutableMapping
 
 from pyramid.interfaces import ISession, ISessionFactory
 from zope.interface import implementer, provider
 
-from appliance.integrations import session_from
+from appliance.integrations import SessionView, session_from
 
 _CREATED = "_pyramid_created"
 _FLASH = "_f_"
@@ -27,9 +26,9 @@ _CSRF = "_csrft_"
 
 
 @implementer(ISession)
-class ApplianceSession(MutableMapping):
+class ApplianceSession(SessionView):
     def __init__(self, request):
-        self.data = session_from(request.environ, "appliance.integrations.pyramid")
+        super().__init__(session_from(request.environ, "appliance.integrations.pyramid"))
         self.new = len(self.data) == 0
         self._created = time.time()
 
@@ -37,25 +36,10 @@ class ApplianceSession(MutableMapping):
     def created(self) -> float:
         return self.data.get(_CREATED, self._created)
 
-    def __getitem__(self, key):
-        return self.data[key]
-
     def __setitem__(self, key, value):
         if self.new and _CREATED not in self.data:
             self.data[_CREATED] = self._created
         self.data[key] = value
-
-    def __delitem__(self, key):
-        del self.data[key]
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __contains__(self, key):
-        return key in self.data
 
     def invalidate(self) -> None:
         """
@@ -68,12 +52,6 @@ class ApplianceSession(MutableMapping):
         """
         Nothing to do: changes made in place are found at commit.
         """
-
-    def rotate(self) -> None:
-        """
-        A new session id at the end of this request, the data kept.
-        """
-        self.data.rotate()
 
     def flash(self, msg, queue: str = "", allow_duplicate: bool = True) -> None:
         storage = self.setdefault(_FLASH + queue, [])
