@@ -204,7 +204,7 @@ class AvatarFuzzTests(SynchronousTestCase):
             answer = avatar.perspective_digest(chunks)
         except peer.Refused:
             return
-        peer.decode_sids(answer)
+        peer.decode_sids(wire.join(answer, node.limit))
 
     @FUZZ
     @given(st.one_of(plain, st.lists(sids, max_size=4).map(wire.encode_sids).flatmap(mutated).map(lambda d: [d])))

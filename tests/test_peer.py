@@ -189,8 +189,23 @@ class PeerEdgeTests(SynchronousTestCase):
         other = "O" * 22
         digest = wire.encode_digest([(SID, 1, 1), (other, 4, 1)])
         answer = self.successResultOf(self.call(remote, "digest", [digest]))
-        self.assertEqual(peer.decode_sids(answer), [other])
+        self.assertEqual(peer.decode_sids(wire.join(answer, 10**6)), [other])
         self.failureResultOf(self.call(remote, "digest", [b"abc"])).trap(peer.Refused)
+
+    def test_digest_in_parts(self):
+        """A digest part covers the sids starting with its characters: only copies there that it leaves out are dropped; an entry outside its part or a malformed part is refused."""
+        remote = self.logged_in()
+        first, second = "A" * 22, "B" * 22
+        for sid in (first, second):
+            self.node.store.apply(Full(sid, 1, 1, "s1", "s2", 60.0, 0.0, {}), 0.0, 5)
+        answer = self.successResultOf(self.call(remote, "digest", [wire.encode_digest([])], "A"))
+        self.assertEqual(peer.decode_sids(wire.join(answer, 10**6)), [])
+        self.assertIsNone(self.node.store.get(first))
+        self.assertIsNotNone(self.node.store.get(second))
+        outside = wire.encode_digest([(second, 1, 1)])
+        self.failureResultOf(self.call(remote, "digest", [outside], "A")).trap(peer.Refused)
+        for bad in ("", "AA", "!", 7, "A" * 65):
+            self.failureResultOf(self.call(remote, "digest", [wire.encode_digest([])], bad)).trap(peer.Refused)
 
     def test_renew_reports_grant_load_and_incarnation(self):
         """renew grants the lease and answers with how many sessions the node holds and its incarnation."""

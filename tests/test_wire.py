@@ -93,6 +93,18 @@ class WireTests(SynchronousTestCase):
         self.assertRaises(wire.WireError, wire.join, ["text"], 100)
         self.assertRaises(wire.WireError, wire.join, [], 100)
 
+    def test_digest_parts(self):
+        """Digest parts cover every first character once, in order, and stay near their size unless one character alone is larger."""
+        sizes = {"A": 5, "B": 5, "C": 20, "x": 1}
+        parts = wire.digest_parts(sizes, 10)
+        self.assertEqual("".join(parts), wire.SID_CHARS)
+        self.assertTrue(all(wire.valid_prefixes(p) for p in parts))
+        for p in parts:
+            total = sum(sizes.get(c, 0) for c in p)
+            self.assertTrue(total <= 10 or len(p) == 1 or total - sizes.get(p[-1], 0) <= 10, (p, total))
+        self.assertIn("C", parts)
+        self.assertEqual(wire.digest_parts({}, 10), [wire.SID_CHARS])
+
     def test_results_and_digest(self):
         """Result codes and digests round-trip; an unknown code reads as None, a mismatched answer is refused."""
         results = [Result.OK, Result.GAP, Result.FENCED, Result.DUPLICATE]

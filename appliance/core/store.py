@@ -632,6 +632,14 @@ class Store:
         """
         return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer, prefixes)]
 
+    def digest_sizes(self, peer: str) -> Dict[str, int]:
+        """
+        How many copies whose primary is this node and whose secondary is
+        C{peer} there are per first character of their sid (how a digest
+        is cut into parts; copies of an earlier incarnation count too).
+        """
+        return {c: len(bucket) for c, bucket in self._pairs.get((self.node, peer), {}).items()}
+
     def compare(
         self, primary: str, digest: Iterable[Tuple[str, int, int]], incarnation: int = 0, prefixes: Optional[str] = None
     ) -> List[str]:

@@ -106,9 +106,11 @@ class IReplicationHandler(Interface):
         knows to be dead, or -1.
         """
 
-    def digest_received(peer, incarnation, entries):
+    def digest_received(peer, incarnation, entries, prefixes):
         """
-        Compare C{peer}'s digest; return the sids that need the full state.
+        Compare C{peer}'s digest (of the sids starting with one of
+        C{prefixes}, or of all when C{None}); return the sids that need
+        the full state.
         """
 
     def locate(sids):
@@ -192,12 +194,21 @@ class PeerAvatar(pb.Avatar):
 
         return defer.maybeDeferred(self.handler.hand_over, self.peer, self.incarnation, sid, dead).addCallback(answer)
 
-    def perspective_digest(self, chunks) -> bytes:
+    def perspective_digest(self, chunks, prefixes=None) -> List[bytes]:
+        """
+        One part of a digest (the sids starting with one of C{prefixes}, or
+        the whole of it); answered with the sids that differ, in chunks.
+        """
+        if prefixes is not None and not wire.valid_prefixes(prefixes):
+            raise Refused("malformed digest part")
         try:
             entries = wire.decode_digest(wire.join(chunks, self.limit))
         except wire.WireError as e:
             raise Refused(str(e))
-        return "".join(self.handler.digest_received(self.peer, self.incarnation, entries)).encode("ascii")
+        if prefixes is not None and any(sid[0] not in prefixes for sid, _, _ in entries):
+            raise Refused("a digest entry outside its part")
+        differ = self.handler.digest_received(self.peer, self.incarnation, entries, prefixes)
+        return wire.split(wire.encode_sids(differ))
 
     def perspective_take(self, chunks) -> defer.Deferred:
         records = self._records(chunks)

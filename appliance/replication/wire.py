@@ -41,6 +41,8 @@ _TWOF = struct.Struct("!dd")
 _DIGEST = struct.Struct("!22sQI")
 _FORMER = struct.Struct("!22sd")  # a former id, seconds it stays dead
 _SID = re.compile(rb"^[A-Za-z0-9_-]{22}$")
+#: The characters a session id is made of, in the order digests are cut.
+SID_CHARS = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 _RESULTS = {int(r): r for r in Result}
 
 
@@ -296,6 +298,38 @@ def decode_takes(data: object, count: int) -> List[Take]:
     if not isinstance(data, bytes) or len(data) != count or any(b not in _TAKES for b in data):
         raise WireError("take answers do not match the sessions offered")
     return [_TAKES[b] for b in data]
+
+
+def valid_prefixes(prefixes: object) -> bool:
+    """
+    Whether C{prefixes} names which part of a digest this is: distinct
+    first characters of session ids.
+    """
+    return (
+        isinstance(prefixes, str)
+        and 0 < len(prefixes) <= len(SID_CHARS)
+        and len(set(prefixes)) == len(prefixes)
+        and all(c in SID_CHARS for c in prefixes)
+    )
+
+
+def digest_parts(sizes: dict, part: int) -> List[str]:
+    """
+    The first characters of session ids grouped into parts of about
+    C{part} digest entries each (C{sizes}: entries per first character),
+    every character in one part, so that the parts cover every id.
+    """
+    parts: List[str] = []
+    current, count = "", 0
+    for c in SID_CHARS:
+        n = sizes.get(c, 0)
+        if current and count + n > part:
+            parts.append(current)
+            current, count = "", 0
+        current += c
+        count += n
+    parts.append(current)
+    return parts
 
 
 def encode_digest(entries: Iterable[Tuple[str, int, int]]) -> bytes:

@@ -529,8 +529,8 @@ class SessionNode:
     def peer_leaving(self, peer: str, incarnation: int):
         return self.leaving.leaving(peer, incarnation)
 
-    def digest_received(self, peer: str, incarnation: int, entries) -> List[str]:
-        return self.store.compare(peer, entries, incarnation)
+    def digest_received(self, peer: str, incarnation: int, entries, prefixes=None) -> List[str]:
+        return self.store.compare(peer, entries, incarnation, prefixes)
 
     def load(self) -> int:
         return len(self.store)

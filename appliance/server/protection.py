@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from attrs import frozen
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from appliance.core.session import Full, Remove, Rotate, Session, Touch
@@ -30,6 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from appliance.server.node import SessionNode
 
 log = Logger()
+
+#: Digest entries per part, about: a part and its answer stay far below
+#: Banana's 640 KiB string limit and take the reactor milliseconds.
+DIGEST_PART = 10_000
+#: Full states a resync sends before it waits for them.
+RESEND = 1000
 
 
 @frozen
@@ -358,24 +364,47 @@ class Protection:
     @defer.inlineCallbacks
     def resync(self, peer: str):
         """
-        Send C{peer} our digest of the sessions it backs, and the full state
-        of every one it reports different.
+        Send C{peer} our digest of the sessions it backs, a part at a time
+        (L{DIGEST_PART} entries or so, each answered with the sids that
+        differ), then, in the background, the full state of each of those,
+        L{RESEND} at a time.  Fires, once the digest is through, with how
+        many are resent.
         """
         node = self.node
-        entries = self.store.digest(peer)
-        try:
-            answer = yield node.call(peer, "digest", wire.split(wire.encode_digest(entries)))
-            sids = decode_sids(answer)
-        except (PeerUnavailable, wire.WireError) as e:
-            log.info("digest with {peer} failed: {why}", peer=peer, why=type(e).__name__)
-            return 0
-        resent = 0
-        for sid in sids:
-            session = self.store.primary_of(sid)
+        store = self.store
+        differ: List[str] = []
+        for prefixes in wire.digest_parts(store.digest_sizes(peer), DIGEST_PART):
+            entries = store.digest(peer, prefixes)
+            try:
+                answer = yield node.call(peer, "digest", wire.split(wire.encode_digest(entries)), prefixes)
+                differ.extend(decode_sids(wire.join(answer, node.limit)))
+            except (PeerUnavailable, wire.WireError) as e:
+                log.info("digest with {peer} failed: {why}", peer=peer, why=type(e).__name__)
+                break
+        resend = []
+        for sid in differ:
+            session = store.primary_of(sid)
             if session is not None and session.secondary == peer:
-                self.locked(sid, lambda s, peer=peer: self.deliver(peer, s.full(node.now())) if s.secondary == peer else None)
-                resent += 1
-        if resent:
-            log.info("resynced {n} sessions on {peer}", n=resent, peer=peer)
-        return resent
+                resend.append(sid)
+        if resend:
+            log.info("resyncing {n} sessions on {peer}", n=len(resend), peer=peer)
+            self._resend(peer, resend).addErrback(node.background_failure)
+        return len(resend)
 
+    @defer.inlineCallbacks
+    def _resend(self, peer: str, sids: List[str]):
+        """
+        The full state of C{sids} to C{peer}, each under its lock, a slice
+        at a time (in sync mode the next slice waits for the acknowledgement
+        of this one), yielding the reactor between slices.
+        """
+        node = self.node
+        for i in range(0, len(sids), RESEND):
+            if node.stopped or not node.connected(peer):
+                return
+            work = [
+                self.locked(sid, lambda s: self.deliver(peer, s.full(node.now())) if s.secondary == peer else None)
+                for sid in sids[i : i + RESEND]
+            ]
+            yield defer.DeferredList(work)
+            yield task.deferLater(node.clock, 0, lambda: None)
