@@ -71,7 +71,8 @@ class ServerFailoverTests(SynchronousTestCase):
         items, cookie = self.cart("s2")
         self.assertEqual(items, ["apple", "pear", "plum"])
         self.assertEqual(cookie.split("!"), [self.sid, "s2", "s3"])
-        self.assertEqual(json.loads(http("GET", self.nodes.url("s1", "/_appliance/health"))[2])["sessions"], 0)
+        # The old primary serves it no more; its copy names s2 the primary.
+        self.assertEqual(json.loads(http("GET", self.nodes.url("s1", "/_appliance/health"))[2])["primaries"], 0)
         self.assertIn("handed", self.nodes.log("s1"))
 
     def test_third_server_takes_over_from_secondary(self):

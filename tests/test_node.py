@@ -249,10 +249,12 @@ class FailoverTests(Base):
         self.assertEqual((s2.values, s2.epoch), ({"cart": b'["apple","pear"]'}, 2))
 
     def test_takeover_from_live_primary(self):
-        """A third server takes over from the live primary, keeps the secondary and the old primary drops its copy."""
+        """A third server takes over from the live primary and keeps the secondary; the old primary serves it no more (its copy names the new primary)."""
         handle, route = self.ok("s2", self.route, add("pear"))
         self.assertEqual((route.primary, route.secondary), ("s2", "s3"))
-        self.assertIsNone(self.s.servers["s1"].node.store.get(route.sid))
+        old = self.s.servers["s1"].node.store
+        self.assertIsNone(old.primary_of(route.sid))
+        self.assertEqual((old.get(route.sid).primary, old.get(route.sid).epoch), ("s2", 2))
         backup = self.s.servers["s3"].node.store.get(route.sid)
         self.assertEqual((backup.values, backup.epoch), ({"cart": b'["apple","pear"]'}, 2))
 

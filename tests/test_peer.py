@@ -153,7 +153,7 @@ class PeerEdgeTests(SynchronousTestCase):
         chunks = self.successResultOf(self.call(remote, "hand_over", SID, -1))
         full = peer.decode_hand_over(chunks, {"s1", "s2", "s3"}, 10**6)
         self.assertEqual((full.epoch, full.primary, full.secondary), (2, "s1", "s3"))
-        self.assertIsNone(self.node.store.get(SID))
+        self.assertIsNone(self.node.store.primary_of(SID))
 
     def test_locate(self):
         """locate answers (epoch, version, primary, incarnation) of the copies held, nothing for others."""

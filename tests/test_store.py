@@ -132,12 +132,15 @@ class ApplyTests(SynchronousTestCase):
 
 
 class TakeoverTests(SynchronousTestCase):
-    def test_old_primary_hands_over_and_drops(self):
-        """The old primary hands over with epoch + 1 and keeps no copy."""
+    def test_old_primary_hands_over_and_serves_no_more(self):
+        """The old primary hands over with epoch + 1; the copy it keeps names the requester its primary, so it is not its own to serve."""
         primary, backup = pair()
-        full = primary.hand_over(SID, "s3", 1.0)
+        full = primary.hand_over(SID, "s3", 1.0, 4)
         self.assertEqual((full.epoch, full.primary, full.secondary), (2, "s3", "s2"))
-        self.assertIsNone(primary.get(SID))
+        kept = primary.get(SID)
+        self.assertEqual((kept.epoch, kept.primary, kept.primary_inc), (2, "s3", 4))
+        self.assertIsNone(primary.primary_of(SID))
+        self.assertEqual(primary.primaries, 0)
 
     def test_secondary_hands_over_and_keeps_backup(self):
         """The secondary hands over and keeps backing the session under the new epoch."""

@@ -487,23 +487,26 @@ class Store:
     def hand_over(self, sid: str, requester: str, now: float, requester_inc: int = 0) -> Optional[Full]:
         """
         Another node takes this session over: the epoch goes up and the
-        requester (at C{requester_inc}) becomes primary.  An old primary
-        drops its copy (it is fenced); a backup keeps its copy under the
-        new epoch and primary.  Returns the full state for the requester,
-        or C{None} if this node holds nothing.
+        requester (at C{requester_inc}) becomes primary.  Returns the full
+        state for the requester, or C{None} if this node holds nothing.
+
+        The copy here stays, under the new epoch and primary: it is no
+        longer ours to serve, and should the answer never reach the
+        requester it is the copy the requester (which it names as primary)
+        takes again (see L{appliance.server.node}); otherwise it is a
+        stale backup that expires, or loses to the newer copies when the
+        requester dies.  A backup that is the session's secondary stays
+        its secondary.
         """
         session = self.sessions.get(sid)
         if session is None:
             return None
         session.epoch += 1
-        if self.mine(session) or session.secondary != self.node:
-            self.drop(sid)
-            secondary = session.secondary
-            session.primary = requester
-            session.secondary = secondary
-        else:
+        if not self.mine(session) and session.secondary == self.node:
             secondary = self.node
-            self._relabel(session, requester, secondary, requester_inc)
+        else:
+            secondary = session.secondary
+        self._relabel(session, requester, secondary, requester_inc)
         full = session.full(now)
         session.last_access = now
         return full

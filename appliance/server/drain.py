@@ -223,8 +223,16 @@ class Drain:
             try:
                 answer = yield node.call(peer, "take", wire.split(wire.encode(records)))
                 takes = wire.decode_takes(answer, len(records))
-            except (PeerUnavailable, NotNow, wire.WireError) as e:
-                log.info("{peer} took no sessions from {name}: {why}", peer=peer, name=node.name, why=type(e).__name__)
+            except NotNow as e:
+                log.info("{peer} took no sessions from {name}: {why}", peer=peer, name=node.name, why=str(e))
+                return
+            except (PeerUnavailable, wire.WireError) as e:
+                # Whether it took them is unknown: serve them no more (they
+                # may have a new owner); their secondaries keep them.
+                for full in records:
+                    store.demote(full.sid, full.epoch)
+                log.info("{peer} did not answer a hand-over from {name} ({why}): {n} sessions no longer served here",
+                         peer=peer, name=node.name, why=type(e).__name__, n=len(records))
                 return
             for full, take in zip(records, takes):
                 if take is Take.BUSY:

@@ -244,7 +244,12 @@ class SessionNode:
                 source, dead = owner[0], None
             else:
                 best = newest(copies)
-                if not self.quorum.is_dead(best.primary, best.primary_inc):
+                # The newest copy names us its primary, and we hold nothing:
+                # a hand-over to us whose answer never came.  We take it
+                # again (from its holder, which allows the session's named
+                # primary to).
+                named_us = best.primary == self.name and best.primary_inc == self.store.incarnation
+                if not named_us and not self.quorum.is_dead(best.primary, best.primary_inc):
                     dead = yield self.quorum.await_dead(best.primary, best.primary_inc, self.settings.takeover_wait)
                     if not dead:
                         raise NotServing(f"{best.primary} holds {sid} and is not known dead")
@@ -259,7 +264,7 @@ class SessionNode:
                     session = self.store.promote(sid, None, self.now(), floor)
                     log.info("promoted {sid} epoch={epoch}", sid=sid, epoch=session.epoch)
                     return session, [protection.protect(session, exclude=(best.primary,))]
-                source, dead = best, best.primary_inc
+                source, dead = best, None if named_us else best.primary_inc
             try:
                 chunks = yield self.call(source.holder, "hand_over", sid, -1 if dead is None else dead)
                 full = decode_hand_over(chunks, self.cluster.node_names, self.limit)
@@ -509,7 +514,8 @@ class SessionNode:
             local = self.store.get(sid)
             if local is None:
                 return None
-            if not self.store.mine(local):
+            named = local.primary == peer and local.primary_inc == incarnation
+            if not self.store.mine(local) and not named:
                 if dead >= local.primary_inc:
                     self.quorum.known_dead(local.primary, dead)
                 if not self.quorum.is_dead(local.primary, local.primary_inc):
