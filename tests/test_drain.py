@@ -223,3 +223,22 @@ class ServiceDrainTests(SynchronousTestCase):
         reactor.advance(1.0)
         self.successResultOf(stopped)
         self.assertTrue(node.stopped)
+
+    def test_operator_request_stops_the_reactor_which_drains(self):
+        """An operator's drain request stops the reactor (the service then drains before it closes)."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from appliance.config import ClusterConfig
+        from appliance.server.service import SessionServerService
+
+        from .helpers import cluster_ini
+
+        text, _ = cluster_ini()
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        service = SessionServerService(reactor, ClusterConfig.from_string(text), "s1", now=reactor.seconds)
+        stopped = []
+        reactor.stop = lambda: stopped.append(True)
+        service.node.drain_requested("s2")
+        reactor.advance(0)
+        self.assertEqual(stopped, [True])

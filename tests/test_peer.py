@@ -207,6 +207,16 @@ class PeerEdgeTests(SynchronousTestCase):
         for bad in ("", "AA", "!", 7, "A" * 65):
             self.failureResultOf(self.call(remote, "digest", [wire.encode_digest([])], bad)).trap(peer.Refused)
 
+    def test_drain_request(self):
+        """An authenticated peer's drain request reaches the node's hook; nothing else happens to its sessions."""
+        remote = self.logged_in()
+        asked = []
+        self.node.on_drain_request = lambda: asked.append(True)
+        self.node.store.apply(Full(SID, 1, 1, "s1", "s2", 60.0, 0.0, {}), 0.0, 5)
+        self.assertIsNone(self.successResultOf(self.call(remote, "drain")))
+        self.assertEqual(asked, [True])
+        self.assertIsNotNone(self.node.store.get(SID))
+
     def test_renew_reports_grant_load_and_incarnation(self):
         """renew grants the lease and answers with how many sessions the node holds and its incarnation."""
         remote = self.logged_in()

@@ -141,6 +141,11 @@ class IReplicationHandler(Interface):
         primary it is): fire with a L{wire.Take} for each.
         """
 
+    def drain_requested(peer):
+        """
+        An authenticated caller asks this node to drain and stop.
+        """
+
     def peer_leaving(peer, incarnation):
         """
         C{peer} is draining: place nothing more on it, re-protect elsewhere
@@ -216,6 +221,14 @@ class PeerAvatar(pb.Avatar):
             raise Refused("a hand-over carries full states")
         d = defer.maybeDeferred(self.handler.take, self.peer, self.incarnation, records)
         return d.addCallback(wire.encode_takes)
+
+    def perspective_drain(self) -> None:
+        """
+        The operator's request to drain this node and stop (any caller that
+        logged in with the cluster secret).
+        """
+        log.info("{peer} asked this node to drain", peer=self.peer)
+        self.handler.drain_requested(self.peer)
 
     def perspective_leaving(self) -> defer.Deferred:
         return defer.maybeDeferred(self.handler.peer_leaving, self.peer, self.incarnation)

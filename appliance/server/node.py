@@ -109,6 +109,8 @@ class SessionNode:
         #: Set by L{appliance.server.drain.Drain}: serve only what is ours.
         self.draining = False
         self.leaving = Leaving(self)
+        #: What an operator's request to drain does (the service stops).
+        self.on_drain_request: Callable[[], None] = lambda: None
         self._sleeps: set = set()
         quorum.on_dead = self.dead
 
@@ -531,6 +533,9 @@ class SessionNode:
 
     def take(self, peer: str, incarnation: int, records):
         return self.leaving.take(peer, incarnation, records)
+
+    def drain_requested(self, peer: str) -> None:
+        self.on_drain_request()
 
     def peer_leaving(self, peer: str, incarnation: int):
         return self.leaving.leaving(peer, incarnation)

@@ -111,6 +111,9 @@ class SessionServerService(service.Service):
             self.node, self.replicator.flush, self.replicator.unreplicated, settings.drain_timeout, linger
         )
         self._drained: Optional[defer.Deferred] = None
+        # An operator's request: stopping the reactor stops this service,
+        # which drains first.
+        self.node.on_drain_request = lambda: self.reactor.callLater(0, self.reactor.stop)
         self._ports = []
         self._loops = []
 
