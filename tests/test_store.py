@@ -445,7 +445,7 @@ class RotationTests(SynchronousTestCase):
         self.assertRaises(Fenced, backup.rotate, backup.get(SID), NEW, 1.0)
 
 
-class LifetimeTests(SynchronousTestCase):
+class SessionLifetimeTests(SynchronousTestCase):
     def test_new_session_lifetime(self):
         """A session created with a lifetime lives that long idle."""
         store = Store("s1", 100.0)
