@@ -137,6 +137,24 @@ def http(method, url, data=None, cookie=None, timeout=5.0):
         return e.code, e.headers, e.read()
 
 
+def socket_inodes(pid: int) -> set:
+    """
+    The inodes of the sockets process C{pid} holds (from /proc; empty once it is gone).
+    """
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
 def children_of(pid: int) -> list:
     """
     The processes whose parent is C{pid} (from /proc).

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from appliance.config import NodeConfig
 
 from . import test_balancer_e2e as e2e
-from .helpers import children_of, spawn, twistd, write
+from .helpers import children_of, socket_inodes, spawn, twistd, write
 
 PROCESSES = 2
 
@@ -39,21 +39,6 @@ def _tcp_sockets(port: int) -> Dict[str, Tuple[int, int, str]]:
             if port in (lport, rport):
                 found[inode] = (lport, rport, state)
     return found
-
-
-def socket_inodes(pid: int) -> set:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
-        pass
-    return inodes
 
 
 def listeners(pids: List[int], port: int) -> Dict[int, bool]:

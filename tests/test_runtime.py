@@ -21,7 +21,7 @@ from appliance.config import Address, ClusterConfig, ConfigError
 from appliance.listen import listen_tcp, listen_udp
 
 from . import helpers
-from .helpers import ROOT, children_of, cluster_ini, free_ports, http, spawn, twistd, wait_for, write
+from .helpers import ROOT, children_of, cluster_ini, free_ports, http, socket_inodes, spawn, twistd, wait_for, write
 
 TLS_BALANCER = "\n[balancer:lb1]\nlisten = 127.0.0.1:{port}\nhttps = 127.0.0.1:{https}\ntls_cert = lb.pem\ntls_key = lb.key\n"
 
@@ -226,18 +226,6 @@ def udp_inodes(port: int) -> set:
         next(f)
         rows = [line.split() for line in f]
     return {row[9] for row in rows if int(row[1].split(":")[1], 16) == port}
-
-
-def socket_inodes(pid: int) -> set:
-    found = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(target[8:-1])
-    return found
 
 
 class DnsProcessesTests(SynchronousTestCase):
