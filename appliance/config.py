@@ -712,8 +712,8 @@ class _Loader:
 
     def app(self, s: _Section, name: str) -> AppConfig:
         mount = s.get("mount", required=True)
-        if not re.match(r"^(/[A-Za-z0-9._~-]+)+$", mount) or mount.startswith("/_appliance"):
-            raise s.error("mount", "expected a path such as /cart (not under /_appliance)")
+        if mount != "/" and (not re.match(r"^(/[A-Za-z0-9._~-]+)+$", mount) or mount.startswith("/_appliance")):
+            raise s.error("mount", "expected a path such as /cart (not under /_appliance), or / (the root page only)")
         wsgi = s.get("wsgi", _import_path)
         resource = s.get("resource", _import_path)
         if (wsgi is None) == (resource is None):

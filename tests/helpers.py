@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -82,6 +83,19 @@ def cluster_ini(names=("s1", "s2", "s3"), replication="sync", extra="", balancer
     if dns is not None:
         text += dns
     return text + APP + apps, where
+
+
+def shipped_on_free_ports(text=None):
+    """
+    The shipped etc/cluster.ini (or C{text}) with every 127.0.0.1 address
+    moved to a free port; returns (text, {old port: new port}).
+    """
+    if text is None:
+        with open(os.path.join(ROOT, "etc", "cluster.ini")) as f:
+            text = f.read()
+    old = sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text)), key=int)
+    moved = dict(zip(old, (str(p) for p in free_ports(len(old)))))
+    return re.sub(r"127\.0\.0\.1:(\d+)", lambda m: "127.0.0.1:" + moved[m.group(1)], text), moved
 
 
 def write(path: str, text: str) -> str:

@@ -3,6 +3,10 @@ The demo shopping cart: a plain WSGI application whose only state is its
 session, C{environ["appliance.session"]}.
 
     GET    /cart               200 {"items": [...]}
+    GET    /cart/route         200 {"node": the server that answered,
+                               "primary": ..., "secondary": ...} as the
+                               request's session cookie names them (null
+                               without a session); the demo page's view
     POST   /cart/items         form field item; 200 the new list
     DELETE /cart/items/<item>  200 the new list (404 if not in the cart)
     POST   /cart/logout        200; the session ends everywhere
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import json
 from urllib.parse import parse_qs, unquote
+
+from appliance import cookie
 
 MAX_ITEM = 200
 
@@ -52,6 +58,8 @@ def app(environ, start_response):
     path = environ.get("PATH_INFO", "") or "/"
     if path == "/" and method in ("GET", "HEAD"):
         return _reply(start_response, "200 OK", {"items": session.get("cart", [])})
+    if path == "/route" and method in ("GET", "HEAD"):
+        return _reply(start_response, "200 OK", route(environ))
     if path == "/items" and method == "POST":
         item = (_form(environ).get("item") or [""])[0]
         if not item or len(item) > MAX_ITEM:
@@ -74,7 +82,19 @@ def app(environ, start_response):
     return _refuse(start_response, "404 Not Found")
 
 
-_ALLOW = {"/": "GET, HEAD", "/items": "POST", "/logout": "POST"}
+_ALLOW = {"/": "GET, HEAD", "/route": "GET, HEAD", "/items": "POST", "/logout": "POST"}
+
+
+def route(environ) -> dict:
+    """
+    The serving node and the route of the request's session cookie, read
+    by the rule the balancer and the servers apply (never the sid: the
+    cookie is HttpOnly so that scripts do not see it).
+    """
+    cluster = environ["appliance.cluster"]
+    header = environ.get("HTTP_COOKIE", "").encode("latin-1")
+    _, where = cookie.session_cookie(header, cluster.cluster.cookie.encode("ascii"), frozenset(cluster.node_names))
+    return {"node": environ["appliance.node"], "primary": where.primary, "secondary": where.secondary}
 
 
 class Cart:

@@ -4,7 +4,9 @@ application with it, hold the response until the change is committed and
 (in sync mode) replicated, then send it with the cookie.
 
 WSGI applications run in the reactor's thread pool and see their session as
-C{environ["appliance.session"]}; twisted.web resources render in the reactor
+C{environ["appliance.session"]}, the configuration as
+C{environ["appliance.cluster"]} and the serving node's name as
+C{environ["appliance.node"]}; twisted.web resources render in the reactor
 thread and reach the same mapping with L{session_of}.
 """
 
@@ -188,8 +190,8 @@ def wsgi_environ(request: server.Request, mount: str, session: SessionData) -> d
     framed = headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")
     environ = {
         "REQUEST_METHOD": request.method.decode("ascii", "replace"),
-        "SCRIPT_NAME": mount,
-        "PATH_INFO": path[len(mount) :],
+        "SCRIPT_NAME": "" if mount == "/" else mount,
+        "PATH_INFO": path if mount == "/" else path[len(mount) :],
         "QUERY_STRING": request.uri.partition(b"?")[2].decode("latin-1"),
         "CONTENT_TYPE": (request.getHeader(b"content-type") or b"").decode("latin-1"),
         "CONTENT_LENGTH": str(_body_length(request.content)) if framed else "",
@@ -284,6 +286,7 @@ class NodeResource(resource.Resource):
         super().__init__()
         self.reactor = reactor
         self.node = node
+        self.cluster = cluster
         self.cookie_name = cluster.cluster.cookie.encode("ascii")
         self.names = frozenset(cluster.node_names)
         self.health = health
@@ -327,6 +330,8 @@ class NodeResource(resource.Resource):
         request.hold(lambda req: self._commit(req, handle, route, app), lambda: self.node.abandon(handle))
         if app.wsgi is not None:
             environ = wsgi_environ(request, app.mount, handle.data)
+            environ["appliance.cluster"] = self.cluster
+            environ["appliance.node"] = self.node.name
             if app.threads:
                 d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, target, environ)
             else:
