@@ -94,6 +94,8 @@ class ClusterSettings:
     tls_ca: Optional[str] = None
     access_log: bool = False
     runtime: Optional[str] = None
+    admin: Optional[Address] = None
+    admin_token: Optional[str] = field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -126,6 +128,7 @@ class DnsConfig:
     rrl_rate: int = 50
     rrl_slip: int = 2
     processes: int = 1
+    admin: Optional[Address] = None
 
 
 @frozen
@@ -159,6 +162,7 @@ class BalancerConfig:
     new_session_rate: float = 10.0
     new_session_burst: int = 100
     processes: int = 1
+    admin: Optional[Address] = None
 
 
 @frozen
@@ -172,6 +176,7 @@ class NodeConfig:
     secondary: Tuple[str, ...] = ()
     client: Optional[Address] = None
     number: Optional[int] = None
+    admin: Optional[Address] = None
 
 
 @frozen
@@ -261,6 +266,24 @@ class ClusterConfig:
             yield f"node:{n.name}", "replication", n.replication
             if n.client is not None:
                 yield f"node:{n.name}", "client", n.client
+        for section, address in self.admins():
+            yield section, "admin", address
+
+    def admins(self) -> Iterator[Tuple[str, Address]]:
+        """
+        (section, address) of every configured admin listener: C{cluster}
+        (the all-in-one supervisor), C{dns}, C{balancer:NAME}, C{node:NAME}.
+        """
+        if self.cluster.admin is not None:
+            yield "cluster", self.cluster.admin
+        if self.dns is not None and self.dns.admin is not None:
+            yield "dns", self.dns.admin
+        for b in self.balancers:
+            if b.admin is not None:
+                yield f"balancer:{b.name}", b.admin
+        for n in self.nodes:
+            if n.admin is not None:
+                yield f"node:{n.name}", n.admin
 
     def listen_error(self, host: str, port: int, problem: str) -> ConfigError:
         """
@@ -354,6 +377,25 @@ def _address(value: str) -> Address:
     if ":" in host:
         ipaddress.IPv6Address(host)
     return Address(host, port)
+
+
+def _admin_address(value: str) -> Address:
+    if value.isdigit():
+        return _address(f"127.0.0.1:{value}")
+    return _address(value)
+
+
+def is_loopback(host: str) -> bool:
+    """
+    Whether C{host} surely names this machine only (a loopback address or
+    C{localhost}); any other name might resolve elsewhere.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _duration(value: str) -> float:
@@ -475,6 +517,11 @@ class _Loader:
             )
         self.listens[slot] = (section.name, key)
 
+    def admin(self, section: _Section) -> Optional[Address]:
+        address = section.get("admin", _admin_address)
+        self.claim(section, "admin", address)
+        return address
+
     def load(self, text: str) -> ClusterConfig:
         parser = configparser.ConfigParser(
             interpolation=None,
@@ -554,6 +601,13 @@ class _Loader:
         config = ClusterConfig(
             self.path, cluster, dns, tuple(balancers), tuple(nodes), tuple(apps), tuple(clients), tuple(services)
         )
+        if cluster.admin_token is None:
+            for section_name, address in config.admins():
+                if not is_loopback(address.host):
+                    raise ConfigError(
+                        self.path, section_name, "admin",
+                        f"{address} is not a loopback address: set [cluster] admin_token to listen there",
+                    )
         clash = identity.collision(config.node_ids)
         if clash is not None:
             first, second = (" + ".join(group) for group in clash)
@@ -592,8 +646,12 @@ class _Loader:
             drain_timeout=s.get("drain_timeout", _positive_duration, 30.0),
             access_log=s.get("access_log", _boolean, False),
             runtime=s.get("runtime"),
+            admin=self.admin(s),
+            admin_token=s.get("admin_token"),
             **tls,
         )
+        if settings.admin_token is not None and len(settings.admin_token) < 16:
+            raise s.error("admin_token", "must be at least 16 characters")
         if len(settings.secret) < 8:
             raise s.error("secret", "must be at least 8 characters")
         if settings.lease_time < 3 * settings.heartbeat_interval:
@@ -616,6 +674,7 @@ class _Loader:
             rrl_rate=s.get("rrl_rate", _count, 50),
             rrl_slip=s.get("rrl_slip", _slip, 2),
             processes=s.get("processes", _count, 1),
+            admin=self.admin(s),
         )
         s.done()
         return config
@@ -662,6 +721,7 @@ class _Loader:
             new_session_rate=s.get("new_session_rate", _per_second, 10.0),
             new_session_burst=s.get("new_session_burst", _count, 100),
             processes=s.get("processes", _count, 1),
+            admin=self.admin(s),
         )
         if config.redirect_https and https is None:
             raise s.error("redirect_https", "needs an https address")
@@ -687,6 +747,7 @@ class _Loader:
             secondary=s.get("secondary", _names, ()),
             client=s.get("client", _address),
             number=s.get("id", _node_id),
+            admin=self.admin(s),
         )
         self.claim(s, "client", config.client)
         s.done()

@@ -129,7 +129,12 @@ def make_service(
     """
     top = ProcessServices(cluster)
     if section is not None:
-        section_service(reactor, cluster, section).setServiceParent(top)
+        only = section_service(reactor, cluster, section)
+        only.setServiceParent(top)
+        processes = cluster.dns.processes if section == "dns" else next(
+            b.processes for b in cluster.balancers if f"balancer:{b.name}" == section
+        )
+        _admin(top, reactor, cluster, section, [only], reuse_port=processes > 1)
         return top
     everything = node is None
     executable = interpreter(cluster)
@@ -138,7 +143,9 @@ def make_service(
 
     def start(name: str, processes: int, make) -> None:
         if processes == 1 and not in_children:
-            make().setServiceParent(top)
+            made = make()
+            made.setServiceParent(top)
+            _admin(top, reactor, cluster, name, [made])
             return
         for i in range(1, processes + 1):
             children.add(name if processes == 1 else f"{name}#{i}", section_command(config_path, name, executable))
@@ -161,5 +168,20 @@ def make_service(
         else:
             from appliance.server.service import SessionServerService
 
-            SessionServerService(reactor, cluster, node).setServiceParent(top)
+            server = SessionServerService(reactor, cluster, node)
+            server.setServiceParent(top)
+            _admin(top, reactor, cluster, f"node:{node}", [server])
+    if everything:
+        _admin(top, reactor, cluster, "cluster", [])
     return top
+
+
+def _admin(top, reactor, cluster: ClusterConfig, section: str, services: list, reuse_port: bool = False) -> None:
+    """
+    The admin listener of C{section} in this process, when one is configured.
+    """
+    from appliance.admin.listener import AdminService, admin_address
+
+    address = admin_address(cluster, section)
+    if address is not None:
+        AdminService(reactor, cluster, section, address, services, reuse_port).setServiceParent(top)

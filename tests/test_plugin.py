@@ -62,25 +62,27 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(err.getvalue(), f"appliance: {SHIPPED}: [balancer:nope]: --section names no balancer or dns section\n")
 
     def test_node_service(self):
-        """--node s1 --roles server builds just that session server."""
+        """--node s1 --roles server builds just that session server and its admin listener."""
+        from appliance.admin.listener import AdminService
         from appliance.server.service import SessionServerService
 
         cluster = ClusterConfig.from_path(SHIPPED)
         top = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("server",))
         self.assertIsInstance(top, MultiService)
-        (server,) = list(top)
+        (server, admin) = list(top)
         self.assertIsInstance(server, SessionServerService)
+        self.assertIsInstance(admin, AdminService)
         self.assertEqual(server.name, "s1")
 
     def test_node_service_listens(self):
-        """Starting a node's service listens on its HTTP, replication and client ports and links to its peers and the witness."""
+        """Starting a node's service listens on its HTTP, replication, client and admin ports and links to its peers and the witness."""
         cluster = ClusterConfig.from_path(SHIPPED)
         reactor = MemoryReactorClock()
         top = make_service(reactor, cluster, SHIPPED, "s1", ("server",))
         top.startService()
         self.addCleanup(top.stopService)
         ports = sorted(p[0] for p in reactor.tcpServers)
-        self.assertEqual(ports, [8081, 8791, 8891])
+        self.assertEqual(ports, [8081, 8721, 8791, 8891])
         targets = sorted(c[1] for c in reactor.tcpClients)
         self.assertEqual(targets, [8790, 8792, 8793])
 
@@ -129,7 +131,7 @@ class InstallTests(SynchronousTestCase):
 
 class AllInOneServiceTests(SynchronousTestCase):
     def test_all_in_one(self):
-        """Without --node: DNS and balancers in this process, each session server a supervised child."""
+        """Without --node: DNS and balancers in this process (and their admin listeners and the cluster's), each session server a supervised child."""
         from twisted.runner.procmon import ProcessMonitor
 
         from appliance.balancer.service import BalancerService
@@ -138,7 +140,9 @@ class AllInOneServiceTests(SynchronousTestCase):
         cluster = ClusterConfig.from_path(SHIPPED)
         top = make_service(MemoryReactorClock(), cluster, SHIPPED)
         kinds = sorted(type(s).__name__ for s in top)
-        self.assertEqual(kinds, sorted([DnsService.__name__, BalancerService.__name__, ProcessMonitor.__name__]))
+        self.assertEqual(
+            kinds, sorted([DnsService.__name__, BalancerService.__name__, ProcessMonitor.__name__] + ["AdminService"] * 3)
+        )
         (monitor,) = [s for s in top if isinstance(s, ProcessMonitor)]
         self.assertEqual(sorted(monitor.processes), ["s1", "s2", "s3"])
         self.assertEqual(monitor.processes["s1"][0], child_command(SHIPPED, "s1"))
@@ -149,8 +153,9 @@ class AllInOneServiceTests(SynchronousTestCase):
 
         text = open(SHIPPED).read().replace("[cluster]\n", f"[cluster]\nruntime = {sys.executable}\n", 1)
         cluster = ClusterConfig.from_string(text, SHIPPED)
-        (monitor,) = list(make_service(MemoryReactorClock(), cluster, SHIPPED))
+        (monitor, admin) = list(make_service(MemoryReactorClock(), cluster, SHIPPED))
         self.assertIsInstance(monitor, ProcessMonitor)
+        self.assertEqual(admin.root.section, "cluster")
         self.assertEqual(sorted(monitor.processes), ["balancer:lb1", "dns", "s1", "s2", "s3"])
         self.assertEqual(monitor.processes["balancer:lb1"][0], section_command(SHIPPED, "balancer:lb1", sys.executable))
         self.assertEqual(monitor.processes["dns"][0][-2:], ["--section", "dns"])
@@ -169,10 +174,10 @@ class AllInOneServiceTests(SynchronousTestCase):
         (monitor,) = [s for s in top if isinstance(s, ProcessMonitor)]
         self.assertEqual(sorted(monitor.processes), ["balancer:lb1#1", "balancer:lb1#2", "s1", "s2", "s3"])
         self.assertEqual(monitor.processes["balancer:lb1#2"][0], section_command(SHIPPED, "balancer:lb1"))
-        (child,) = list(make_service(MemoryReactorClock(), cluster, SHIPPED, section="balancer:lb1"))
+        (child, _admin) = list(make_service(MemoryReactorClock(), cluster, SHIPPED, section="balancer:lb1"))
         self.assertIsInstance(child, BalancerService)
         self.assertTrue(child.reuse_port)
-        (alone,) = list(make_service(MemoryReactorClock(), ClusterConfig.from_path(SHIPPED), SHIPPED, section="balancer:lb1"))
+        (alone, _admin) = list(make_service(MemoryReactorClock(), ClusterConfig.from_path(SHIPPED), SHIPPED, section="balancer:lb1"))
         self.assertFalse(alone.reuse_port)
 
     def test_node_roles(self):
@@ -185,7 +190,7 @@ class AllInOneServiceTests(SynchronousTestCase):
         cluster = ClusterConfig.from_string(text, SHIPPED)
         on_s2 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s2")
         self.assertEqual(sorted(type(s).__name__ for s in on_s2),
-                         sorted([DnsService.__name__, BalancerService.__name__, "SessionServerService"]))
+                         sorted([DnsService.__name__, BalancerService.__name__, "SessionServerService"] + ["AdminService"] * 3))
         on_s1 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("dns", "balancer"))
         self.assertEqual(list(on_s1), [])
 
