@@ -89,6 +89,7 @@ class ClusterSettings:
     max_session_bytes: int = 16 * 1024 * 1024
     max_sessions: int = 100_000
     drain_timeout: float = 30.0
+    rebalance_rate: float = 200.0
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
@@ -437,6 +438,13 @@ def _per_second(value: str) -> float:
     return float(m.group(1))
 
 
+def _moves_per_second(value: str) -> float:
+    try:
+        return _per_second(value)
+    except ValueError:
+        raise ValueError("expected sessions per second such as 200/s (0: no rebalancing)") from None
+
+
 def _boolean(value: str) -> bool:
     lowered = value.lower()
     if lowered in ("yes", "true", "on", "1"):
@@ -644,6 +652,7 @@ class _Loader:
             max_session_bytes=s.get("max_session_bytes", _size, 16 * 1024 * 1024),
             max_sessions=s.get("max_sessions", _count, 100_000),
             drain_timeout=s.get("drain_timeout", _positive_duration, 30.0),
+            rebalance_rate=s.get("rebalance_rate", _moves_per_second, 200.0),
             access_log=s.get("access_log", _boolean, False),
             runtime=s.get("runtime"),
             admin=self.admin(s),

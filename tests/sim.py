@@ -14,6 +14,7 @@ once), and C{cut}/C{heal} (one direction of a link silently drops).
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Dict, List, Optional, Set, Tuple
 
 from twisted.internet import defer
@@ -155,11 +156,17 @@ class SimWitness(Process):
 class Sim:
     """
     C{servers} session servers and C{witnesses} witness balancers.
-    C{rates} gives a process's clock rate (default 1.0).
+    C{rates} gives a process's clock rate (default 1.0); C{flat}: no
+    server is further from another than the rest (one rack).
     """
 
-    def __init__(self, servers=("s1", "s2", "s3"), witnesses=("lb1",), replication="sync", extra="", rates=None):
+    def __init__(
+        self, servers=("s1", "s2", "s3"), witnesses=("lb1",), replication="sync", extra="", rates=None, flat=False
+    ):
         text, _ = cluster_ini(servers, replication, extra, balancer=witness_sections(witnesses))
+        if flat:
+            # Every server on a machine of its own in one rack.
+            text = re.sub(r"(?m)^rack = r\d+$", "rack = r1", text)
         self.config = ClusterConfig.from_string(text)
         self.settings = self.config.cluster
         self.witness_names = tuple(witnesses)

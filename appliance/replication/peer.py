@@ -137,8 +137,15 @@ class IReplicationHandler(Interface):
 
     def take(peer, incarnation, records):
         """
-        C{peer}, draining, hands over these sessions (L{Full} states whose
-        primary it is): fire with a L{wire.Take} for each.
+        C{peer}, draining or rebalancing, hands over these sessions (L{Full}
+        states whose primary it is): fire with a L{wire.Take} for each.
+        """
+
+    def counts():
+        """
+        (primaries, backups) this node holds, for rebalancing; or C{None}
+        when it takes part in no rebalance now (it drains, or does not
+        hold its lease).
         """
 
     def drain_requested(peer):
@@ -229,6 +236,13 @@ class PeerAvatar(pb.Avatar):
         """
         log.info("{peer} asked this node to drain", peer=self.peer)
         self.handler.drain_requested(self.peer)
+
+    def perspective_counts(self):
+        """
+        (primaries, backups) held here, or C{None}: see
+        L{IReplicationHandler.counts}.
+        """
+        return self.handler.counts()
 
     def perspective_leaving(self) -> defer.Deferred:
         return defer.maybeDeferred(self.handler.peer_leaving, self.peer, self.incarnation)

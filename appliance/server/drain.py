@@ -197,55 +197,66 @@ class Drain:
 
     @defer.inlineCallbacks
     def _hand_over(self, peer: str, sids: List[str]):
-        """
-        Offer C{sids} to C{peer} under their locks (a session busy with a
-        request waits for the next round); drop each copy it took.
-        """
-        node = self.node
-        store, locks = node.store, node.locks
-        now = node.now()
-        locked: List[str] = []
-        records: List[Full] = []
-        size = 0
-        for sid in sids:
-            session = store.primary_of(sid)
-            if session is None or not locks.try_take(sid):
-                continue
-            locked.append(sid)
-            full = session.full(now)
-            records.append(full)
-            size += session.size
-            if size >= BATCH_BYTES:
-                break
-        if not records:
-            return
+        handed, stale = yield offer(self.node, peer, sids)
+        self.report.handed += handed
+        self.report.stale += stale
+
+
+@defer.inlineCallbacks
+def offer(node: "SessionNode", peer: str, sids: List[str]):
+    """
+    Offer C{sids} (primaries here) to C{peer} under their locks (a session
+    busy with a request waits for the next round) and drop each copy it
+    took; fires with (taken, stale).  What a drain does, and what a
+    rebalance does to move a primary.
+    """
+    store, locks = node.store, node.locks
+    now = node.now()
+    locked: List[str] = []
+    records: List[Full] = []
+    size = 0
+    handed = stale = 0
+    for sid in sids:
+        session = store.primary_of(sid)
+        if session is None or not locks.try_take(sid):
+            continue
+        locked.append(sid)
+        full = session.full(now)
+        records.append(full)
+        size += session.size
+        if size >= BATCH_BYTES:
+            break
+    if not records:
+        return handed, stale
+    try:
         try:
-            try:
-                answer = yield node.call(peer, "take", wire.split(wire.encode(records)))
-                takes = wire.decode_takes(answer, len(records))
-            except NotNow as e:
-                log.info("{peer} took no sessions from {name}: {why}", peer=peer, name=node.name, why=str(e))
-                return
-            except (PeerUnavailable, wire.WireError) as e:
-                # Whether it took them is unknown: serve them no more (they
-                # may have a new owner); their secondaries keep them.
-                for full in records:
-                    store.demote(full.sid, full.epoch)
-                log.info("{peer} did not answer a hand-over from {name} ({why}): {n} sessions no longer served here",
-                         peer=peer, name=node.name, why=type(e).__name__, n=len(records))
-                return
-            for full, take in zip(records, takes):
-                if take is Take.BUSY:
-                    continue
-                if store.primary_of(full.sid) is not None:
-                    store.drop(full.sid)
-                if take is Take.TAKEN:
-                    self.report.handed += 1
-                else:
-                    self.report.stale += 1
-        finally:
-            for sid in locked:
-                locks.release(sid)
+            answer = yield node.call(peer, "take", wire.split(wire.encode(records)))
+            takes = wire.decode_takes(answer, len(records))
+        except NotNow as e:
+            log.info("{peer} took no sessions from {name}: {why}", peer=peer, name=node.name, why=str(e))
+            return handed, stale
+        except (PeerUnavailable, wire.WireError) as e:
+            # Whether it took them is unknown: serve them no more (they
+            # may have a new owner); their secondaries keep them.
+            for full in records:
+                store.demote(full.sid, full.epoch)
+            log.info("{peer} did not answer a hand-over from {name} ({why}): {n} sessions no longer served here",
+                     peer=peer, name=node.name, why=type(e).__name__, n=len(records))
+            return handed, stale
+        for full, take in zip(records, takes):
+            if take is Take.BUSY:
+                continue
+            if store.primary_of(full.sid) is not None:
+                store.drop(full.sid)
+            if take is Take.TAKEN:
+                node.moved.add(full.sid, now)
+                handed += 1
+            else:
+                stale += 1
+        return handed, stale
+    finally:
+        for sid in locked:
+            locks.release(sid)
 
 
 class Leaving:
@@ -305,7 +316,12 @@ class Leaving:
                 locks.release(sid)
                 answers.append(Take.TAKEN if store.mine(local) and local.epoch == full.epoch + 1 else Take.STALE)
                 continue
-            secondary = node.pick_secondary((peer,))
+            # A rebalance swaps roles: the giver, not draining, keeps its
+            # copy as the backup.  Otherwise the session keeps its
+            # secondary when that one can back it still.
+            secondary = peer if full.secondary == node.name else full.secondary
+            if secondary in (None, node.name) or not node.may_place(secondary):
+                secondary = node.pick_secondary((peer,))
             session = store.adopt(attrs.evolve(full, epoch=full.epoch + 1), secondary, now)
             taken.append((sid, session.epoch))
             answers.append(Take.TAKEN)
@@ -314,7 +330,7 @@ class Leaving:
             else:
                 waits.append(node.protection.deliver(secondary, session.full(now), (peer,)))
         if taken:
-            log.info("took {n} sessions over from {peer}, draining", n=len(taken), peer=peer)
+            log.info("took {n} sessions over from {peer}", n=len(taken), peer=peer)
         results = yield defer.DeferredList(waits, consumeErrors=True)
         for (sid, epoch), (ok, result) in zip(taken, results):
             locks.release(sid)

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from appliance import cookie
 from appliance.config import ClusterConfig
+from appliance.core.rebalance import Moved
 from appliance.core.session import Full, Session, SessionData
 from appliance.core.store import GONE, SWEEP, Fenced, Record, Result, Store, place_secondary
 from appliance.replication import wire
@@ -109,6 +110,8 @@ class SessionNode:
         #: Set by L{appliance.server.drain.Drain}: serve only what is ours.
         self.draining = False
         self.leaving = Leaving(self)
+        #: Sessions handed to another node lately (see L{Moved}).
+        self.moved = Moved(self.settings.session_timeout)
         #: What an operator's request to drain does (the service stops).
         self.on_drain_request: Callable[[], None] = lambda: None
         self._sleeps: set = set()
@@ -224,6 +227,18 @@ class SessionNode:
                 # Its owner is elsewhere now (or will be): the balancer
                 # sends the request on.
                 raise NotServing("this node is draining")
+            if (
+                local is not None
+                and local.primary != self.name
+                and route.primary == self.name
+                and route.secondary == local.primary
+                and self.moved.recent(sid, self.now())
+                and not self.quorum.is_dead(local.primary, local.primary_inc)
+            ):
+                # Handed to its secondary, which serves it and which the
+                # cookie names: the balancer goes there next, and the
+                # answer carries the new cookie.
+                raise NotServing(f"{sid} moved to {local.primary}")
             found, missing = yield protection.locate([sid])
             copies = found[sid]
             if any(c.epoch == GONE for c in copies):
@@ -545,6 +560,11 @@ class SessionNode:
 
     def load(self) -> int:
         return len(self.store)
+
+    def counts(self):
+        if self.draining or self.stopped or not self.quorum.may_serve():
+            return None
+        return [self.store.primaries, self.store.backups]
 
     def vote(self, server: str, incarnation: int) -> defer.Deferred:
         return self.quorum.vote(server, incarnation)

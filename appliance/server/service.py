@@ -24,6 +24,7 @@ from appliance.server import hosting
 from appliance.server.drain import Drain
 from appliance.server.node import SessionNode
 from appliance.server.quorum import Quorum
+from appliance.server.rebalance import Rebalancer
 
 log = Logger()
 
@@ -110,6 +111,7 @@ class SessionServerService(service.Service):
         self.drainer = Drain(
             self.node, self.replicator.flush, self.replicator.unreplicated, settings.drain_timeout, linger
         )
+        self.rebalancer = Rebalancer(self.node, settings.rebalance_rate) if settings.rebalance_rate > 0 else None
         self._drained: Optional[defer.Deferred] = None
         # An operator's request: stopping the reactor stops this service,
         # which drains first.
@@ -251,6 +253,8 @@ class SessionServerService(service.Service):
                 lambda f: log.failure("periodic work failed", f)
             )
             self._loops.append(loop)
+        if self.rebalancer is not None:
+            self.rebalancer.start()
         log.info(
             "session server {name} on http://{http} replication {repl}",
             name=self.name, http=str(self.config.http), repl=str(self.config.replication),
@@ -267,6 +271,8 @@ class SessionServerService(service.Service):
         report.  Asked twice, drains once.
         """
         if self._drained is None:
+            if self.rebalancer is not None:
+                self.rebalancer.stop()
             self._drained = self.drainer.run()
         d = defer.Deferred()
         self._drained.addBoth(lambda r: d.callback(r) or r)
