@@ -94,6 +94,7 @@ class ClusterSettings:
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
     access_log: bool = False
+    log_format: str = "text"
     runtime: Optional[str] = None
     admin: Optional[Address] = None
     admin_token: Optional[str] = field(default=None, repr=False)
@@ -654,6 +655,7 @@ class _Loader:
             drain_timeout=s.get("drain_timeout", _positive_duration, 30.0),
             rebalance_rate=s.get("rebalance_rate", _moves_per_second, 200.0),
             access_log=s.get("access_log", _boolean, False),
+            log_format=s.get("log_format", _choice("text", "json"), "text"),
             runtime=s.get("runtime"),
             admin=self.admin(s),
             admin_token=s.get("admin_token"),

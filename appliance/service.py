@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.runner.procmon import ProcessMonitor
 
 from appliance.config import ClusterConfig, ConfigError
@@ -27,9 +28,20 @@ class ProcessServices(service.MultiService):
     mistake, instead of a traceback.
     """
 
+    #: The observer twistd logs through (L{appliance.logs}), installed on
+    #: the application this joins unless twistd was given its own.
+    log_observer = None
+
     def __init__(self, cluster: ClusterConfig):
         super().__init__()
         self.cluster = cluster
+
+    def setServiceParent(self, parent) -> None:
+        super().setServiceParent(parent)
+        observer = self.log_observer
+        if observer is not None and isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            # twistd's AppLogger uses the application's ILogObserver.
+            parent.setComponent(ILogObserver, observer)
 
     def startService(self) -> None:
         try:

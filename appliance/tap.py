@@ -78,4 +78,11 @@ def makeService(options):
 
     from appliance.service import make_service
 
-    return make_service(reactor, load(options), options["config"], options["node"], options["roles"], options["section"])
+    from appliance import logs
+
+    cluster = load(options)
+    top = make_service(reactor, cluster, options["config"], options["node"], options["roles"], options["section"])
+    top.log_observer = logs.for_twistd(
+        getattr(options, "parent", None), cluster.cluster.log_format, logs.process_name(options["node"], options["section"])
+    )
+    return top

@@ -165,7 +165,7 @@ class PeerLink:
         self._delay = 0.1
         self._missed = 0
         remote.notifyOnDisconnect(self._lost)
-        log.info("replication link {me} -> {peer} up", me=self.me, peer=self.peer)
+        log.info("replication link to {peer} up", peer=self.peer)
         self.on_up(self.peer)
         if self.remote is remote:
             self._heartbeat()
@@ -178,7 +178,7 @@ class PeerLink:
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
         self._beat = None
-        log.info("replication link {me} -> {peer} down", me=self.me, peer=self.peer)
+        log.info("replication link to {peer} down", peer=self.peer)
         self.on_down(self.peer)
         self._schedule()
 

@@ -106,11 +106,11 @@ class Drain:
         node = self.node
         self._deadline = self._now() + self.timeout
         node.draining = True
-        log.info("{name} draining: {n} primaries to hand over", name=node.name, n=node.store.primaries)
+        log.info("draining: {n} primaries to hand over", n=node.store.primaries)
         peers = [p.name for p in node.peers if node.connected(p.name)]
         leaving = [
             node.call(peer, "leaving").addErrback(lambda f, peer=peer: log.info(
-                "{peer} did not re-protect what {name} backs: {why}", peer=peer, name=node.name,
+                "{peer} did not re-protect the sessions this node backs: {why}", peer=peer,
                 why=f.getErrorMessage()))
             for peer in peers
         ]
@@ -134,12 +134,12 @@ class Drain:
         r.timed_out = self._left() <= 0
         if r.left or r.in_flight or r.queued:
             log.warn(
-                "{name} drained with {left} primaries not handed over ({sids}), {in_flight} requests in flight"
-                " and {queued} records unreplicated; their secondaries promote them once it is gone",
-                name=node.name, left=len(r.left), sids=" ".join(r.left[:10]), in_flight=r.in_flight, queued=r.queued,
+                "drained with {left} primaries not handed over, {in_flight} requests in flight"
+                " and {queued} records unreplicated; their secondaries promote them once this node is gone",
+                left=len(r.left), in_flight=r.in_flight, queued=r.queued,
             )
         else:
-            log.info("{name} drained: {n} primaries handed over", name=node.name, n=r.handed)
+            log.info("drained: {n} primaries handed over", n=r.handed)
         return r
 
     @defer.inlineCallbacks
@@ -233,15 +233,15 @@ def offer(node: "SessionNode", peer: str, sids: List[str]):
             answer = yield node.call(peer, "take", wire.split(wire.encode(records)))
             takes = wire.decode_takes(answer, len(records))
         except NotNow as e:
-            log.info("{peer} took no sessions from {name}: {why}", peer=peer, name=node.name, why=str(e))
+            log.info("{peer} took none of {n} sessions handed over: {why}", peer=peer, n=len(records), why=str(e))
             return handed, stale
         except (PeerUnavailable, wire.WireError) as e:
             # Whether it took them is unknown: serve them no more (they
             # may have a new owner); their secondaries keep them.
             for full in records:
                 store.demote(full.sid, full.epoch)
-            log.info("{peer} did not answer a hand-over from {name} ({why}): {n} sessions no longer served here",
-                     peer=peer, name=node.name, why=type(e).__name__, n=len(records))
+            log.info("{peer} did not answer a hand-over ({why}): {n} sessions no longer served here",
+                     peer=peer, why=type(e).__name__, n=len(records))
             return handed, stale
         for full, take in zip(records, takes):
             if take is Take.BUSY:

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 from attrs import define, field
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from appliance import cookie
@@ -26,6 +26,7 @@ from appliance.config import ClusterConfig
 from appliance.core.rebalance import Moved
 from appliance.core.session import Full, Session, SessionData
 from appliance.core.store import GONE, SWEEP, Fenced, Record, Result, Store, place_secondary
+from appliance.logs import Tally
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import IReplicationHandler, NoSuchSession, NotNow, PrimaryAlive, decode_hand_over
@@ -103,6 +104,13 @@ class SessionNode:
         self.peers = [n for n in cluster.nodes if n.name != name]
         self.limit = self.settings.max_session_bytes + 2 * wire.CHUNK
         self.locks = SessionLocks(clock, self.settings.lock_wait)
+        # Sessions change hands one request at a time: one line per burst.
+        self.promoted = Tally(clock, log, "promoted {n} sessions backed here on request: their primary {primary} is gone")
+        self.taken = Tally(clock, log, "took {n} sessions over from {source}")
+        self.handed = Tally(clock, log, "handed {n} sessions over to {peer}")
+        self.rotated = Tally(clock, log, "rotated the ids of {n} sessions")
+        self.fenced = Tally(clock, log, "{peer} fenced {n} sessions: dropped our copies", LogLevel.warn)
+        self.rivals = Tally(clock, log, "{peer} holds {n} sessions from another primary: ours serve them no more", LogLevel.warn)
         self.protection = Protection(self)
         self.touched: dict = {}
         self.sync = self.settings.replication == "sync"
@@ -139,6 +147,8 @@ class SessionNode:
         The node stops: waiters are answered and background work ends.
         """
         self.stopped = True
+        for tally in (self.promoted, self.taken, self.handed, self.rotated, self.fenced, self.rivals):
+            tally.flush()
         self.quorum.stop()
         self.locks.fail_all(NotServing("this node is stopping"))
         for d in list(self._sleeps):
@@ -279,7 +289,7 @@ class SessionNode:
                 if best.holder == self.name:
                     floor = max(c.epoch for c in copies)
                     session = self.store.promote(sid, None, self.now(), floor)
-                    log.info("promoted {sid} epoch={epoch}", sid=sid, epoch=session.epoch)
+                    self.promoted.add(primary=best.primary)
                     return session, [protection.protect(session, exclude=(best.primary,))]
                 source, dead = best, None if named_us else best.primary_inc
             try:
@@ -299,10 +309,7 @@ class SessionNode:
         if keep is None or keep == self.name or not self.connected(keep):
             keep = self.pick_secondary()
         session = self.store.adopt(full, keep, self.now())
-        log.info(
-            "took {sid} over from {source} epoch={epoch} secondary={secondary}",
-            sid=full.sid, source=source, epoch=session.epoch, secondary=keep,
-        )
+        self.taken.add(source=source)
         return session, [self.protection.protect(session)]
 
     def abandon(self, handle: Handle) -> None:
@@ -409,7 +416,7 @@ class SessionNode:
         handle.locked, handle.renamed = new, old
         if session.secondary is not None:
             handle.waits.append(self.protection.deliver(session.secondary, rotation))
-        log.info("rotated {old} to {new}", old=old, new=new)
+        self.rotated.add()
 
     def background_failure(self, failure) -> None:
         if not failure.check(Fenced, PeerUnavailable, Unprotected, NotServing, Busy):
@@ -538,7 +545,7 @@ class SessionNode:
                 if not self.quorum.is_dead(local.primary, local.primary_inc):
                     raise PrimaryAlive(local.primary)
             full = self.store.hand_over(sid, peer, self.now(), incarnation)
-            log.info("handed {sid} over to {peer} epoch={epoch}", sid=sid, peer=peer, epoch=full.epoch)
+            self.handed.add(peer=peer)
             return full
         finally:
             self.locks.release(sid)

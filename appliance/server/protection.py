@@ -101,14 +101,11 @@ class Protection:
             sid = record.old
         if result is Result.FENCED:
             if self.store.fenced(sid, record.epoch):
-                log.warn("{peer} fenced {sid} epoch={epoch}: dropped our copy", peer=peer, sid=sid, epoch=record.epoch)
+                self.node.fenced.add(peer=peer)
             raise Fenced(record.sid)
         if result is Result.RIVAL:
             if self.store.demote(sid, record.epoch):
-                log.warn(
-                    "{peer} holds {sid} epoch={epoch} from another primary: ours serves no more",
-                    peer=peer, sid=sid, epoch=record.epoch,
-                )
+                self.node.rivals.add(peer=peer)
             raise Fenced(record.sid)
         session = self._mine(record.sid)
         if session.secondary == peer:

@@ -100,9 +100,9 @@ class Quorum:
         if serving != self._serving:
             self._serving = serving
             if serving:
-                log.info("{me} holds its lease: serving", me=self.me)
+                log.info("holds its lease: serving")
             else:
-                log.warn("{me} lost its lease (no majority of voters renewed it): not serving", me=self.me)
+                log.warn("lost its lease (no majority of voters renewed it): not serving")
         if self.membership.lease.should_end(now):
             return "its lease lapsed"
         return None

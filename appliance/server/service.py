@@ -188,9 +188,9 @@ class SessionServerService(service.Service):
         for link in self.links.values():
             link.relogin(user)
         log.warn(
-            "{name}: {why}; starting incarnation {new} (was {old}); its {orphans} primaries wait to be promoted"
+            "{why}; starting incarnation {new} (was {old}); its {orphans} primaries wait to be promoted"
             " where no newer copy exists",
-            name=self.name, why=why, new=incarnation, old=old, orphans=dropped,
+            why=why, new=incarnation, old=old, orphans=dropped,
         )
 
     def startService(self) -> None:
@@ -256,8 +256,8 @@ class SessionServerService(service.Service):
         if self.rebalancer is not None:
             self.rebalancer.start()
         log.info(
-            "session server {name} on http://{http} replication {repl}",
-            name=self.name, http=str(self.config.http), repl=str(self.config.replication),
+            "session server on http://{http} replication {repl}",
+            http=str(self.config.http), repl=str(self.config.replication),
         )
 
     def _digest_all(self) -> None:
