@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance.config import ClusterConfig
 from appliance.demo import page
 
-from .helpers import ROOT, http, shipped_on_free_ports, spawn, twistd, wait_for, write
+from .helpers import cluster_ini, free_ports, http, set_cookie_value, shipped_on_free_ports, spawn, twistd, wait_for, write
 from .memory_http import exchange, request, responses
 from .test_hosting_edges import memory_site
 
@@ -31,8 +31,6 @@ threads = no
 
 
 def _cluster(extra: str = "") -> ClusterConfig:
-    from .helpers import cluster_ini
-
     text, _ = cluster_ini(names=("s1",), apps=DEMO + extra)
     return ClusterConfig.from_string(text.replace("wsgi = appliance.demo.cart:app", "wsgi = appliance.demo.cart:app\nthreads = no"))
 
@@ -98,15 +96,19 @@ class PageTests(SynchronousTestCase):
         self.assertNotIn(sid.encode(), self.one("GET", "/cart/route")[2])
 
     def test_status_link_from_config(self):
-        """The page links to the status page of the admin listener the configuration names, escaped."""
-        cluster = _cluster()
-        url = page.status_url(cluster, "s1")
-        body = page.render(cluster, "s1").decode()
-        if url is None:
-            self.assertIn("no admin listener is configured", body)
-        else:
-            self.assertTrue(url.endswith("/_appliance/status"), url)
-            self.assertIn(f'href="{url}"', body)
+        """The page links to the status page of a balancer's admin listener, else the supervisor's, else the node's."""
+        text, ports = cluster_ini(names=("s1", "s2"), apps=DEMO)
+        admin = free_ports(3)
+        node = text.replace(f"http = 127.0.0.1:{ports['s1'][0]}", f"http = 127.0.0.1:{ports['s1'][0]}\nadmin = 127.0.0.1:{admin[0]}")
+        lb = f"\n[balancer:lb1]\nlisten = 127.0.0.1:{admin[1]}\nadmin = 127.0.0.1:{admin[2]}\n"
+        self.assertIsNone(page.status_url(ClusterConfig.from_string(text), "s1"))
+        self.assertIn("no admin listener is configured", page.render(ClusterConfig.from_string(text), "s1").decode())
+        self.assertEqual(page.status_url(ClusterConfig.from_string(node), "s1"), f"http://127.0.0.1:{admin[0]}/_appliance/status")
+        self.assertIsNone(page.status_url(ClusterConfig.from_string(node), "s2"))
+        cluster = ClusterConfig.from_string(node + lb)
+        url = f"http://127.0.0.1:{admin[2]}/_appliance/status"
+        self.assertEqual(page.status_url(cluster, "s2"), url)
+        self.assertIn(f'<a id="status" href="{url}">cluster status</a>', page.render(cluster, "s2").decode())
 
 
 class ShippedClusterTests(SynchronousTestCase):
@@ -139,8 +141,6 @@ class ShippedClusterTests(SynchronousTestCase):
         return f"http://{self.lb}{path}"
 
     def call(self, method, path, data=None):
-        from .helpers import set_cookie_value
-
         status, headers, body = http(method, self.url(path), data, f"APPSESSION={self.cookie}" if self.cookie else None)
         self.assertEqual(status, 200, body)
         self.cookie = set_cookie_value(headers) or self.cookie
@@ -166,7 +166,9 @@ class ShippedClusterTests(SynchronousTestCase):
 
     def test_tour_through_the_page_calls(self):
         """The calls the page makes show the primary and secondary, and a new route after kill -9 of the primary."""
-        self.assertIn(b"Demo cart on app.cluster.test", http("GET", self.url("/"))[2])
+        shown = http("GET", self.url("/"))[2].decode()
+        self.assertIn("Demo cart on app.cluster.test", shown)
+        self.assertIn(f'href="http://{self.cluster.balancers[0].admin}/_appliance/status"', shown)
         self.call("POST", "/cart/items", {"item": "apple"})
         self.call("POST", "/cart/items", {"item": "pear"})
         where = self.call("GET", "/cart/route")

@@ -41,10 +41,8 @@ def status_url(cluster: ClusterConfig, node: str) -> Optional[str]:
     kills), else the all-in-one supervisor's, else node C{node}'s own;
     C{None} when no process of the cluster has an admin listener.
     """
-    candidates = [getattr(b, "admin", None) for b in cluster.balancers]
-    candidates.append(getattr(cluster.cluster, "admin", None))
     own = cluster.node(node)
-    candidates.append(getattr(own, "admin", None) if own is not None else None)
+    candidates = [b.admin for b in cluster.balancers] + [cluster.cluster.admin, own.admin if own is not None else None]
     for address in candidates:
         if address is not None:
             return f"http://{address}{STATUS_PATH}"
