@@ -27,6 +27,7 @@ setup(
         "twisted>=23.10",
         "attrs>=22.2",
         "dnslib>=0.9.23",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         # TLS (HTTPS on a balancer, mutual TLS between peers) needs

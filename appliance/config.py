@@ -98,6 +98,7 @@ class ClusterSettings:
     runtime: Optional[str] = None
     admin: Optional[Address] = None
     admin_token: Optional[str] = field(default=None, repr=False)
+    metrics: bool = True
 
     @property
     def tls(self) -> bool:
@@ -659,6 +660,7 @@ class _Loader:
             runtime=s.get("runtime"),
             admin=self.admin(s),
             admin_token=s.get("admin_token"),
+            metrics=s.get("metrics", _boolean, True),
             **tls,
         )
         if settings.admin_token is not None and len(settings.admin_token) < 16:

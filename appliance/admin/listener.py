@@ -24,6 +24,7 @@ from twisted.web import resource, server
 from appliance.admin.auth import READS, Guard, local_host
 from appliance.config import Address, ClusterConfig
 from appliance.listen import listen_tcp
+from appliance.metrics import MetricsResource
 
 log = Logger()
 
@@ -131,6 +132,7 @@ def build_root(reactor, cluster: ClusterConfig, section: str, services: Sequence
     """
     root = AdminRoot(reactor, cluster, section, services)
     root.putChild(b"status.json", Identity(root))
+    root.putChild(b"metrics", MetricsResource(services))
     return root
 
 

@@ -47,7 +47,7 @@ class ServerAttempts:
         C{session} is L{Balancer.session} of the request, if known.
         """
         b = self.balancer
-        now = self._seconds()
+        now = self._began = self._seconds()
         self._dispatched = True
         node = b.first(b.session(head.cookie) if session is None else session, now)
         if node is None:
@@ -75,12 +75,18 @@ class ServerAttempts:
         if self._attempt >= len(plan):
             self._fail(502 if self._sent else 503)
             return
+        if self._attempt:
+            retries = self.balancer.retries
+            failed = plan[self._attempt - 1]
+            retries[failed] = retries.get(failed, 0) + 1
         node = plan[self._attempt]
-        self._attempt += 1
-        self._node = node
         self._sent = False
         if now is None:
             now = self._seconds()
+        if not self._attempt:
+            self._began = now
+        self._attempt += 1
+        self._node = node
         pool = self.balancer.pool
         # Like HAProxy's "http-reuse safe": a request that must not be sent
         # twice goes only on a connection that answered moments ago (or a
@@ -153,6 +159,8 @@ class ServerAttempts:
         self._conn = None
         self._node = None
         b.nodes.finished(conn.node, now - self._started)
+        if b.request_seconds is not None:
+            b.request_seconds.observe(now - self._began)
         if self._streaming:
             self._stop_streaming(conn)
         if reusable and self._body_done:
@@ -215,6 +223,7 @@ class ServerAttempts:
             # next server (which, in plugin mode, would take the session
             # over).
             self._fresh_retry = True
+            b.retries[conn.node] = b.retries.get(conn.node, 0) + 1
             self.log.info(
                 "retrying {method} on a new connection to {node}: {error}",
                 method=self.method.decode("ascii", "replace"),

@@ -155,6 +155,10 @@ class BackendProtocol(Protocol):
             buf = buf[end + 4 :]
         self._buf = b""
         self.deadline = None
+        requests = fe.balancer.requests
+        if requests is not None:
+            key = (self.node, head.status)
+            requests[key] = requests.get(key, 0) + 1
         framing = head.framing
         relay = head.relay
         if (

@@ -40,6 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .service import Balancer
 
 
+#: The server a request is counted under when the balancer answered it itself.
+LOCAL = "none"
+
+
 class FrontendProtocol(ServerAttempts, Protocol):
     """
     One client connection: requests are handled one at a time, in order
@@ -83,6 +87,7 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self._new_session = False
         self.responding = False
         self._started = 0.0
+        self._began = 0.0
         self._fresh_retry = False
         # Read once per connection: kept here rather than looked up through
         # the balancer and its config every time.
@@ -408,6 +413,10 @@ class FrontendProtocol(ServerAttempts, Protocol):
     # -- local answers
 
     def _reject(self, status: int) -> None:
+        requests = self.balancer.requests
+        if requests is not None:
+            key = (LOCAL, status)
+            requests[key] = requests.get(key, 0) + 1
         self._state = CLOSED
         self.deadline = None
         self.transport.write(error_response(status))

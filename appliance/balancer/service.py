@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from appliance.config import Address, BalancerConfig, ClusterConfig
 from appliance.cookie import Route, session_cookie
+from appliance.core.counters import SECONDS, Histogram
 from appliance.listen import listen_tcp
 
 from .backend import BackendPool
@@ -36,6 +37,12 @@ class Balancer:
     """
     What every connection of one balancer shares: configuration, server
     state, the policy, the sticky table and the connection pool.
+
+    And the counts behind the metrics: L{requests} by (server, status)
+    (server L{frontend.LOCAL} for the answers the balancer gives itself), L{retries}
+    by the server that failed or declined a request, and the histogram of
+    request times (L{request_seconds}); without C{[cluster] metrics} only
+    the retries, which are rare.
     """
 
     log = Logger()
@@ -59,6 +66,10 @@ class Balancer:
         self.new_sessions: Optional[NewSessionLimit] = None
         if config.new_session_rate > 0:
             self.new_sessions = NewSessionLimit(config.new_session_rate, config.new_session_burst)
+        counting = cluster.cluster.metrics
+        self.requests: Optional[Dict[Tuple[str, int], int]] = {} if counting else None
+        self.request_seconds: Optional[Histogram] = Histogram(SECONDS) if counting else None
+        self.retries: Dict[str, int] = {}
         # Where redirect_https sends clients; the port actually listened on.
         self.https_port = config.https.port if config.https is not None else None
 

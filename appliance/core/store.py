@@ -13,6 +13,7 @@ import enum
 import heapq
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+from appliance.core.counters import BYTES, Histogram
 from appliance.core.expiry import ExpiryWheel
 from appliance.core.session import DEFAULT_TIMEOUT, MAX_FORMER, Changes, Delta, Full, Remove, Rotate, Session, Touch
 
@@ -63,16 +64,30 @@ class Store:
     nothing on a busy node walks every session: the copies by (primary,
     secondary) pair and first character of the sid (a digest, a
     re-protection, a promotion or a drain looks only at its own), an
-    expiry wheel, and the count of this node's primaries.  So every change
-    of a copy's primary, secondary or presence goes through a method here.
+    expiry wheel, and the counts of this node's primaries and of those
+    without a secondary.  So every change of a copy's primary, secondary or
+    presence goes through a method here.
+
+    For the metrics (L{appliance.metrics}) it counts sessions created,
+    ended (by expiry, invalidation or rotation of their id: counted once,
+    by their primary) and promoted, and, with C{counting}, keeps the
+    histogram of the sizes of the copies held (L{sizes}), updated on every
+    change of size or presence.
     """
 
-    def __init__(self, node: str, timeout: float, max_bytes: int = 16 * 1024 * 1024):
+    def __init__(self, node: str, timeout: float, max_bytes: int = 16 * 1024 * 1024, counting: bool = True):
         self.node = node
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.sessions: Dict[str, Session] = {}
         self.primaries = 0
+        self.unprotected = 0
+        self.sizes: Optional[Histogram] = Histogram(BYTES) if counting else None
+        self.created = 0
+        self.expired_count = 0
+        self.invalidated = 0
+        self.rotated = 0
+        self.promotions = 0
         self._incarnation = 0
         self._pairs: Dict[Tuple[str, Optional[str]], Dict[str, Dict[str, None]]] = {}
         self._wheel = ExpiryWheel()
@@ -94,7 +109,9 @@ class Store:
     @incarnation.setter
     def incarnation(self, value: int) -> None:
         self._incarnation = value
-        self.primaries = sum(1 for s in self._paired(self.node) if s.primary_inc == value)
+        mine = [s for s in self._paired(self.node) if s.primary_inc == value]
+        self.primaries = len(mine)
+        self.unprotected = sum(1 for s in mine if s.secondary is None)
 
     @property
     def backups(self) -> int:
@@ -114,12 +131,20 @@ class Store:
         self._index(session)
         if self.mine(session):
             self.primaries += 1
+            if session.secondary is None:
+                self.unprotected += 1
+        if self.sizes is not None:
+            self.sizes.observe(session.size)
         self._schedule(session)
 
     def _forget(self, session: Session) -> None:
         self._unindex(session)
         if self.mine(session):
             self.primaries -= 1
+            if session.secondary is None:
+                self.unprotected -= 1
+        if self.sizes is not None:
+            self.sizes.forget(session.size)
 
     def _index(self, session: Session) -> None:
         sid = session.sid
@@ -144,12 +169,15 @@ class Store:
         indexes and the count right.
         """
         was = self.mine(session)
+        bare = was and session.secondary is None
         self._unindex(session)
         session.primary = primary
         session.secondary = secondary
         session.primary_inc = primary_inc
         self._index(session)
-        self.primaries += self.mine(session) - was
+        now_mine = self.mine(session)
+        self.primaries += now_mine - was
+        self.unprotected += (now_mine and secondary is None) - bare
 
     def _paired(self, primary: str, secondary=..., prefixes: Optional[str] = None) -> Iterator[Session]:
         """
@@ -227,6 +255,7 @@ class Store:
             primary_inc=self._incarnation,
         )
         self._put(session)
+        self.created += 1
         return session.full(now)
 
     def _timeout(self, changes: Changes, current: float) -> float:
@@ -251,6 +280,9 @@ class Store:
         values.update(changes.set)
         for key in changes.removed:
             values.pop(key, None)
+        if self.sizes is not None:
+            self.sizes.forget(session.size)
+            self.sizes.observe(size)
         session.size = size
         session.version += 1
         timeout = self._timeout(changes, session.timeout)
@@ -298,6 +330,7 @@ class Store:
         if new in self.sessions or new in self.tombstones:
             raise ValueError(f"session {new} exists")
         self._rename(session, new, now)
+        self.rotated += 1
         return Rotate(new, session.former[-1][0], session.epoch, session.version, session.primary, session.secondary)
 
     def _rename(self, session: Session, new: str, now: float) -> None:
@@ -353,9 +386,14 @@ class Store:
         self._put(session)
 
     def remove(self, sid: str) -> Optional[Remove]:
+        """
+        The application ended one of our sessions (invalidated it): the
+        record removes it on the backup.
+        """
         session = self.drop(sid)
         if session is None:
             return None
+        self.invalidated += 1
         return Remove(sid, session.epoch)
 
     def set_secondary(self, session: Session, secondary: Optional[str], now: float) -> Full:
@@ -398,11 +436,15 @@ class Store:
         if record.version != local.version + 1:
             return Result.GAP
         values = local.values
+        size = local.size
         for key, data in record.set.items():
             local.size += len(data) - len(values.get(key, b""))
             values[key] = data
         for key in record.removed:
             local.size -= len(values.pop(key, b""))
+        if self.sizes is not None:
+            self.sizes.forget(size)
+            self.sizes.observe(local.size)
         local.version = record.version
         if (local.primary, local.secondary, local.primary_inc) != (record.primary, record.secondary, incarnation):
             self._relabel(local, record.primary, record.secondary, incarnation)
@@ -543,6 +585,7 @@ class Store:
         session.epoch = max(session.epoch + 1, floor + 1)
         self._relabel(session, self.node, secondary, self._incarnation)
         session.last_access = now
+        self.promotions += 1
         return session
 
     # -- time --------------------------------------------------------------
@@ -569,6 +612,8 @@ class Store:
                     continue
                 s.due = 0
                 if now >= s.last_access + s.timeout:
+                    if self.mine(s):
+                        self.expired_count += 1
                     self.drop(sid)
                     gone.append(sid)
                 else:

@@ -28,12 +28,18 @@ class Responder:
     Answers queries for one zone.
 
     C{udp} and C{tcp} return the response bytes, or None to send nothing.
+
+    For the metrics it counts the queries refused by the rate limiter
+    (L{rate_limited}, dropped or slipped) and, with C{counting}, the
+    responses by RCODE (L{rcodes}, indexed by the code).
     """
 
     def __init__(
-        self, zone: Zone, limiter: Optional[RateLimiter] = None, cache_size: int = 4096
+        self, zone: Zone, limiter: Optional[RateLimiter] = None, cache_size: int = 4096, counting: bool = True
     ):
         self._zone = zone
+        self.rcodes: Optional[List[int]] = [0] * 16 if counting else None
+        self.rate_limited = 0
         self._limiter = limiter
         self._cache_size = cache_size
         # cache_key(query) -> [period, next rotation, responses by rotation]
@@ -61,17 +67,24 @@ class Responder:
         if limiter is not None:
             verdict = limiter.check(host, now)
             if verdict is not Verdict.ALLOW:
+                self.rate_limited += 1
                 if verdict is Verdict.SLIP:
                     return truncated(query)
                 return None
-        return self._answer(self._udp_cache, query, False)
+        return self._count(self._answer(self._udp_cache, query, False))
 
     def tcp(self, query: bytes) -> Optional[bytes]:
         """
         The response to a query received over TCP (not rate limited: a TCP
         client has proven its address).
         """
-        return self._answer(self._tcp_cache, query, True)
+        return self._count(self._answer(self._tcp_cache, query, True))
+
+    def _count(self, response: Optional[bytes]) -> Optional[bytes]:
+        rcodes = self.rcodes
+        if rcodes is not None and response is not None:
+            rcodes[response[3] & 0x0F] += 1
+        return response
 
     def _answer(self, cache: Dict[object, List], query: bytes, tcp: bool) -> Optional[bytes]:
         key = cache_key(query)

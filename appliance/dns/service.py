@@ -96,6 +96,7 @@ class DnsService(Service):
         self.responder = Responder(
             build_zone(self._settings, self._fronts, everyone),
             RateLimiter(dns.rrl_rate, dns.rrl_slip),
+            counting=cluster.cluster.metrics,
         )
         if check is None:
             timeout = check_timeout(dns.check_interval)

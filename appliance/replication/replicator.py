@@ -10,14 +10,15 @@ one compact byte string (L{wire}), split in chunks under Banana's limit.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from appliance.config import ClusterSettings
 from appliance.core.batching import batch_limits
-from appliance.core.store import Record
+from appliance.core.counters import SECONDS, Histogram
+from appliance.core.store import Record, Result
 from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 
@@ -33,8 +34,22 @@ class Unreadable(Exception):
     """
 
 
+class PeerCounts:
+    """
+    What left for one peer: records by kind (indexed by their first byte,
+    see L{wire.RECORD_KINDS}), bytes, and records it answered "gap" to.
+    """
+
+    __slots__ = ("kinds", "bytes", "gaps")
+
+    def __init__(self) -> None:
+        self.kinds = [0] * len(wire.RECORD_KINDS)
+        self.bytes = 0
+        self.gaps = 0
+
+
 class _Queue:
-    __slots__ = ("peer", "pending", "in_flight", "timer", "due", "held")
+    __slots__ = ("peer", "pending", "in_flight", "timer", "due", "held", "sent_at")
 
     def __init__(self, peer: str):
         self.peer = peer
@@ -43,12 +58,17 @@ class _Queue:
         self.timer = None
         self.due = False
         self.held = False
+        self.sent_at = 0.0
 
 
 class Replicator:
     """
     C{call(peer, name, *args)} sends a PB call on the link to C{peer};
     C{minute_of_day()} gives local time for batching windows.
+
+    With C{settings.metrics} it counts, per peer, what left (L{PeerCounts}),
+    the records answered "fenced" (L{fenced}) and each batch's round trip
+    (L{ack}, seconds from the call to its answer).
     """
 
     def __init__(
@@ -63,6 +83,9 @@ class Replicator:
         self._call = call
         self._minute = minute_of_day
         self._queues: Dict[str, _Queue] = {}
+        self.counts: Optional[Dict[str, PeerCounts]] = {} if settings.metrics else None
+        self.ack = Histogram(SECONDS)
+        self.fenced = 0
 
     def _queue(self, peer: str) -> _Queue:
         q = self._queues.get(peer)
@@ -170,6 +193,16 @@ class Replicator:
             q.due = True
         q.in_flight = len(batch)
         payload = wire.batch(encoded for encoded, _ in batch)
+        counts = self.counts
+        if counts is not None:
+            c = counts.get(q.peer)
+            if c is None:
+                c = counts[q.peer] = PeerCounts()
+            kinds = c.kinds
+            for encoded, _ in batch:
+                kinds[encoded[0]] += 1
+            c.bytes += len(payload)
+            q.sent_at = self.clock.seconds()
         d = self._call(q.peer, "replicate", wire.split(payload))
         d.addCallbacks(self._answered, self._failed, callbackArgs=(q, batch), errbackArgs=(q, batch))
 
@@ -190,6 +223,11 @@ class Replicator:
             unknown = results.count(None)
             if unknown:
                 log.error("{peer} answered {n} records of a batch with unknown codes", peer=q.peer, n=unknown)
+            counts = self.counts
+            if counts is not None:
+                self.ack.observe(self.clock.seconds() - q.sent_at)
+                counts[q.peer].gaps += answer.count(Result.GAP)
+                self.fenced += answer.count(Result.FENCED)
         for (_, d), result in zip(batch, results):
             if result is None:
                 d.errback(Unreadable(q.peer))

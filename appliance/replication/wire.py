@@ -32,6 +32,8 @@ _DELTA, _FULL, _REMOVE, _TOUCH = 1, 2, 3, 4
 # session that was rotated: others keep the plain full-state layout).
 _ROTATE, _FULL_FORMER = 5, 6
 _HEAD = struct.Struct("!B22sI")  # kind, sid, epoch
+#: The kind of an encoded record, by its first byte (for the metrics).
+RECORD_KINDS = ("", "delta", "full", "removal", "touch", "rotate", "full")
 _U8 = struct.Struct("!B")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")

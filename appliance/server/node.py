@@ -99,7 +99,9 @@ class SessionNode:
         self.peer_load = peer_load
         self.send = send
         self.quorum = quorum
-        self.store = Store(name, self.settings.session_timeout, self.settings.max_session_bytes)
+        self.store = Store(
+            name, self.settings.session_timeout, self.settings.max_session_bytes, self.settings.metrics
+        )
         self.store.incarnation = quorum.incarnation
         self.peers = [n for n in cluster.nodes if n.name != name]
         self.limit = self.settings.max_session_bytes + 2 * wire.CHUNK
@@ -120,6 +122,8 @@ class SessionNode:
         self.leaving = Leaving(self)
         #: Sessions handed to another node lately (see L{Moved}).
         self.moved = Moved(self.settings.session_timeout)
+        #: Sessions taken over by a request, by the copy they came from.
+        self.takeovers = {"primary": 0, "secondary": 0}
         #: What an operator's request to drain does (the service stops).
         self.on_drain_request: Callable[[], None] = lambda: None
         self._sleeps: set = set()
@@ -301,15 +305,16 @@ class SessionNode:
                 raise NotServing(f"{source.holder} could not hand {sid} over: {type(e).__name__}")
             if full.sid != sid:
                 raise NotServing(f"{source.holder} answered for another session")
-            return self._adopted(full, source.holder)
+            return self._adopted(full, source.holder, source.holder == source.primary)
         raise NotServing(f"{sid} kept moving")
 
-    def _adopted(self, full: Full, source: str):
+    def _adopted(self, full: Full, source: str, from_primary: bool):
         keep = full.secondary
         if keep is None or keep == self.name or not self.connected(keep):
             keep = self.pick_secondary()
         session = self.store.adopt(full, keep, self.now())
         self.taken.add(source=source)
+        self.takeovers["primary" if from_primary else "secondary"] += 1
         return session, [self.protection.protect(session)]
 
     def abandon(self, handle: Handle) -> None:

@@ -76,6 +76,8 @@ class Protection:
         self.locks = node.locks
         self.quorum = node.quorum
         self._watching: Dict[str, int] = {}
+        #: Digest comparisons that found copies to send again.
+        self.resyncs = 0
 
     # -- delivery ----------------------------------------------------------
 
@@ -384,6 +386,7 @@ class Protection:
             if session is not None and session.secondary == peer:
                 resend.append(sid)
         if resend:
+            self.resyncs += 1
             log.info("resyncing {n} sessions on {peer}", n=len(resend), peer=peer)
             self._resend(peer, resend).addErrback(node.background_failure)
         return len(resend)
