@@ -154,7 +154,7 @@ def get(site, path, *headers, method="GET", body=b""):
 
 class SiteTests(SynchronousTestCase):
     def site(self, cluster: ClusterConfig) -> AdminSite:
-        return AdminSite(build_root(None, cluster, "node:s1", []), Guard.of(cluster))
+        return AdminSite(build_root(MemoryReactorClock(), cluster, "node:s1", []), Guard.of(cluster))
 
     def test_open_read(self):
         """Without a token a read from localhost is answered; the status names the section."""
@@ -199,7 +199,7 @@ class SiteTests(SynchronousTestCase):
 
         cluster = config(f"admin_token = {TOKEN}")
         marker = object()
-        root = build_root(None, cluster, "node:s1", [marker])
+        root = build_root(MemoryReactorClock(), cluster, "node:s1", [marker])
         self.assertEqual(root.services, [marker])
         root.putChild(b"extra", Data(b"mounted", "text/plain"))
         site = AdminSite(root, Guard.of(cluster))

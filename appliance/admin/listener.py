@@ -9,50 +9,29 @@ L{AdminRoot.services}, the running service objects of its section (one
 L{SessionServerService}, L{BalancerService} or L{DnsService}; none for the
 supervisor's C{[cluster]} listener).  L{build_root} mounts every resource;
 another module mounts its own there with one C{root.putChild} line.
+L{AdminRoot.registry} is C{appliance.metrics.registry_for(services)}, the
+counters both C{/metrics} and the status read.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 from twisted.application import service
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from appliance.admin import counters
+from appliance.admin.cluster import ClusterResource, Peers
 from appliance.admin.auth import READS, Guard, local_host
+from appliance.admin.web import Refused, json_body
 from appliance.config import Address, ClusterConfig
 from appliance.listen import listen_tcp
-from appliance.metrics import MetricsResource
+from appliance.metrics import MetricsResource, registry_for
 
 log = Logger()
-
-
-def json_body(request, document, code: int = 200) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(document, sort_keys=True).encode("utf-8") + b"\n"
-
-
-class Refused(resource.Resource):
-    """
-    The answer to a request the guard refused: C{code} with a one-line JSON
-    reason (and the basic-auth challenge a browser understands on 401).
-    """
-
-    isLeaf = True
-
-    def __init__(self, code: int, reason: str):
-        super().__init__()
-        self.code = code
-        self.reason = reason
-
-    def render(self, request) -> bytes:
-        if self.code == 401:
-            request.setHeader(b"www-authenticate", b'Basic realm="appliance admin"')
-        return json_body(request, {"error": self.reason}, self.code)
 
 
 class AdminRoot(resource.Resource):
@@ -62,12 +41,25 @@ class AdminRoot(resource.Resource):
     C{section}: C{cluster}, C{dns}, C{balancer:NAME} or C{node:NAME}.
     """
 
-    def __init__(self, reactor, cluster: ClusterConfig, section: str, services: Sequence[service.Service]):
+    def __init__(
+        self, reactor, cluster: ClusterConfig, section: str, services: Sequence[service.Service], registry=None
+    ):
         super().__init__()
         self.reactor = reactor
         self.cluster = cluster
         self.section = section
         self.services = list(services)
+        self.registry = registry
+        self.history = counters.History()
+        self.peers = Peers(reactor, cluster)
+
+    def sample(self) -> counters.Snapshot:
+        """
+        The counters now, kept in the history as they come due.
+        """
+        taken = counters.snapshot(self.registry)
+        self.history.offer(self.reactor.seconds(), taken)
+        return taken
 
     def identity(self) -> dict:
         """
@@ -85,10 +77,10 @@ class AdminRoot(resource.Resource):
         return json_body(request, dict(self.identity(), resources=["/" + p for p in paths]))
 
 
-class Identity(resource.Resource):
+class StatusResource(resource.Resource):
     """
-    C{/status.json} until the status of the services is mounted over it:
-    which section and process answer.
+    C{/status.json}: this listener's part of the status
+    (L{appliance.admin.status}).
     """
 
     isLeaf = True
@@ -98,7 +90,16 @@ class Identity(resource.Resource):
         self.root = root
 
     def render_GET(self, request) -> bytes:
-        return json_body(request, self.root.identity())
+        return json_body(request, status_of(self.root))
+
+
+def status_of(root: AdminRoot) -> dict:
+    from appliance.admin.status import process_status
+
+    now = root.reactor.seconds()
+    taken = root.sample()
+    history = root.history
+    return process_status(root, now, taken, history.last_hour(taken), history.rates(now, taken))
 
 
 class AdminSite(server.Site):
@@ -130,8 +131,9 @@ def build_root(reactor, cluster: ClusterConfig, section: str, services: Sequence
     """
     The admin resources of one listener.
     """
-    root = AdminRoot(reactor, cluster, section, services)
-    root.putChild(b"status.json", Identity(root))
+    root = AdminRoot(reactor, cluster, section, services, registry_for(services))
+    root.putChild(b"status.json", StatusResource(root))
+    root.putChild(b"cluster.json", ClusterResource(root, lambda: status_of(root), root.peers))
     root.putChild(b"metrics", MetricsResource(services))
     return root
 
@@ -158,18 +160,26 @@ class AdminService(service.Service):
         self.root = build_root(reactor, cluster, section, services)
         self.site = AdminSite(self.root, Guard.of(cluster))
         self.port = None
+        self.sampler = task.LoopingCall(self.root.sample)
+        self.sampler.clock = reactor
 
     def startService(self) -> None:
         super().startService()
         self.port = listen_tcp(self.reactor, self.address, self.site, self.reuse_port)
+        self.sampler.start(self.root.history.recent.every, now=True).addErrback(
+            lambda f: log.failure("sampling the counters failed", f)
+        )
         log.info("admin listener of [{section}] on http://{address}/", section=self.root.section, address=str(self.address))
 
     def stopService(self):
         super().stopService()
+        if self.sampler.running:
+            self.sampler.stop()
         port, self.port = self.port, None
+        closing = [self.root.peers.close()]
         if port is not None:
-            return port.stopListening()
-        return None
+            closing.append(defer.maybeDeferred(port.stopListening))
+        return defer.gatherResults(closing)
 
 
 def admin_address(cluster: ClusterConfig, section: str) -> Optional[Address]:

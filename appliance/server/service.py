@@ -118,6 +118,9 @@ class SessionServerService(service.Service):
         self.node.on_drain_request = lambda: self.reactor.callLater(0, self.reactor.stop)
         self._ports = []
         self._loops = []
+        # The last heartbeat round trip to each peer and witness, in seconds
+        # (the admin status shows it).
+        self.round_trips: Dict[str, float] = {}
 
     def _connected(self, peer: str) -> bool:
         link = self.links.get(peer)
@@ -164,6 +167,7 @@ class SessionServerService(service.Service):
             self.quorum.refused(peer)
 
     def _beat(self, peer: str, answer, asked_at: float) -> None:
+        self.round_trips[peer] = self.now() - asked_at
         why = self.quorum.beat(peer, answer, asked_at)
         if why is not None:
             self._end(why)
