@@ -6,15 +6,17 @@ timeout; one that does not answer in time is shown down.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Callable, List, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
+from appliance.admin.auth import Guard
 from appliance.admin.web import answer_later
 from appliance.config import Address, ClusterConfig
 
@@ -59,49 +61,81 @@ def assemble(cluster: ClusterConfig, asked_by: str, answers: dict) -> dict:
     return {"cluster": cluster.cluster.name, "asked_by": asked_by, "sections": out}
 
 
+class _QuietPool(HTTPConnectionPool):
+    """
+    A pool whose connections do not log each start and stop (one a second
+    per peer while the status page is open).
+    """
+
+    class _factory(HTTPConnectionPool._factory):
+        noisy = False
+
+
 class Peers:
     """
-    Asks the other admin listeners.  C{credential}: the bearer token sent
-    to them (C{[cluster] admin_token}; C{None} without one, reads are open).
+    Asks the other admin listeners.  Reads carry C{[cluster] admin_token}
+    when there is one (without, reads are open); operations carry the
+    credential of L{appliance.admin.auth.Guard}.
     """
 
     def __init__(self, reactor, cluster: ClusterConfig, timeout: float = TIMEOUT):
         self.reactor = reactor
         self.cluster = cluster
         self.timeout = timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool = _QuietPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 1
         self.pool.cachedConnectionTimeout = 30
         self.agent = Agent(reactor, connectTimeout=timeout, pool=self.pool)
-        token = cluster.cluster.admin_token
-        self.headers = Headers({b"authorization": [b"Bearer " + token.encode("utf-8")]} if token else {})
+        guard = Guard.of(cluster)
+        self.read_headers = {b"authorization": [b"Bearer " + guard.token]} if guard.token else {}
+        self.operation_headers = {b"authorization": [b"Bearer " + guard.credential],
+                                  b"content-type": [b"application/json"]}
 
     def close(self) -> defer.Deferred:
         return self.pool.closeCachedConnections()
+
+    def call(self, address: Address, method: bytes, path: str, body: Optional[dict] = None,
+             timeout: Optional[float] = None) -> defer.Deferred:
+        """
+        Fires with (HTTP code, JSON document) from the admin listener at
+        C{address}; fails when it does not answer within C{timeout} (the
+        peers' timeout by default) or answers no JSON object.
+        """
+        url = f"http://{address}{path}".encode("ascii")
+        if body is None:
+            d = self.agent.request(method, url, Headers(self.read_headers))
+        else:
+            payload = FileBodyProducer(io.BytesIO(json.dumps(body).encode("utf-8")))
+            d = self.agent.request(method, url, Headers(self.operation_headers), payload)
+
+        def answered(response):
+            return readBody(response).addCallback(lambda raw: (response.code, parse(raw)))
+
+        def parse(raw: bytes) -> dict:
+            document = json.loads(raw)
+            if not isinstance(document, dict):
+                raise ValueError("answered no JSON object")
+            return document
+
+        d.addCallback(answered)
+        d.addTimeout(self.timeout if timeout is None else timeout, self.reactor)
+        return d
 
     def ask(self, section: str, address: Address) -> defer.Deferred:
         """
         Fires with the section's status, or L{down} saying why not.
         """
-        url = f"http://{address}/status.json".encode("ascii")
-        d = self.agent.request(b"GET", url, self.headers)
 
-        def answered(response):
-            if response.code != 200:
-                return readBody(response).addCallback(lambda _: down(section, f"HTTP {response.code}"))
-            return readBody(response).addCallback(parsed)
-
-        def parsed(body: bytes):
-            try:
-                document = json.loads(body)
-            except ValueError:
-                return down(section, "answered no JSON")
-            if not isinstance(document, dict) or document.get("section") != section:
+        def answered(result):
+            code, document = result
+            if code != 200:
+                return down(section, f"HTTP {code}")
+            if document.get("section") != section:
                 return down(section, "answered for another section")
             return document
 
+        d = self.call(address, b"GET", "/status.json")
         d.addCallback(answered)
-        d.addTimeout(self.timeout, self.reactor)
         d.addErrback(lambda f: down(section, f.getErrorMessage() or f.type.__name__))
         return d
 

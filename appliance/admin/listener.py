@@ -15,7 +15,6 @@ counters both C{/metrics} and the status read.
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 from twisted.application import service
@@ -23,7 +22,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from appliance.admin import counters
+from appliance.admin import counters, operations
+from appliance.admin.page import StatusPage
 from appliance.admin.cluster import ClusterResource, Peers
 from appliance.admin.auth import READS, Guard, local_host
 from appliance.admin.web import Refused, json_body
@@ -52,6 +52,7 @@ class AdminRoot(resource.Resource):
         self.registry = registry
         self.history = counters.History()
         self.peers = Peers(reactor, cluster)
+        self.putChild(b"status", StatusPage())
 
     def sample(self) -> counters.Snapshot:
         """
@@ -61,20 +62,10 @@ class AdminRoot(resource.Resource):
         self.history.offer(self.reactor.seconds(), taken)
         return taken
 
-    def identity(self) -> dict:
-        """
-        Who answers: this listener's section and process.
-        """
-        return {"section": self.section, "pid": os.getpid()}
-
     def getChild(self, path: bytes, request):
         if path == b"":
-            return self
+            return self.children[b"status"]
         return Refused(404, "no such admin resource")
-
-    def render_GET(self, request) -> bytes:
-        paths = sorted(p.decode("ascii") for p in self.children)
-        return json_body(request, dict(self.identity(), resources=["/" + p for p in paths]))
 
 
 class StatusResource(resource.Resource):
@@ -115,6 +106,11 @@ class AdminSite(server.Site):
         self.guard = guard
         self.noisy = False
 
+    def log(self, request) -> None:
+        """
+        No access log: the status page asks every second or two.
+        """
+
     def getResourceFor(self, request):
         if self.guard.token is None and not local_host(request.getHeader(b"host")):
             return Refused(403, "without [cluster] admin_token the admin listener answers only to localhost")
@@ -135,6 +131,7 @@ def build_root(reactor, cluster: ClusterConfig, section: str, services: Sequence
     root.putChild(b"status.json", StatusResource(root))
     root.putChild(b"cluster.json", ClusterResource(root, lambda: status_of(root), root.peers))
     root.putChild(b"metrics", MetricsResource(services))
+    operations.mount(root)
     return root
 
 

@@ -123,4 +123,6 @@ def process_status(root, now: float, taken: Snapshot, grown: Snapshot, rates: Op
         elif isinstance(service, DnsService):
             status.update(dns_status(service, root.cluster.cluster.name, rates))
     status.setdefault("kind", "supervisor")
+    # A process that answers is up; a node may say draining or isolated.
+    status.setdefault("state", "up")
     return status

@@ -5,12 +5,21 @@ What every admin resource answers with: JSON documents and refusals.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
+from twisted.logger import Logger
 from twisted.web import resource
 
+log = Logger()
 
-def json_body(request, document, code: int = 200) -> bytes:
-    request.setResponseCode(code)
+
+def json_body(request, document, code: Optional[int] = 200) -> bytes:
+    """
+    C{document} as the JSON answer, with C{code} (C{None}: the code set
+    already).
+    """
+    if code is not None:
+        request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(document, sort_keys=True).encode("utf-8") + b"\n"
@@ -37,23 +46,23 @@ class Refused(resource.Resource):
 
 def answer_later(request, d) -> None:
     """
-    Write the document C{d} fires with (a JSON error 500 if it fails),
-    unless the client has gone.
+    Write the document C{d} fires with, with the code set by then (a JSON
+    error 500 if it fails), unless the client has gone.
     """
     gone = []
     request.notifyFinish().addErrback(lambda _: gone.append(True))
 
-    def write(document):
+    def send(body: bytes) -> None:
         if not gone:
-            request.write(json_body(request, document))
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
             request.finish()
 
     def failed(failure):
-        from twisted.logger import Logger
+        log.failure("an admin answer failed", failure)
+        send(json_body(request, {"error": failure.getErrorMessage()}, 500))
 
-        Logger().failure("an admin answer failed", failure)
-        if not gone:
-            request.write(json_body(request, {"error": failure.getErrorMessage()}, 500))
-            request.finish()
+    def write(document):
+        send(json_body(request, document, None))
 
     d.addCallbacks(write, failed)
