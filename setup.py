@@ -20,6 +20,7 @@ setup(
         "appliance.integrations",
         "appliance.testing",
         "appliance.client",
+        "appliance.admin",
         "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/appliance_plugin.py"]},
@@ -43,7 +44,9 @@ setup(
         # hypothesis: property tests of the session rules; dnspython: an
         # independent resolver for the DNS end-to-end test; redis: the
         # benchmark's central-store baseline; the frameworks: the adapters'
-        # tests and examples.  (No treq: it requires twisted[tls].)
-        "test": ["hypothesis>=6", "dnspython>=2.3", "redis>=4"] + FLASK + DJANGO + PYRAMID,
+        # tests and examples; websocket-client: the browser test drives
+        # headless Chromium over the DevTools protocol.  (No treq: it
+        # requires twisted[tls].)
+        "test": ["hypothesis>=6", "dnspython>=2.3", "redis>=4", "websocket-client>=1.6"] + FLASK + DJANGO + PYRAMID,
     },
 )
