@@ -38,9 +38,11 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-from proc import children_of, cpu_seconds  # bench/ is on sys.path when run as a script
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.proc import cpu_seconds  # noqa: E402
+from tests.helpers import children_of  # noqa: E402
 SID = "AAAAAAAAAAAAAAAAAAAAAA"
 COOKIE = f"APPSESSION={SID}!b1!"
 

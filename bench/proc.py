@@ -5,7 +5,7 @@ Process measurements the benchmarks share.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Optional
 
 
 def cpu_seconds(pid: Optional[int]) -> float:
@@ -32,20 +32,3 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise ValueError(f"no VmRSS for {pid}")
-
-
-def children_of(pid: int) -> List[int]:
-    """
-    The processes whose parent is C{pid} (from /proc).
-    """
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appliance import cookie
 from appliance.core.store import Fenced, TooLarge
+from appliance.server import protection
 from appliance.server.errors import NotServing, Unprotected
 
 from .sim import Sim
@@ -435,6 +436,48 @@ class FailoverTests(Base):
         new = cookie.decode(outcome.cookie, self.s.config.node_names)
         self.assertEqual((new.primary, new.secondary), ("s3", "s2"))
         self.assertEqual(self.s.servers["s2"].node.store.get(self.route.sid).values, {"cart": b'["apple"]'})
+
+
+class SliceTests(Base):
+    """
+    Mass re-protection and promotion go a slice at a time (SLICE is 4 here).
+    """
+
+    def setUp(self):
+        self.patch(protection, "SLICE", 4)
+        self.sim()
+        self.routes = [self.start([f"item{i}"]) for i in range(10)]
+
+    def secondaries(self, name):
+        return sorted(str(self.s.servers[name].node.store.get(r.sid).secondary) for r in self.routes)
+
+    def test_reprotection_goes_a_slice_at_a_time(self):
+        """A lost secondary's sessions are re-protected a slice at a time, the next once the last is acknowledged."""
+        self.assertEqual(self.secondaries("s1"), ["s3"] * 10)
+        self.s.kill("s3")
+        self.assertEqual(self.secondaries("s1"), ["s2"] * 4 + ["s3"] * 6)
+        self.s.run(1.0)
+        self.assertEqual(self.secondaries("s1"), ["s2"] * 10)
+        for r in self.routes:
+            self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).secondary, "s2")
+
+    def test_promotion_goes_a_slice_at_a_time(self):
+        """A dead primary's sessions are promoted a slice at a time (one look-up each); in the end every one has two copies."""
+        asked = []
+        call = self.s.call
+
+        def record(caller, peer, method, *args):
+            asked.append((caller.name, peer, method))
+            return call(caller, peer, method, *args)
+
+        self.patch(self.s, "call", record)
+        self.s.kill("s1")
+        self.s.run(1.0)
+        self.assertEqual(asked.count(("s3", "s2", "locate")), 3)
+        for r in self.routes:
+            promoted = self.s.servers["s3"].node.store.get(r.sid)
+            self.assertEqual((promoted.primary, promoted.secondary, promoted.epoch), ("s3", "s2", 2))
+            self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).epoch, 2)
 
 
 class MonotonicExpiryTests(SynchronousTestCase):

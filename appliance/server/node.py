@@ -440,14 +440,13 @@ class SessionNode:
         self.protection.watch(peer)
 
     def reprotect_all(self, peer: str) -> int:
-        sessions = self.store.backed_by(peer)
-        for session in sessions:
-            self.protection.locked(
-                session.sid, lambda s, peer=peer: self.protection.protect(s, exclude=(peer,)) if s.secondary == peer else None
-            )
-        if sessions:
-            log.info("{peer} lost: re-protecting {n} sessions", peer=peer, n=len(sessions))
-        return len(sessions)
+        sids = [s.sid for s in self.store.backed_by(peer)]
+        if sids:
+            log.info("{peer} lost: re-protecting {n} sessions", peer=peer, n=len(sids))
+            self.protection.in_slices(
+                sids, lambda s, peer=peer: self.protection.protect(s, exclude=(peer,)) if s.secondary == peer else None
+            ).addErrback(self.background_failure)
+        return len(sids)
 
     def dead(self, peer: str, incarnation: int) -> None:
         """
@@ -464,8 +463,10 @@ class SessionNode:
         """
         d = self.protection.resync(peer)
         if self.settings.reprotect == "eager":
-            for session in self.store.backed_by(None):
-                self.protection.locked(session.sid, lambda s: self.protection.protect(s) if s.secondary is None else None)
+            self.protection.in_slices(
+                [s.sid for s in self.store.backed_by(None)],
+                lambda s: self.protection.protect(s) if s.secondary is None else None,
+            ).addErrback(self.background_failure)
         return d
 
     def resync(self, peer: str) -> defer.Deferred:

@@ -34,8 +34,9 @@ log = Logger()
 #: Digest entries per part, about: a part and its answer stay far below
 #: Banana's 640 KiB string limit and take the reactor milliseconds.
 DIGEST_PART = 10_000
-#: Full states a resync sends before it waits for them.
-RESEND = 1000
+#: Sessions a mass re-protection, promotion or resync handles at once
+#: before it waits for them and lets the reactor run.
+SLICE = 1000
 
 
 @frozen
@@ -287,7 +288,10 @@ class Protection:
         Become primary of the backups held here whose primary was C{peer} at
         C{incarnation} (voted dead), unless another server holds a newer
         copy: then ours is stale and goes.  Asks again each heartbeat while
-        a server that may hold a newer copy does not answer.
+        a server that may hold a newer copy does not answer.  A slice of
+        L{SLICE} sessions at a time: looked up together, promoted together
+        (their full states leave for the new secondaries in one call), the
+        reactor free between slices.
         """
         node = self.node
         promoted = dropped = 0
@@ -298,23 +302,28 @@ class Protection:
             orphans = self.store.orphans(peer, incarnation)
             if not orphans:
                 break
-            # The peer is asked too: a new incarnation of it may hold a copy
-            # as new as ours (it promotes its own orphans); its dead one is
-            # skipped by locate.
-            known = self.quorum.incarnation_of(peer)
-            found, missing = yield self.locate([s.sid for s in orphans])
-            if missing:
-                yield self.settle(missing, node.settings.takeover_wait)
-                continue
             again = False
-            for session in orphans:
-                outcome = yield self._promote_one(session.sid, peer, incarnation, found[session.sid], known)
-                if outcome == "promoted":
-                    promoted += 1
-                elif outcome == "dropped":
-                    dropped += 1
-                elif outcome == "again":
+            for i in range(0, len(orphans), SLICE):
+                if not self.quorum.may_serve():
                     again = True
+                    break
+                part = orphans[i : i + SLICE]
+                # The peer is asked too: a new incarnation of it may hold a
+                # copy as new as ours (it promotes its own orphans); its dead
+                # one is skipped by locate.
+                known = self.quorum.incarnation_of(peer)
+                found, missing = yield self.locate([s.sid for s in part])
+                if missing:
+                    yield self.settle(missing, node.settings.takeover_wait)
+                    again = True
+                    break
+                outcomes = yield defer.gatherResults(
+                    [self._promote_one(s.sid, peer, incarnation, found[s.sid], known) for s in part]
+                )
+                promoted += outcomes.count("promoted")
+                dropped += outcomes.count("dropped")
+                again = again or "again" in outcomes
+                yield task.deferLater(node.clock, 0, lambda: None)
             if not again:
                 break
         if promoted or dropped:
@@ -366,7 +375,7 @@ class Protection:
         Send C{peer} our digest of the sessions it backs, a part at a time
         (L{DIGEST_PART} entries or so, each answered with the sids that
         differ), then, in the background, the full state of each of those,
-        L{RESEND} at a time.  Fires, once the digest is through, with how
+        L{SLICE} at a time.  Fires, once the digest is through, with how
         many are resent.
         """
         node = self.node
@@ -391,20 +400,30 @@ class Protection:
             self._resend(peer, resend).addErrback(node.background_failure)
         return len(resend)
 
-    @defer.inlineCallbacks
-    def _resend(self, peer: str, sids: List[str]):
+    def _resend(self, peer: str, sids: List[str]) -> defer.Deferred:
         """
-        The full state of C{sids} to C{peer}, each under its lock, a slice
-        at a time (in sync mode the next slice waits for the acknowledgement
-        of this one), yielding the reactor between slices.
+        The full state of C{sids} to C{peer}, each under its lock.
         """
         node = self.node
-        for i in range(0, len(sids), RESEND):
-            if node.stopped or not node.connected(peer):
+        return self.in_slices(
+            sids,
+            lambda s: self.deliver(peer, s.full(node.now())) if s.secondary == peer else None,
+            lambda: not node.stopped and node.connected(peer),
+        )
+
+    @defer.inlineCallbacks
+    def in_slices(self, sids: List[str], work, go_on=lambda: True):
+        """
+        Run C{work(session)} (see L{locked}) on each of C{sids}, L{SLICE} at a
+        time: in sync mode the next slice waits until this one is
+        acknowledged, and the reactor runs between slices, so that a mass
+        re-protection or resync neither stalls the requests in flight nor
+        queues a million records at once.  Stops early once C{go_on()} is
+        false.
+        """
+        node = self.node
+        for i in range(0, len(sids), SLICE):
+            if not go_on():
                 return
-            work = [
-                self.locked(sid, lambda s: self.deliver(peer, s.full(node.now())) if s.secondary == peer else None)
-                for sid in sids[i : i + RESEND]
-            ]
-            yield defer.DeferredList(work)
+            yield defer.DeferredList([self.locked(sid, work) for sid in sids[i : i + SLICE]])
             yield task.deferLater(node.clock, 0, lambda: None)
