@@ -4,6 +4,7 @@ each runtime, behind several backends, with 1 or more processes.
 
     python3 bench/balancer.py [--duration 4] [--rounds 3] [--connections 32]
         [--runtime python3,.pypy/bin/python] [--backend own,nginx,cart] [--processes 1,2]
+        [--metrics both]
 
 Everything runs on 127.0.0.1 with free ports.  For each backend and each
 process count N: the backend, HAProxy (C{nbthread N}, keep-alive,
@@ -21,6 +22,10 @@ the session cookie; C{nginx} (Debian nginx-light, one worker) answering a
 fixed 28-byte JSON body; C{cart}, a real session server (single node, the
 demo cart, C{--backend-runtime}) answering C{GET /cart} for 200 pre-created sessions whose
 cookies the Lua script rotates.  Every child is stopped at the end.
+
+With C{--metrics both}, ours runs twice on each runtime in the same rounds,
+as shipped and with C{[cluster] metrics = no} (C{ours-LABEL-nometrics}),
+and the report gives their ratio: what the counting behind /metrics costs.
 """
 
 from __future__ import annotations
@@ -358,16 +363,20 @@ def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str
         procs.append(haproxy)
         targets: Dict[str, Tuple[int, List[int]]] = {"direct": (backend_port, []), "haproxy": (haproxy_port, [])}
         ours_procs = {}
+        variants = [""] + (["-nometrics"] if args.metrics == "both" else [])
         for label, runtime in runtimes.items():
-            port = free_port()
-            with open(ini) as f:
-                text = f.read().replace(f"listen = 127.0.0.1:{ours_port}", f"listen = 127.0.0.1:{port}")
-            path = os.path.join(tmp, f"{kind}-{processes}-{label}.ini")
-            with open(path, "w") as f:
-                f.write(text)
-            proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=ROOT)
-            procs.append(proc)
-            ours_procs[label] = (port, proc)
+            for variant in variants:
+                port = free_port()
+                with open(ini) as f:
+                    text = f.read().replace(f"listen = 127.0.0.1:{ours_port}", f"listen = 127.0.0.1:{port}")
+                if variant:
+                    text = text.replace("[cluster]\n", "[cluster]\nmetrics = no\n", 1)
+                path = os.path.join(tmp, f"{kind}-{processes}-{label}{variant}.ini")
+                with open(path, "w") as f:
+                    f.write(text)
+                proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=ROOT)
+                procs.append(proc)
+                ours_procs[label + variant] = (port, proc)
         wait_http(haproxy_port)
         for label, (port, proc) in ours_procs.items():
             if processes > 1:
@@ -380,7 +389,9 @@ def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str
             wrk(port, 2, args.connections, args.threads, script)
         results: Dict[str, List[Tuple[float, float, float]]] = {n: [] for n in targets}
         for r in range(args.rounds):
-            for name, (port, pids) in targets.items():
+            # Every other round in reverse order: no target always runs right after the same one.
+            order = list(targets.items())
+            for name, (port, pids) in order[::-1] if r % 2 else order:
                 got = measure(port, pids, args.duration, args.connections, args.threads, script)
                 if got is not None:
                     results[name].append(got)
@@ -413,6 +424,59 @@ def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str
             stop(proc)
 
 
+def request_cost(metrics: bool, requests: int) -> float:
+    """
+    CPU microseconds per request through the balancer's protocols in
+    process (a memory reactor and string transports, one kept-alive
+    server connection), with C{[cluster] metrics} as given: the counting
+    the HTTP runs compare, without their noise.
+    """
+    sys.path.insert(0, ROOT)
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from appliance.balancer.frontend import FrontendFactory
+    from appliance.balancer.service import Balancer
+    from appliance.config import ClusterConfig
+
+    text = CLUSTER_INI.format(port=8080, backend=9001, replication=9101, processes=1)
+    if not metrics:
+        text = text.replace("[cluster]\n", "[cluster]\nmetrics = no\n", 1)
+    cluster = ClusterConfig.from_string(text)
+    reactor = MemoryReactorClock()
+    balancer = Balancer(reactor, cluster, cluster.balancers[0])
+    client = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
+    front = FrontendFactory(balancer, False).buildProtocol(None)
+    front.makeConnection(client)
+    request = f"GET /cart HTTP/1.1\r\nHost: x\r\nCookie: {COOKIE}\r\n\r\n".encode("ascii")
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    front.dataReceived(request)
+    server = reactor.tcpClients[-1][2].buildProtocol(None)
+    wire = StringTransport()
+    server.makeConnection(wire)
+    server.dataReceived(response)
+    started = time.process_time()
+    for _ in range(requests):
+        front.dataReceived(request)
+        server.dataReceived(response)
+        client.clear()
+        wire.clear()
+    return 1e6 * (time.process_time() - started) / requests
+
+
+def metrics_cost(rounds: int, requests: int = 10000) -> Dict[str, float]:
+    """
+    L{request_cost} with metrics on and off in alternating rounds (which
+    goes first alternates too); the median of each.
+    """
+    on: List[float] = []
+    off: List[float] = []
+    for i in range(rounds):
+        for counting in (True, False) if i % 2 else (False, True):
+            (on if counting else off).append(request_cost(counting, requests))
+    return {"on": statistics.median(on), "off": statistics.median(off)}
+
+
 def report(kind: str, processes: int, summary, runtimes: Dict[str, str], args) -> None:
     median, cpu, half = summary["median"], summary["cpu"], summary["half"]
     print(f"backend {kind}, {processes} process(es) / haproxy nbthread {processes}, "
@@ -427,6 +491,25 @@ def report(kind: str, processes: int, summary, runtimes: Dict[str, str], args) -
               f"cpu/request {cpu[ours] / cpu['haproxy']:.2f}x haproxy's   "
               f"p99 added at {h['rate']:.0f} req/s: ours {h[ours] - h['direct']:.2f} ms, haproxy {h['haproxy'] - h['direct']:.2f} ms")
     print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x", flush=True)
+    for label in runtimes:
+        ours, off = f"ours-{label}", f"ours-{label}-nometrics"
+        if off in median:
+            value = median[ours] / median[off]
+            verdict = "met" if value >= 0.97 else f"MISSED by {100 * (1 - value / 0.97):.1f}%"
+            print(f"  metrics cost: {ours}/{off} {value:.3f}   target >= 0.97: {verdict}   "
+                  f"cpu/request {cpu[ours]:.1f} vs {cpu[off]:.1f} us", flush=True)
+    cost = summary.get("metrics_cost")
+    if cost:
+        added = cost["on"] - cost["off"]
+        for label in runtimes:
+            if runtimes[label] != sys.executable:
+                continue  # measured in process on this interpreter only
+            off = f"ours-{label}-nometrics"
+            value = cpu[off] / (cpu[off] + added)
+            verdict = "met" if value >= 0.97 else "MISSED"
+            print(f"  in process ({sys.implementation.name}): metrics on {cost['on']:.2f} us/request, off "
+                  f"{cost['off']:.2f}; against {off}'s {cpu[off]:.1f} us CPU per request, "
+                  f"on/off = {value:.3f}   target >= 0.97: {verdict}", flush=True)
 
 
 def main() -> int:
@@ -442,6 +525,8 @@ def main() -> int:
                         help="the interpreter of the own and cart backends (default: this one)")
     parser.add_argument("--backend", default="own", help="comma-separated: own, nginx, cart (default own)")
     parser.add_argument("--processes", default="1", help="comma-separated process counts (default 1)")
+    parser.add_argument("--metrics", choices=("on", "both"), default="on",
+                        help="both: ours also with [cluster] metrics = no, side by side, and their ratio")
     parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_backend:
@@ -463,6 +548,8 @@ def main() -> int:
             for processes in [int(p) for p in args.processes.split(",")]:
                 print(f"== backend {kind}, {processes} process(es)", flush=True)
                 summary = one_setup(args, tmp, kind, processes, runtimes)
+                if args.metrics == "both":
+                    summary["metrics_cost"] = metrics_cost(16)
                 report(kind, processes, summary, runtimes, args)
         return 0
     finally:

@@ -4,6 +4,7 @@ The replication benchmark: what keeping a session on a secondary costs.
     python3 bench/replication.py                 # 3 rounds x 5 s per configuration
     python3 bench/replication.py --duration 10 --rounds 3 --profile 8
     python3 bench/replication.py --runtime python3,.pypy/bin/python --modes off,sync
+    python3 bench/replication.py --modes sync --metrics both --skip-memory
 
 1. Session-write throughput (C{wrk -t1 -c32}, C{POST /cart/items} on a pool
    of pre-created sessions, cookies rotated by the Lua script) against one
@@ -26,6 +27,10 @@ With C{--runtime A,B}, the session servers' modes (off, sync, async,
 batched) run under each interpreter in the same rounds: C{sync} is the first,
 C{sync@pypy} the same configuration under the second, and the summary gives
 each against the first runtime and against C{off} on its own runtime.
+
+With C{--metrics both}, each session-server mode also runs with
+C{[cluster] metrics = no} (C{sync-nometrics}) in the same rounds, and the
+summary gives their ratio: what the counting behind /metrics costs.
 
 Everything listens on 127.0.0.1 on free ports; every child process is killed
 at the end, on error too.  Run from anywhere; the servers run with
@@ -61,6 +66,8 @@ TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfil
 #: Interpreters by label (C{--runtime}); "" is the first, whose modes carry no suffix.
 RUNTIMES: Dict[str, str] = {"": sys.executable}
 MODES = ("off", "sync", "async", "batched", "redis", "redis-1hop", "baseline")
+#: The suffix of a mode run with [cluster] metrics = no.
+NOMETRICS = "-nometrics"
 SECRET = "bench-secret-123"
 
 
@@ -150,7 +157,8 @@ def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
 
 
 def cluster_ini(
-    mode: str, nodes: Dict[str, Dict[str, int]], batch_count: int, batch_interval: str, app_threads: str = "no"
+    mode: str, nodes: Dict[str, Dict[str, int]], batch_count: int, batch_interval: str, app_threads: str = "no",
+    metrics: bool = True,
 ) -> str:
     replication = "sync" if mode == "off" else mode
     text = textwrap.dedent(
@@ -159,6 +167,8 @@ def cluster_ini(
         name = bench.cluster.test
         secret = {SECRET}
         cookie = APPSESSION
+        metrics = {"yes" if metrics else "no"}
+        rebalance_rate = 0
         replication = {replication}
         batch_count = {batch_count}
         batch_interval = {batch_interval}
@@ -198,7 +208,9 @@ class Setup:
         self.secondary_port = secondary_port
 
 
-def start_appliance(children: Children, workdir: str, mode: str, args, run_id: str, python: str = sys.executable) -> Setup:
+def start_appliance(
+    children: Children, workdir: str, mode: str, args, run_id: str, python: str = sys.executable, metrics: bool = True
+) -> Setup:
     """
     Mode C{baseline} is C{sync} run from another checkout (C{--baseline}):
     the same bench, side by side, against an earlier version of the code.
@@ -208,7 +220,7 @@ def start_appliance(children: Children, workdir: str, mode: str, args, run_id: s
     conf = os.path.join(workdir, f"{run_id}.ini")
     replication, cwd = ("sync", args.baseline) if mode == "baseline" else (mode, ROOT)
     with open(conf, "w") as f:
-        f.write(cluster_ini(replication, nodes, args.batch_count, args.batch_interval, args.app_threads))
+        f.write(cluster_ini(replication, nodes, args.batch_count, args.batch_interval, args.app_threads, metrics))
     procs = {}
     for name in names:
         argv = [python] + TWISTD + ["appliance", "--config", conf, "--node", name, "--roles", "server"]
@@ -334,11 +346,12 @@ def run_wrk(port: int, script: str, duration: float, connections: int, timeout_s
 
 
 def one_run(children: Children, workdir: str, mode: str, args, run_id: str, profile: Optional[str] = None) -> dict:
-    mode, _, runtime = mode.partition("@")
+    metrics = not mode.endswith(NOMETRICS)
+    mode, _, runtime = mode[: len(mode) - (0 if metrics else len(NOMETRICS))].partition("@")
     if mode.startswith("redis"):
         setup = start_redis(children, workdir, run_id, "onehop" if mode == "redis-1hop" else "wsgiresource")
     else:
-        setup = start_appliance(children, workdir, mode, args, run_id, RUNTIMES[runtime])
+        setup = start_appliance(children, workdir, mode, args, run_id, RUNTIMES[runtime], metrics)
     try:
         cookies = create_sessions(setup.port, args.sessions)
         if mode in ("sync", "async", "batched", "baseline"):
@@ -546,6 +559,55 @@ def wire_sizes(session_bytes: int = 100 * 1024) -> dict:
     }
 
 
+def write_cost(metrics: bool, writes: int) -> float:
+    """
+    CPU microseconds per session write in process (CPU time, not wall
+    time: other load on the machine counts less): the primary's commit, the
+    replicator's batch and its answer, the backup's apply, with
+    C{[cluster] metrics} as given (the counting the HTTP runs compare,
+    without their noise).
+    """
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from appliance.config import ClusterConfig
+    from appliance.core.session import SessionData
+    from appliance.core.store import Store
+    from appliance.replication.replicator import Replicator
+
+    nodes = {"s1": {"http": 9001, "replication": 9101}, "s2": {"http": 9002, "replication": 9102}}
+    settings = ClusterConfig.from_string(cluster_ini("sync", nodes, 100, "1s", metrics=metrics)).cluster
+    primary, backup = Store("s1", 1800.0, counting=metrics), Store("s2", 1800.0, counting=metrics)
+    clock = Clock()
+    replicator = Replicator(clock, settings, lambda peer, method, chunks: defer.succeed(b"\x00"), lambda: 600)
+    sid = "A" * 22
+    data = SessionData()
+    data["cart"] = ["apple"]
+    backup.apply(primary.create(sid, data.changes(), "s2", 0.0), 0.0)
+    session = primary.get(sid)
+    started = time.process_time()
+    for i in range(writes):
+        view = SessionData(session.values)
+        view["counter"] = i
+        delta = primary.commit(session, view.changes(), 1.0)
+        replicator.send("s2", delta)
+        clock.advance(0)
+        backup.apply(delta, 1.0)
+    return 1e6 * (time.process_time() - started) / writes
+
+
+def metrics_cost(rounds: int, writes: int = 4000) -> dict:
+    """
+    L{write_cost} with metrics on and off in alternating rounds (which
+    goes first alternates too); the median of each.
+    """
+    on, off = [], []
+    for i in range(rounds):
+        for counting in (True, False) if i % 2 else (False, True):
+            (on if counting else off).append(write_cost(counting, writes))
+    return {"on": median(on), "off": median(off), "added": median(on) - median(off)}
+
+
 # -- 3. memory per session -------------------------------------------------
 
 MEMORY_CHILD = r"""
@@ -668,6 +730,8 @@ def main(argv=None) -> int:
                         help="after the rounds, one more run per --profile-modes of this many seconds under py-spy")
     parser.add_argument("--profile-modes", default="sync", help="modes to profile (default sync)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    parser.add_argument("--metrics", choices=("on", "both"), default="on",
+                        help="both: each session-server mode also with [cluster] metrics = no, side by side")
     parser.add_argument("--runtime", default=sys.executable,
                         help="comma-separated interpreters of the session servers, each with the appliance's "
                              "dependencies installed (default: this one)")
@@ -685,6 +749,8 @@ def main(argv=None) -> int:
             parser.error(f"runtime {runtime} does not run: {out.stderr.strip()[-300:]}")
         RUNTIMES[out.stdout.strip() if out.stdout.strip() not in RUNTIMES else runtime] = runtime
     modes += [f"{m}@{label}" for label in RUNTIMES if label for m in list(modes) if m in ("off", "sync", "async", "batched")]
+    if args.metrics == "both":
+        modes += [m + NOMETRICS for m in list(modes) if m.partition("@")[0] in ("off", "sync", "async", "batched")]
     if "baseline" in modes and not (args.baseline and os.path.isdir(os.path.join(args.baseline, "appliance"))):
         parser.error("mode baseline needs --baseline DIR, a checkout of the appliance")
     if args.rounds < 1 or args.rounds > 20 or not 0.5 <= args.duration <= 120:
@@ -711,7 +777,7 @@ def main(argv=None) -> int:
                     extra = ""
                     if "unreplicated_at_end" in r:
                         extra = f" unreplicated={r['unreplicated_at_end']}"
-                    print(f"  round {rnd} {mode:10s} {r['rps']:9.1f} req/s  latency avg {r['latency_avg']:>8s}  "
+                    print(f"  round {rnd} {mode:16s} {r['rps']:9.1f} req/s  latency avg {r['latency_avg']:>8s}  "
                           f"non-2xx {r['non2xx']}  cpu ms/req {cpu}{extra}  cart {r['sample_cart_items']}"
                           + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
             med = {m: median([r["rps"] for r in results[m]]) for m in modes}
@@ -725,6 +791,12 @@ def main(argv=None) -> int:
         summary["wire"] = w
         print(f"  session values {w['session_value_bytes']} B; full state {w['full']} B; "
               f"delta {w['delta']} B (keys {w['delta_keys']}); delta = {w['percent']:.3f}% of full")
+        if args.metrics == "both":
+            print("\n2b. the metrics' cost in process: commit, replicate, apply one write (CPU, median of 16 rounds)")
+            cost = metrics_cost(16)
+            summary["metrics_cost"] = cost
+            print(f"  metrics on {cost['on']:.2f} us/write, off {cost['off']:.2f} us/write: "
+                  f"the counting adds {cost['added']:.2f} us")
         if not args.skip_memory:
             print(f"\n3. memory, {args.memory_sessions} sessions of ~1 KB JSON (RSS growth in a fresh child)")
             mem = memory_per_session(args.memory_sessions)
@@ -767,7 +839,7 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
         for m in modes:
             runs = ", ".join(f"{r['rps']:.0f}" for r in results[m])
             cpu = ", ".join(f"{k} {v:.3f}" for k, v in summary["cpu"][m].items())
-            print(f"  {m:10s} {med[m]:9.1f} req/s (median; runs {runs})  CPU ms/request: {cpu}")
+            print(f"  {m:16s} {med[m]:9.1f} req/s (median; runs {runs})  CPU ms/request: {cpu}")
 
         def ratio(a: str, b: str, target: Optional[float] = None) -> None:
             if a in med and b in med and med[b]:
@@ -776,7 +848,7 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
                 if target is not None:
                     verdict = f"   target >= {target:g}: " + (
                         "met" if value >= target else f"MISSED by {100 * (1 - value / target):.0f}%")
-                print(f"  {a + '/' + b:16s} {value:6.2f}{verdict}")
+                print(f"  {a + '/' + b:24s} {value:6.3f}{verdict}")
 
         ratio("sync", "off", 0.7)
         ratio("sync", "baseline", 0.95)
@@ -788,6 +860,18 @@ def print_summary(summary: dict, results: dict, modes: List[str]) -> None:
             if label:
                 ratio(f"sync@{label}", "sync", 3.0)
                 ratio(f"sync@{label}", f"off@{label}", 0.85)
+        for m in modes:
+            if m + NOMETRICS in med:
+                ratio(m, m + NOMETRICS, 0.97)
+    cost = summary.get("metrics_cost")
+    if cost and med and "sync-nometrics" in med:
+        # What the counting adds in process, against the CPU one HTTP write
+        # costs the primary: the ratio without the HTTP runs' noise.
+        per_request = 1000.0 * summary["cpu"]["sync-nometrics"]["s1"]
+        value = per_request / (per_request + cost["added"])
+        verdict = "met" if value >= 0.97 else "MISSED"
+        print(f"  sync, metrics on/off from CPU: {per_request:.0f} us per write + {cost['added']:.2f} us "
+              f"counting = {value:.3f}   target >= 0.97: {verdict}")
     w = summary.get("wire")
     if w:
         verdict = "met" if w["percent"] <= 2.0 else "MISSED"

@@ -38,6 +38,20 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] -= 1
         self.sum -= value
 
+    def move(self, old, new) -> None:
+        """
+        L{forget} C{old} and L{observe} C{new}, in one call (a session
+        whose size changed).
+        """
+        bounds = self.bounds
+        i = bisect_left(bounds, old)
+        j = bisect_left(bounds, new)
+        if i != j:
+            counts = self.counts
+            counts[i] -= 1
+            counts[j] += 1
+        self.sum += new - old
+
     def cumulative(self) -> List[Tuple[float, int]]:
         """
         (upper bound, observations at or under it) per bucket, the last

@@ -281,8 +281,7 @@ class Store:
         for key in changes.removed:
             values.pop(key, None)
         if self.sizes is not None:
-            self.sizes.forget(session.size)
-            self.sizes.observe(size)
+            self.sizes.move(session.size, size)
         session.size = size
         session.version += 1
         timeout = self._timeout(changes, session.timeout)
@@ -443,8 +442,7 @@ class Store:
         for key in record.removed:
             local.size -= len(values.pop(key, b""))
         if self.sizes is not None:
-            self.sizes.forget(size)
-            self.sizes.observe(local.size)
+            self.sizes.move(size, local.size)
         local.version = record.version
         if (local.primary, local.secondary, local.primary_inc) != (record.primary, record.secondary, incarnation):
             self._relabel(local, record.primary, record.secondary, incarnation)

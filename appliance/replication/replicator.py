@@ -25,6 +25,9 @@ from appliance.replication.link import PeerUnavailable
 log = Logger()
 
 BATCH_BYTES = 1024 * 1024
+# The answer bytes counted for the metrics, and those that need no look.
+_GAP, _FENCED = int(Result.GAP), int(Result.FENCED)
+_ACKED = bytes([Result.OK, Result.DUPLICATE])
 
 
 class Unreadable(Exception):
@@ -226,8 +229,10 @@ class Replicator:
             counts = self.counts
             if counts is not None:
                 self.ack.observe(self.clock.seconds() - q.sent_at)
-                counts[q.peer].gaps += answer.count(Result.GAP)
-                self.fenced += answer.count(Result.FENCED)
+                refused = answer.translate(None, _ACKED)
+                if refused:
+                    counts[q.peer].gaps += refused.count(_GAP)
+                    self.fenced += refused.count(_FENCED)
         for (_, d), result in zip(batch, results):
             if result is None:
                 d.errback(Unreadable(q.peer))
