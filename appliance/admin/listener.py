@@ -24,6 +24,7 @@ from twisted.web import resource, server
 
 from appliance.admin import counters, operations
 from appliance.admin.page import StatusPage
+from appliance.admin.reload import ReloadResource
 from appliance.admin.cluster import ClusterResource, Peers
 from appliance.admin.auth import READS, Guard, local_host
 from appliance.admin.web import Refused, json_body
@@ -52,6 +53,9 @@ class AdminRoot(resource.Resource):
         self.registry = registry
         self.history = counters.History()
         self.peers = Peers(reactor, cluster)
+        #: The services of this process, L{appliance.service.ProcessServices}
+        #: (set as the listener starts): the reload runs there.
+        self.process = None
         self.putChild(b"status", StatusPage())
 
     def sample(self) -> counters.Snapshot:
@@ -132,6 +136,7 @@ def build_root(reactor, cluster: ClusterConfig, section: str, services: Sequence
     root.putChild(b"cluster.json", ClusterResource(root, lambda: status_of(root), root.peers))
     root.putChild(b"metrics", MetricsResource(services))
     operations.mount(root)
+    root.putChild(b"reload", ReloadResource(lambda: root.process))
     return root
 
 
@@ -162,6 +167,8 @@ class AdminService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        # The process's services (appliance.service.ProcessServices).
+        self.root.process = self.parent
         self.port = listen_tcp(self.reactor, self.address, self.site, self.reuse_port)
         self.sampler.start(self.root.history.recent.every, now=True).addErrback(
             lambda f: log.failure("sampling the counters failed", f)
