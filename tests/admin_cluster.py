@@ -2,7 +2,8 @@
 A running cluster with admin listeners, for the admin, command-line and
 browser tests: three session servers as real processes on free loopback
 ports, the balancer and the DNS responder in s1's process (``node = s1``),
-every section with its own admin address.
+every section with its own admin address.  No rebalancing: the tests
+look at where each session is.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class AdminCluster:
                     f"admin = {self.admin['balancer:lb1']}\n")
         dns_section = (f"\n[dns]\nlisten = 127.0.0.1:{dns}\nnode = s1\nttl = 1\ncheck_interval = 500ms\n"
                        f"admin = {self.admin['dns']}\n")
-        text, self.ports = cluster_ini(extra=extra, balancer=balancer, dns=dns_section)
+        text, self.ports = cluster_ini(extra="rebalance_rate = 0\n" + extra, balancer=balancer, dns=dns_section)
         for name in ("s1", "s2", "s3"):
             text = text.replace(f"[node:{name}]\n", f"[node:{name}]\nadmin = {self.admin['node:' + name]}\n", 1)
         self.dir = os.path.abspath(case.mktemp())
