@@ -293,8 +293,10 @@ class Leaving:
     def take(self, peer: str, incarnation: int, records: List[Full]):
         """
         Become primary (epoch + 1) of the sessions C{peer} hands over, each
-        under its lock, protected on a new secondary (not C{peer}) before
-        the answer leaves: a L{Take} per record.
+        under its lock, protected before the answer leaves: a L{Take} per
+        record.  The backup is the session's secondary if that is another
+        node, else C{peer} itself when it may hold a copy (a rebalance:
+        it is not draining), else the placement rule's pick.
         """
         node = self.node
         if node.draining or not node.quorum.may_serve():
@@ -320,7 +322,8 @@ class Leaving:
             # copy as the backup.  Otherwise the session keeps its
             # secondary when that one can back it still.
             secondary = peer if full.secondary == node.name else full.secondary
-            if secondary in (None, node.name) or not node.may_place(secondary):
+            pinned = node.me.secondary
+            if secondary in (None, node.name) or not node.may_place(secondary) or (pinned and secondary not in pinned):
                 secondary = node.pick_secondary((peer,))
             session = store.adopt(attrs.evolve(full, epoch=full.epoch + 1), secondary, now)
             taken.append((sid, session.epoch))

@@ -117,7 +117,7 @@ class Rebalancer:
         if budget <= 0:
             return []
         counts = yield self.counts()
-        if counts is None or len(counts) < 2:
+        if counts is None or len(counts) < 2 or not node.quorum.may_serve():
             return []
         store = node.store
         nodes = {name: node.cluster.node(name) for name in counts}
