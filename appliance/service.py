@@ -32,9 +32,10 @@ class ProcessServices(service.MultiService):
     #: the application this joins unless twistd was given its own.
     log_observer = None
 
-    def __init__(self, cluster: ClusterConfig):
+    def __init__(self, cluster: ClusterConfig, reactor=None):
         super().__init__()
         self.cluster = cluster
+        self.reactor = reactor
 
     def setServiceParent(self, parent) -> None:
         super().setServiceParent(parent)
@@ -43,7 +44,44 @@ class ProcessServices(service.MultiService):
             # twistd's AppLogger uses the application's ILogObserver.
             parent.setComponent(ILogObserver, observer)
 
+    #: The reload of this process (L{appliance.reload.Reloader}; what
+    #: SIGHUP and the admin listener's reload run), set by the plugin.
+    reloader = None
+    #: The services and children this process runs (all but --section).
+    layout = None
+
+    def reconfigure(self, cluster: ClusterConfig, changes) -> None:
+        """
+        Apply a reload to every service of this process (each that has a
+        C{reconfigure(cluster, changes)}) and to the children it supervises.
+        """
+        self.cluster = cluster
+        if self.log_observer is not None:
+            self.log_observer.log_format = cluster.cluster.log_format
+        for child in list(self):
+            reconfigure = getattr(child, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(cluster, changes)
+        if self.layout is not None:
+            self.layout.apply(cluster, changes)
+
+    def _hangup(self, signum, frame) -> None:
+        # Out of the signal handler, into the reactor's next turn.
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        self.reloader.reload().addErrback(self._reload_failed)
+
+    def _reload_failed(self, failure) -> None:
+        # A refused edit is already logged (one line) by the reloader.
+        if not failure.check(ConfigError):
+            log.failure("reload failed", failure)
+
     def startService(self) -> None:
+        if self.reloader is not None and self.reactor is not None:
+            import signal
+
+            signal.signal(signal.SIGHUP, self._hangup)
         try:
             super().startService()
         except CannotListenError as e:
@@ -97,6 +135,33 @@ class _Children:
         self.parent = parent
         self.monitor: Optional[ProcessMonitor] = None
 
+    def names(self) -> list:
+        return [] if self.monitor is None else list(self.monitor.processes)
+
+    def signal(self, signal_name: str, exclude=()) -> None:
+        """
+        Send C{signal_name} (C{"HUP"}) to every running child but those
+        named in C{exclude}.
+        """
+        if self.monitor is None:
+            return
+        for name, protocol in list(self.monitor.protocols.items()):
+            if name not in exclude and protocol.transport is not None and protocol.transport.pid is not None:
+                protocol.transport.signalProcess(signal_name)
+
+    def remove(self, name: str, kill_after: float) -> None:
+        """
+        Stop child C{name} for good: SIGTERM, and SIGKILL only if it has
+        not exited C{kill_after} seconds later (a server drains first).
+        """
+        if self.monitor is None or name not in self.monitor.processes:
+            return
+        usual, self.monitor.killTime = self.monitor.killTime, kill_after
+        try:
+            self.monitor.removeProcess(name)
+        finally:
+            self.monitor.killTime = usual
+
     def add(self, name: str, argv: list) -> None:
         if self.monitor is None:
             self.monitor = ProcessMonitor(reactor=self.reactor)
@@ -139,7 +204,7 @@ def make_service(
     process only supervises.  A balancer or responder with C{processes = N}
     is N supervised children sharing its addresses.
     """
-    top = ProcessServices(cluster)
+    top = ProcessServices(cluster, reactor)
     if section is not None:
         only = section_service(reactor, cluster, section)
         only.setServiceParent(top)
@@ -148,44 +213,92 @@ def make_service(
         )
         _admin(top, reactor, cluster, section, [only], reuse_port=processes > 1)
         return top
-    everything = node is None
-    executable = interpreter(cluster)
-    in_children = everything and cluster.cluster.runtime is not None
-    children = _Children(reactor, top)
-
-    def start(name: str, processes: int, make) -> None:
-        if processes == 1 and not in_children:
-            made = make()
-            made.setServiceParent(top)
-            _admin(top, reactor, cluster, name, [made])
-            return
-        for i in range(1, processes + 1):
-            children.add(name if processes == 1 else f"{name}#{i}", section_command(config_path, name, executable))
-
-    if cluster.dns is not None and "dns" in roles and (everything or cluster.dns.node == node):
+    layout = _Layout(reactor, top, config_path, node, roles, interpreter(cluster))
+    top.layout = layout
+    if cluster.dns is not None and "dns" in roles and (layout.everything or cluster.dns.node == node):
         from appliance.dns.service import DnsService
 
-        start("dns", cluster.dns.processes, lambda: DnsService(reactor, cluster))
-    if "balancer" in roles:
-        from appliance.balancer.service import BalancerService
-
-        for balancer in cluster.balancers:
-            if everything or balancer.node == node:
-                start(f"balancer:{balancer.name}", balancer.processes,
-                      lambda b=balancer: BalancerService(reactor, cluster, b))
+        layout.start(cluster, "dns", cluster.dns.processes, lambda: DnsService(reactor, cluster))
+    for balancer in layout.balancers(cluster):
+        layout.start_balancer(cluster, balancer)
     if "server" in roles:
-        if everything:
+        if layout.everything:
             for n in cluster.nodes:
-                children.add(n.name, child_command(config_path, n.name, executable))
+                layout.children.add(n.name, child_command(config_path, n.name, layout.executable))
         else:
             from appliance.server.service import SessionServerService
 
             server = SessionServerService(reactor, cluster, node)
             server.setServiceParent(top)
             _admin(top, reactor, cluster, f"node:{node}", [server])
-    if everything:
+    if layout.everything:
         _admin(top, reactor, cluster, "cluster", [])
     return top
+
+
+class _Layout:
+    """
+    Which services and supervised children this process runs, and how a
+    reload adds and removes them.
+    """
+
+    def __init__(self, reactor, top: "ProcessServices", config_path: str, node: Optional[str], roles: Sequence[str], executable: str):
+        self.reactor = reactor
+        self.top = top
+        self.config_path = config_path
+        self.node = node
+        self.roles = roles
+        self.everything = node is None
+        self.executable = executable
+        self.in_children = self.everything and top.cluster.cluster.runtime is not None
+        self.children = _Children(reactor, top)
+
+    def balancers(self, cluster: ClusterConfig):
+        if "balancer" not in self.roles:
+            return []
+        return [b for b in cluster.balancers if self.everything or b.node == self.node]
+
+    def start(self, cluster: ClusterConfig, name: str, processes: int, make) -> None:
+        if processes == 1 and not self.in_children:
+            made = make()
+            made.setServiceParent(self.top)
+            _admin(self.top, self.reactor, cluster, name, [made])
+            return
+        for i in range(1, processes + 1):
+            self.children.add(name if processes == 1 else f"{name}#{i}", section_command(self.config_path, name, self.executable))
+
+    def start_balancer(self, cluster: ClusterConfig, balancer) -> None:
+        from appliance.balancer.service import BalancerService
+
+        self.start(cluster, f"balancer:{balancer.name}", balancer.processes,
+                   lambda: BalancerService(self.reactor, cluster, balancer))
+
+    def apply(self, cluster: ClusterConfig, changes) -> None:
+        """
+        A reload: the children that stay re-read the file too (SIGHUP);
+        the balancers and session servers (all-in-one) it added start, and
+        those it removed stop (a session server drains first: SIGTERM,
+        with up to drain_timeout before the supervisor kills it).
+        """
+        self.children.signal("HUP", exclude=changes.removed)
+        for balancer in self.balancers(cluster):
+            if balancer.name in changes.balancers_added:
+                self.start_balancer(cluster, balancer)
+        for name in changes.balancers_removed:
+            self._stop(f"balancer:{name}")
+        if self.everything and "server" in self.roles:
+            for name in changes.added:
+                self.children.add(name, child_command(self.config_path, name, self.executable))
+            for name in changes.removed:
+                self.children.remove(name, cluster.cluster.drain_timeout + 5)
+
+    def _stop(self, section: str) -> None:
+        for name in self.children.names():
+            if name == section or name.startswith(section + "#"):
+                self.children.remove(name, 10)
+        for child in list(self.top):
+            if child.name == section:
+                self.top.removeService(child)
 
 
 def _admin(top, reactor, cluster: ClusterConfig, section: str, services: list, reuse_port: bool = False) -> None:

@@ -79,9 +79,11 @@ def makeService(options):
     from appliance.service import make_service
 
     from appliance import logs
+    from appliance.reload import Reloader
 
     cluster = load(options)
     top = make_service(reactor, cluster, options["config"], options["node"], options["roles"], options["section"])
+    top.reloader = Reloader(cluster, ClusterConfig.from_path, top.reconfigure)
     top.log_observer = logs.for_twistd(
         getattr(options, "parent", None), cluster.cluster.log_format, logs.process_name(options["node"], options["section"])
     )

@@ -129,7 +129,8 @@ class HealthChecker:
 
     def _result(self, ok: bool, name: str) -> None:
         self._pending.pop(name, None)
-        if not self._loop.running:
+        if not self._loop.running or name not in self.addresses:
+            # Stopped, or the server left the configuration (a reload).
             return
         changed = self.nodes.checked(name, ok)
         if changed is True:

@@ -25,7 +25,7 @@ from .backend import BackendPool
 from .framing import Limits, RequestHead
 from .frontend import FrontendFactory, FrontendProtocol
 from .health import HealthChecker
-from .policy import Nodes, StickyTable, make_policy, plan_plugin, plan_sticky, quick_pick
+from .policy import Nodes, NodeState, StickyTable, make_policy, plan_plugin, plan_sticky, quick_pick
 from .ratelimit import NewSessionLimit
 
 
@@ -72,6 +72,37 @@ class Balancer:
         self.retries: Dict[str, int] = {}
         # Where redirect_https sends clients; the port actually listened on.
         self.https_port = config.https.port if config.https is not None else None
+
+    def reconfigure(self, cluster: ClusterConfig, config: BalancerConfig) -> None:
+        """
+        A reload: servers added are routed to once their health checks
+        pass, servers removed no more (their cookies fall back to the
+        secondary); new connections get the new tunables.
+        """
+        names = [n.name for n in cluster.nodes]
+        for name in [n for n in self.addresses if n not in names]:
+            del self.addresses[name]
+            self._states.pop(name, None)
+            self.pool.idle.pop(name, None)
+        for n in cluster.nodes:
+            if n.name not in self._states:
+                self._states[n.name] = NodeState(n.name)
+                self.pool.idle[n.name] = []
+            self.addresses[n.name] = n.http
+        self.node_names = frozenset(names)
+        self.kept_sessions.clear()
+        if config.policy != self.config.policy:
+            self.policy = make_policy(config.policy)
+        if (config.new_session_rate, config.new_session_burst) != (self.config.new_session_rate, self.config.new_session_burst):
+            self.new_sessions = None
+            if config.new_session_rate > 0:
+                self.new_sessions = NewSessionLimit(config.new_session_rate, config.new_session_burst)
+        self.cluster = cluster
+        self.config = config
+        self.limits = Limits(config.max_header_bytes, config.max_headers, config.max_body_bytes)
+        self.nodes.down_time, self.nodes.rise, self.nodes.fall = config.down_time, config.health_rise, config.health_fall
+        self.sticky_table.ttl = config.sticky_ttl
+        self.pool.connect_timeout = config.connect_timeout
 
     def session(self, cookie: Optional[bytes]) -> Tuple[Optional[bytes], Route]:
         """
@@ -288,14 +319,13 @@ class BalancerService(Service):
         from appliance.replication import witness
 
         settings = self.cluster.cluster
-        nodes = {n.name: n for n in self.cluster.nodes}
 
         def probe(server: str) -> Deferred:
-            address = nodes[server].replication
+            address = self.cluster.node(server).replication
             return witness.probe(self.reactor, address.host, address.port, settings.heartbeat_interval)
 
         self.witness = witness.Witness(
-            tuple(nodes), settings.lease_time, settings.heartbeat_interval, self.now, probe,
+            self.cluster.node_names, settings.lease_time, settings.heartbeat_interval, self.now, probe,
             on_silent=balancer.server_silent, on_heard=balancer.server_heard, born=time.time_ns(),
         )
         factory = witness.witness_factory(self.witness, settings.secret)
@@ -310,6 +340,26 @@ class BalancerService(Service):
         self._watch = LoopingCall(self.witness.check)
         self._watch.clock = self.reactor
         self._watch.start(settings.heartbeat_interval, now=False)
+
+    def reconfigure(self, cluster: ClusterConfig, changes) -> None:
+        """
+        Apply a reload (L{appliance.reload}): the servers and tunables of
+        this balancer's section in C{cluster}; a witness learns the
+        servers added (those removed it forgets once they are gone from
+        the config).  A removed balancer is stopped by its process.
+        """
+        config = next((b for b in cluster.balancers if b.name == self.config.name), None)
+        if config is None:
+            return
+        self.cluster = cluster
+        self.config = config
+        if self.balancer is not None:
+            self.balancer.reconfigure(cluster, config)
+        if self._health is not None:
+            self._health.timeout = min(config.connect_timeout, self._health.interval)
+        if self.witness is not None:
+            self.witness.servers.clear()
+            self.witness.servers.update(cluster.node_names)
 
     def stopService(self) -> Deferred:
         Service.stopService(self)

@@ -219,6 +219,23 @@ class Lease:
         ranked = sorted(self.until.values(), reverse=True)
         self.expires = ranked[self.needed - 1]
 
+    def reconfigure(self, voters: Sequence[str]) -> None:
+        """
+        The voters changed (a reload added or removed one): grants of the
+        voters that stay are kept, a new voter has granted nothing, and
+        the lease never lasts longer for it.  Safe one voter at a time:
+        any majority of the old voters and any of the new ones share a
+        voter (as in Raft's single-server change).
+        """
+        before = self.expires
+        self.voters = tuple(voters)
+        self.needed = majority(self.voters)
+        self.until = {v: self.until.get(v, NEVER) for v in self.voters}
+        self.until[self.me] = FOREVER
+        self._recount()
+        if before != NEVER:
+            self.expires = min(before, self.expires)
+
     def granted(self, voter: str, asked_at: float) -> None:
         if self.expires != NEVER and asked_at >= self.expires:
             return
@@ -297,6 +314,16 @@ class Membership:
             raise ValueError("a new incarnation must be larger")
         self.incarnation = incarnation
         self.lease = Lease(self.me, self.voters, self.timing)
+
+    def reconfigure(self, servers: Sequence[str], witnesses: Sequence[str]) -> None:
+        """
+        A reload changed the servers or the witnesses (one voter at a
+        time: see L{Lease.reconfigure}); verdicts and votes are kept.
+        """
+        self.servers = tuple(servers)
+        self.voters = self.servers + tuple(witnesses)
+        self.needed = majority(self.voters)
+        self.lease.reconfigure(self.voters)
 
     # -- other servers -----------------------------------------------------
 

@@ -56,6 +56,14 @@ class Responder:
         self._udp_cache = {}
         self._tcp_cache = {}
 
+    @property
+    def limiter(self) -> Optional[RateLimiter]:
+        return self._limiter
+
+    @limiter.setter
+    def limiter(self, limiter: Optional[RateLimiter]) -> None:
+        self._limiter = limiter
+
     def udp(self, query: bytes, host: str, now: float) -> Optional[bytes]:
         """
         The response to a UDP query from C{host} at time C{now}, rate

@@ -78,6 +78,13 @@ class DnsService(Service):
         if cluster.dns is None:
             raise ValueError(f"{cluster.path}: no [dns] section")
         self._reactor = reactor
+        self._given_check = check
+        self._ports: List = []
+        self.responder: Optional[Responder] = None
+        self._configure(cluster)
+
+    def _configure(self, cluster: ClusterConfig) -> None:
+        reactor, check = self._reactor, self._given_check
         self._dns = dns = cluster.dns
         self._fronts, skipped = parse_frontends(cluster.balancers)
         for label in skipped:
@@ -93,11 +100,13 @@ class DnsService(Service):
             serial=int(reactor.seconds()) & 0xFFFFFFFF,
         )
         everyone = frozenset(f.name for f in self._fronts)
-        self.responder = Responder(
-            build_zone(self._settings, self._fronts, everyone),
-            RateLimiter(dns.rrl_rate, dns.rrl_slip),
-            counting=cluster.cluster.metrics,
-        )
+        zone, limiter = build_zone(self._settings, self._fronts, everyone), RateLimiter(dns.rrl_rate, dns.rrl_slip)
+        if self.responder is None:
+            self.responder = Responder(zone, limiter, counting=cluster.cluster.metrics)
+        else:
+            # The listening protocols hold this responder: change it in place.
+            self.responder.zone = zone
+            self.responder.limiter = limiter
         if check is None:
             timeout = check_timeout(dns.check_interval)
 
@@ -107,7 +116,17 @@ class DnsService(Service):
         self._checker = HealthChecker(
             reactor, self._fronts, check, dns.check_interval, self._live_changed
         )
-        self._ports: List = []
+
+    def reconfigure(self, cluster: ClusterConfig, changes) -> None:
+        """
+        Apply a reload (L{appliance.reload}): the balancers answered with
+        (added ones once their health checks pass), the TTL, the rate
+        limit and the check interval; the listening address stays.
+        """
+        self._checker.stop()
+        self._configure(cluster)
+        if self.running:
+            self._checker.start()
 
     def _live_changed(self, live: FrozenSet[str]) -> None:
         serving = live

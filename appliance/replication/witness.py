@@ -96,7 +96,8 @@ class Witness:
         C{born}: this witness's start on the scale of incarnation numbers
         (wall-clock nanoseconds).
         """
-        self.servers = tuple(servers)
+        #: The servers that may log in and renew (a reload changes it in place).
+        self.servers = set(servers)
         self.now = now
         self.voter = Voter(lease, now(), born)
         self.heartbeat = heartbeat

@@ -93,6 +93,8 @@ class SessionNode:
         self.settings = cluster.cluster
         self.me = cluster.node(name)
         self.name = name
+        #: The node names records and cookies may name (a reload changes it).
+        self.names = frozenset(cluster.node_names)
         self.now = now
         self.call = call
         self.connected = connected
@@ -298,7 +300,7 @@ class SessionNode:
                 source, dead = best, None if named_us else best.primary_inc
             try:
                 chunks = yield self.call(source.holder, "hand_over", sid, -1 if dead is None else dead)
-                full = decode_hand_over(chunks, self.cluster.node_names, self.limit)
+                full = decode_hand_over(chunks, self.names, self.limit)
             except (NoSuchSession, PrimaryAlive):
                 continue
             except (NotNow, PeerUnavailable, wire.WireError) as e:

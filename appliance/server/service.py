@@ -82,6 +82,11 @@ class SessionServerService(service.Service):
         self.settings = settings
         self.links: Dict[str, PeerLink] = {}
         self.servers = frozenset(n for n in cluster.node_names if n != name)
+        #: The nodes whose peers may log in here, changed in place by a reload.
+        self.known = set(cluster.node_names)
+        #: Servers a reload removed: kept as peers until their link is down
+        #: for longer than a lease (they drained and exited).
+        self.leaving: set = set()
         self.membership = Membership(
             name,
             new_incarnation(),
@@ -116,6 +121,8 @@ class SessionServerService(service.Service):
         # An operator's request: stopping the reactor stops this service,
         # which drains first.
         self.node.on_drain_request = lambda: self.reactor.callLater(0, self.reactor.stop)
+        self._site = None
+        self._tls = None
         self._ports = []
         self._loops = []
         # The last heartbeat round trip to each peer and witness, in seconds
@@ -161,6 +168,14 @@ class SessionServerService(service.Service):
             return
         self.replicator.fail(peer)
         self.node.peer_down(peer)
+        if peer in self.leaving:
+            # Removed by a reload and gone: once its lease has surely
+            # lapsed (it drained, or failover took what it held).
+            self.reactor.callLater(self.settings.takeover_wait, self._gone, peer)
+
+    def _gone(self, peer: str) -> None:
+        if peer in self.leaving and not self._connected(peer):
+            self._forget(peer)
 
     def _refused(self, peer: str) -> None:
         if peer in self.servers:
@@ -206,44 +221,24 @@ class SessionServerService(service.Service):
             from appliance.replication import tls
 
             server_tls = tls.server_options(settings)
+        self._tls = server_tls
         factory = peer_edge.server_factory(
-            self.node, self.cluster.node_names, settings.secret, self.node.limit,
+            self.node, self.known, settings.secret, self.node.limit,
             self.reactor, settings.replication_timeout,
         )
         self._ports.append(listen(self.reactor, self.config.replication, factory, server_tls))
-        self._ports.append(
-            listen(self.reactor, self.config.http, hosting.site(self.reactor, self.cluster, self.node, self.health))
-        )
+        self._site = hosting.site(self.reactor, self.cluster, self.node, self.health)
+        self._ports.append(listen(self.reactor, self.config.http, self._site))
         if self.config.client is not None:
             from appliance.replication import clientgate
 
             gate = clientgate.for_node(self.cluster, self.name, self.node, self.reactor)
             self._ports.append(listen(self.reactor, self.config.client, gate))
-        user = peer_edge.username(self.name, self.membership.incarnation).decode("ascii")
         targets = [(n.name, n.replication) for n in self.node.peers] + [
             (b.name, b.witness) for b in self.cluster.witnesses
         ]
         for other, address in targets:
-            client_tls = tls.client_options(settings, address.host) if server_tls else None
-            endpoint = client_endpoint(self.reactor, address, settings.replication_timeout, client_tls)
-            link = PeerLink(
-                self.reactor,
-                endpoint.connect,
-                user,
-                other,
-                settings.secret,
-                settings.heartbeat_interval,
-                settings.heartbeat_misses,
-                settings.replication_timeout,
-                self._peer_up,
-                self._peer_down,
-                on_beat=self._beat,
-                on_refused=self._refused,
-                now=self.now,
-                renew_args=lambda: (self.membership.lease.held,),
-            )
-            self.links[other] = link
-            link.start()
+            self._link(other, address)
         sweep = min(settings.session_timeout / 4, 5.0)
         for interval, work in (
             (sweep, self.node.expire),
@@ -263,6 +258,105 @@ class SessionServerService(service.Service):
             "session server on http://{http} replication {repl}",
             http=str(self.config.http), repl=str(self.config.replication),
         )
+
+    def _link(self, other: str, address: Address) -> None:
+        """
+        Start the link to peer or witness C{other} at C{address}.
+        """
+        settings = self.cluster.cluster
+        client_tls = None
+        if self._tls is not None:
+            from appliance.replication import tls
+
+            client_tls = tls.client_options(settings, address.host)
+        endpoint = client_endpoint(self.reactor, address, settings.replication_timeout, client_tls)
+        link = PeerLink(
+            self.reactor,
+            endpoint.connect,
+            peer_edge.username(self.name, self.membership.incarnation).decode("ascii"),
+            other,
+            settings.secret,
+            settings.heartbeat_interval,
+            settings.heartbeat_misses,
+            settings.replication_timeout,
+            self._peer_up,
+            self._peer_down,
+            on_beat=self._beat,
+            on_refused=self._refused,
+            now=self.now,
+            renew_args=lambda: (self.membership.lease.held,),
+        )
+        self.links[other] = link
+        link.start()
+
+    def reconfigure(self, cluster: ClusterConfig, changes) -> None:
+        """
+        Apply a reload's L{appliance.reload.Changes}: a server added gets a
+        link and a vote, a server removed stays a peer (it drains and
+        exits first) until its link has been down for a lease, and a
+        removed witness is forgotten.  When the edit removed this node, it drains and exits.
+        """
+        if self.name not in cluster.node_names:
+            log.info("removed from the configuration: draining, then exiting")
+            self.node.on_drain_request()
+            return
+        old = self.cluster
+        self.cluster = cluster
+        self.settings = cluster.cluster
+        self.node.settings = cluster.cluster
+        self.drainer.timeout = cluster.cluster.drain_timeout
+        if self._site is not None:
+            self._site.access_log = cluster.cluster.access_log
+        for name in changes.added:
+            self.servers = self.servers | {name}
+            self.node.peers.append(cluster.node(name))
+            if self.running:
+                self._link(name, cluster.node(name).replication)
+        self.leaving.update(changes.removed)
+        for name in changes.removed:
+            if not self._connected(name):
+                self.reactor.callLater(self.settings.takeover_wait, self._gone, name)
+        for b in cluster.witnesses:
+            if b.name in changes.balancers_added and self.running:
+                self._link(b.name, b.witness)
+        for b in old.witnesses:
+            if b.name in changes.balancers_removed:
+                self._unlink(b.name)
+        self.node.cluster = cluster
+        self._vote()
+
+    def _vote(self) -> None:
+        """
+        The voters and the names this node reads are the configured
+        servers and those still leaving.
+        """
+        servers = list(self.cluster.node_names) + sorted(self.leaving - set(self.cluster.node_names))
+        self.known.clear()
+        self.known.update(servers)
+        self.node.names = frozenset(servers)
+        if self._site is not None:
+            self._site.resource.names = self.node.names
+        self.membership.reconfigure(servers, [b.name for b in self.cluster.witnesses])
+
+    def _unlink(self, name: str) -> None:
+        link = self.links.pop(name, None)
+        if link is not None:
+            link.stop()
+
+    def _forget(self, server: str) -> None:
+        """
+        A server removed by a reload is gone: no link, no vote, no
+        placement.
+        """
+        if server not in self.leaving:
+            return
+        self.leaving.discard(server)
+        self.known.discard(server)
+        self.servers = self.servers - {server}
+        self.node.peers = [n for n in self.node.peers if n.name != server]
+        self._unlink(server)
+        self._vote()
+        log.info("{server} left the cluster", server=server)
 
     def _digest_all(self) -> None:
         for name, link in self.links.items():
