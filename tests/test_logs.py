@@ -221,7 +221,12 @@ class AllInOneLogTests(SynchronousTestCase):
             with open(path, errors="replace") as f:
                 return f.read()
 
-        wait_for(lambda: all(f" {name} " in logged() or f'"node": "{name}"' in logged() for name in ports), 30, "every node's lines")
+        if log_format == "text":
+            link_up = re.compile(r"^\S+ (s\d) info appliance\.replication\.link: replication link to s\d up$", re.M)
+        else:
+            link_up = re.compile(r'^\{"time": "[^"]+", "node": "(s\d)", "level": "info", "namespace": "appliance\.replication\.link",'
+                                 r' "text": "replication link to s\d up"', re.M)
+        wait_for(lambda: set(link_up.findall(logged())) == set(ports), 60, "every node's links up, logged")
         os.killpg(proc.pid, 15)
         proc.wait(30)
         lines = [line for line in logged().splitlines() if line.strip()]
