@@ -151,6 +151,15 @@ def http(method, url, data=None, cookie=None, timeout=5.0):
         return e.code, e.headers, e.read()
 
 
+def session_call(method, url, cookie=None, data=None, name="APPSESSION"):
+    """
+    One request carrying the session cookie C{cookie} (a value, or None);
+    returns (status, body as JSON, the cookie the answer set or C{cookie}).
+    """
+    status, headers, body = http(method, url, data, f"{name}={cookie}" if cookie else None)
+    return status, json.loads(body), set_cookie_value(headers, name) or cookie
+
+
 def socket_inodes(pid: int) -> set:
     """
     The inodes of the sockets process C{pid} holds (from /proc; empty once it is gone).

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance.config import ClusterConfig
 from appliance.demo import page
 
-from .helpers import cluster_ini, free_ports, http, set_cookie_value, shipped_on_free_ports, spawn, twistd, wait_for, write
+from .helpers import cluster_ini, free_ports, http, session_call, shipped_on_free_ports, spawn, twistd, wait_for, write
 from .memory_http import exchange, request, responses
 from .test_hosting_edges import memory_site
 
@@ -141,10 +141,9 @@ class ShippedClusterTests(SynchronousTestCase):
         return f"http://{self.lb}{path}"
 
     def call(self, method, path, data=None):
-        status, headers, body = http(method, self.url(path), data, f"APPSESSION={self.cookie}" if self.cookie else None)
+        status, body, self.cookie = session_call(method, self.url(path), self.cookie, data)
         self.assertEqual(status, 200, body)
-        self.cookie = set_cookie_value(headers) or self.cookie
-        return json.loads(body)
+        return body
 
     def test_page_runs_in_chromium(self):
         """Headless Chromium loads / through the balancer and the script fills in the serving node."""

@@ -7,7 +7,6 @@ added, a node removed, a bad edit).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
@@ -17,7 +16,7 @@ from appliance.config import ClusterConfig, ConfigError
 from appliance.core.membership import NEVER, Lease, Membership, Timing
 from appliance.reload import Changes, Reloader, diff
 
-from .helpers import free_ports, health, http, set_cookie_value, spawn, twistd, wait_for, write
+from .helpers import RealNodes, free_ports, health, session_call, spawn, twistd, wait_for, write
 
 BASE = """
 [cluster]
@@ -265,10 +264,9 @@ class SighupTests(SynchronousTestCase):
 
     def cart(self, cookie=None, item=None):
         url = f"http://127.0.0.1:{self.layout.lb}/cart" + ("/items" if item else "")
-        status, headers, body = http("POST" if item else "GET", url, {"item": item} if item else None,
-                                     f"APPSESSION={cookie}" if cookie else None)
+        status, body, cookie = session_call("POST" if item else "GET", url, cookie, {"item": item} if item else None)
         self.assertEqual(status, 200, body)
-        return json.loads(body), set_cookie_value(headers) or cookie
+        return body, cookie
 
     def test_node_added(self):
         """An added node's child starts, every server links to it, and the balancer places new sessions on it."""
@@ -366,3 +364,31 @@ class ServiceReconfigureTests(SynchronousTestCase):
         head = RequestHead(b"GET", b"/cart", 11, b"x", None, NO_BODY, 0, True, b"")
         plan, _ = balancer.plan(head)
         self.assertEqual(sorted(plan), ["s1", "s2", "s4"])
+
+
+class NodeProcessesTests(SynchronousTestCase):
+    """
+    One process per node (--node, as a multi-host deployment runs them),
+    each sent SIGHUP after the edit.
+    """
+
+    def test_removed_node_drains_itself(self):
+        """The node an edit removed drains and exits on its own SIGHUP; its carts live on, the others forget it."""
+        nodes = RealNodes(self)
+        carts = []
+        for i in range(6):
+            status, body, cookie = session_call("POST", nodes.url(f"s{1 + i % 3}", "/cart/items"), None, {"item": f"i{i}"})
+            self.assertEqual(status, 200, body)
+            carts.append((body, cookie))
+        section = nodes.text[nodes.text.index("[node:s3]"):nodes.text.index("[app:cart]")]
+        write(nodes.config, nodes.text.replace(section, ""))
+        for proc in nodes.procs.values():
+            os.kill(proc.pid, signal.SIGHUP)
+        nodes.procs["s3"].wait(60)
+        self.assertEqual(nodes.procs["s3"].returncode, 0)
+        self.assertIn("removed from the configuration: draining, then exiting", nodes.log("s3"))
+        self.assertIn("drained: ", nodes.log("s3"))
+        wait_for(lambda: all(set(health(nodes.ports[n][0])["peers"]) == {"s1", "s2"} - {n} for n in ("s1", "s2")), 30, "s3 forgotten")
+        for items, cookie in carts:
+            status, body, _ = session_call("GET", nodes.url("s1", "/cart"), cookie)
+            self.assertEqual((status, body), (200, {"items": items}))

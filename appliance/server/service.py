@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from appliance.config import Address, ClusterConfig
+from appliance.config import Address, ClusterConfig, NodeConfig
 from appliance.core.membership import Membership, Timing
 from appliance.replication import peer as peer_edge
 from appliance.replication import witness
@@ -84,9 +84,9 @@ class SessionServerService(service.Service):
         self.servers = frozenset(n for n in cluster.node_names if n != name)
         #: The nodes whose peers may log in here, changed in place by a reload.
         self.known = set(cluster.node_names)
-        #: Servers a reload removed: kept as peers until their link is down
-        #: for longer than a lease (they drained and exited).
-        self.leaving: set = set()
+        #: Servers a reload removed (with their config): kept as peers until
+        #: their link is down for longer than a lease (they drained and exited).
+        self.leaving: Dict[str, NodeConfig] = {}
         self.membership = Membership(
             name,
             new_incarnation(),
@@ -140,7 +140,7 @@ class SessionServerService(service.Service):
         return link.call(method, *args).addErrback(peer_edge.localize)
 
     def _probe(self, server: str) -> defer.Deferred:
-        address = self.cluster.node(server).replication
+        address = (self.cluster.node(server) or self.leaving[server]).replication
         return witness.probe(self.reactor, address.host, address.port, self.settings.heartbeat_interval)
 
     def health(self) -> dict:
@@ -294,7 +294,8 @@ class SessionServerService(service.Service):
         Apply a reload's L{appliance.reload.Changes}: a server added gets a
         link and a vote, a server removed stays a peer (it drains and
         exits first) until its link has been down for a lease, and a
-        removed witness is forgotten.  When the edit removed this node, it drains and exits.
+        removed witness is forgotten.  When the edit removed this node,
+        it drains and exits.
         """
         if self.name not in cluster.node_names:
             log.info("removed from the configuration: draining, then exiting")
@@ -307,12 +308,13 @@ class SessionServerService(service.Service):
         self.drainer.timeout = cluster.cluster.drain_timeout
         if self._site is not None:
             self._site.access_log = cluster.cluster.access_log
+            self._site.resource.cluster = cluster
         for name in changes.added:
             self.servers = self.servers | {name}
             self.node.peers.append(cluster.node(name))
             if self.running:
                 self._link(name, cluster.node(name).replication)
-        self.leaving.update(changes.removed)
+        self.leaving.update({name: old.node(name) for name in changes.removed})
         for name in changes.removed:
             if not self._connected(name):
                 self.reactor.callLater(self.settings.takeover_wait, self._gone, name)
@@ -330,7 +332,7 @@ class SessionServerService(service.Service):
         The voters and the names this node reads are the configured
         servers and those still leaving.
         """
-        servers = list(self.cluster.node_names) + sorted(self.leaving - set(self.cluster.node_names))
+        servers = list(self.cluster.node_names) + sorted(set(self.leaving) - set(self.cluster.node_names))
         self.known.clear()
         self.known.update(servers)
         self.node.names = frozenset(servers)
@@ -350,8 +352,7 @@ class SessionServerService(service.Service):
         """
         if server not in self.leaving:
             return
-        self.leaving.discard(server)
-        self.known.discard(server)
+        del self.leaving[server]
         self.servers = self.servers - {server}
         self.node.peers = [n for n in self.node.peers if n.name != server]
         self._unlink(server)
