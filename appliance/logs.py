@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from typing import Callable, Dict, Optional, TextIO, Tuple
 
@@ -184,8 +185,6 @@ def for_twistd(server_options, log_format: str, name: str) -> Optional[Appliance
         return None
     path = options.get("logfile") or ""
     if path == "-" or (not path and (options.get("nodaemon") or server_options is None)):
-        import sys
-
         return ApplianceObserver(sys.stdout, name, log_format)
     from twisted.python.logfile import LogFile
 

@@ -89,14 +89,14 @@ def _restart(path: str, section: str, key: Optional[str]) -> ConfigError:
     return ConfigError(path, section, key, "cannot change while running: restart to change it")
 
 
-def _fields(old, new, section: str, live: Iterable[str], path: str, skip: Iterable[str] = ()) -> List[str]:
+def _fields(old, new, section: str, live: Iterable[str], path: str) -> List[str]:
     """
     The live keys that differ between two values of one section; a fixed
     key that differs raises.
     """
     changed = []
     for f in attrs.fields(type(old)):
-        if f.name in skip or getattr(old, f.name) == getattr(new, f.name):
+        if getattr(old, f.name) == getattr(new, f.name):
             continue
         key = _KEYS.get(f.name, f.name)
         if f.name not in live:

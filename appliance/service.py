@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -298,7 +299,9 @@ class _Layout:
                 self.children.remove(name, 10)
         for child in list(self.top):
             if child.name == section:
-                self.top.removeService(child)
+                defer.maybeDeferred(self.top.removeService, child).addErrback(
+                    lambda f: log.failure("stopping {section} failed", f, section=section)
+                )
 
 
 def _admin(top, reactor, cluster: ClusterConfig, section: str, services: list, reuse_port: bool = False) -> None:

@@ -76,10 +76,9 @@ def load(options) -> ClusterConfig:
 def makeService(options):
     from twisted.internet import reactor
 
-    from appliance.service import make_service
-
     from appliance import logs
     from appliance.reload import Reloader
+    from appliance.service import make_service
 
     cluster = load(options)
     top = make_service(reactor, cluster, options["config"], options["node"], options["roles"], options["section"])
