@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance import logs
 from appliance.config import ClusterConfig, ConfigError
 
-from .helpers import cluster_ini, free_ports, http, spawn, twistd, wait_for, write
+from .helpers import RealNodes, cluster_ini, free_ports, http, session_call, spawn, twistd, wait_for, write
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 TEXT = re.compile(rf"^({STAMP}) (\S+) (debug|info|warn|error|critical) (\S+): ")
@@ -264,3 +264,29 @@ class AllInOneLogTests(SynchronousTestCase):
         self.assertEqual(sorted(linked), names)
         started = sorted(r["node"] for r in records if r["text"].startswith("session server on http://"))
         self.assertEqual(started, names)
+
+
+class FailoverLogTests(SynchronousTestCase):
+    def test_failover_logged_once_with_the_count(self):
+        """After kill -9 of a primary of many sessions, the servers log its failover in a few counted lines, no session id."""
+        nodes = RealNodes(self)
+        cookies = []
+        for i in range(12):
+            status, body, cookie = session_call("POST", nodes.url("s1", "/cart/items"), None, {"item": f"i{i}"})
+            self.assertEqual((status, cookie.split("!")[1]), (200, "s1"))
+            cookies.append(cookie)
+        nodes.kill("s1")
+        for cookie in cookies:
+            status, body, _ = session_call("GET", nodes.url("s2", "/cart"), cookie)
+            self.assertEqual(status, 200, body)
+        moved = re.compile(r"(promoted|took) (\d+) (of its )?sessions")
+
+        def counted():
+            return [int(m.group(2)) for name in ("s2", "s3") for m in moved.finditer(nodes.log(name))]
+
+        wait_for(lambda: sum(counted()) >= 12, 30, "the moves of all 12 sessions logged")
+        self.assertLessEqual(len([n for n in counted() if n]), 6, counted())
+        for name in ("s2", "s3"):
+            log = nodes.log(name)
+            for cookie in cookies:
+                self.assertNotIn(cookie.split("!")[0], log)
