@@ -109,10 +109,17 @@ class RebalanceEndToEndTests(SynchronousTestCase):
         self.assertEqual(writers.lost(), [])
         if signal == "term":
             self.assertEqual(writers.errors, [])
+        followed = 0
         for i, value in enumerate(cookies):
-            status, _, body = http("GET", self.base + "/cart", cookie=f"APPSESSION={value}", timeout=10.0)
+            status, headers, body = http("GET", self.base + "/cart", cookie=f"APPSESSION={value}", timeout=10.0)
             self.assertEqual(status, 200, body)
             self.assertIn(f"first{i}", body.decode() if isinstance(body, bytes) else body)
+            new = set_cookie_value(headers) or value
+            if new.split("!")[1] == "s3" != value.split("!")[1]:
+                followed += 1
+        # Sessions whose primary moved to s3 are served with their first
+        # cookie, which names another primary, and the answer names s3.
+        self.assertGreater(followed, 0)
         log = open(os.path.join(self.dir, "s1.log"), errors="replace").read()
         self.assertIn("rebalance:", log)
 

@@ -651,3 +651,19 @@ class HistoryTests(SynchronousTestCase):
             items = handle.data.get("cart", []) if handle is not None else []
             self.assertEqual([i for i in c.acked if i not in items], [], f"{c.name} lost acknowledged writes")
             self.assertEqual([i for i in c.seen if i not in items], [], f"{c.name}: a read saw what was then lost")
+
+
+class PromotionResetTests(Base):
+    def test_a_new_incarnation_during_a_promotion_logs_no_error(self):
+        """A node that starts a new incarnation while promoting a dead primary's sessions (one waiting for its lock) ends that promotion quietly, and the session can still be served."""
+        s = self.sim()
+        routes = [self.start([f"item{i}"]) for i in range(4)]
+        node = s.servers["s3"].node
+        held = routes[0].sid
+        self.assertTrue(node.locks.try_take(held))
+        s.kill("s1")
+        s.run(1.0)
+        s.servers["s3"].end()
+        s.run(3 * s.settings.lease_time)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.cart("s3", routes[0])[0], ["item0"])

@@ -248,13 +248,21 @@ class RoundTests(Base):
         s = self.s
         return [sv.node.store.get(sid) for name, sv in s.servers.items() if name not in s.down and sv.node.store.get(sid)]
 
-    def test_restarted_node_gets_its_share(self):
-        """A restarted node (flat topology) ends with a third of the primaries and of the backups; every session is whole, on two copies."""
-        s = self.sim(flat=True)
+    def rebalanced(self, flat=True):
+        """
+        30 sessions spread over the three nodes, s3 restarted empty, then
+        10 seconds of rebalancing; returns the sessions' first cookies.
+        """
+        self.sim(flat=flat)
         routes = self.spread(30)
         self.restart()
         self.rebalancers()
-        s.run(10.0)
+        self.s.run(10.0)
+        return routes
+
+    def test_restarted_node_gets_its_share(self):
+        """A restarted node (flat topology) ends with a third of the primaries and of the backups; every session is whole, on two copies."""
+        routes = self.rebalanced()
         counts = self.counts()
         for name, (primaries, backups) in counts.items():
             self.assertTrue(8 <= primaries <= 12 and 8 <= backups <= 12, counts)
@@ -278,11 +286,9 @@ class RoundTests(Base):
 
     def test_old_cookie_reaches_the_new_primary(self):
         """After its primary moved, a request with the old cookie is declined by the old primary and served by the secondary, now primary, whose cookie names it; writes go on."""
-        s = self.sim(flat=True)
-        routes = self.spread(30)
-        self.restart()
-        self.rebalancers()
-        s.run(10.0)
+        routes = self.rebalanced()
+        s = self.s
+
         def swapped(route):
             # Its primary moved to s3, and its old primary backs it still.
             owner = s.servers["s3"].node.store.primary_of(route.sid)
@@ -338,11 +344,7 @@ class RoundTests(Base):
 
     def test_topology_is_kept(self):
         """With the far node (another rack) back, backups return to it and the near nodes keep none of each other's."""
-        s = self.sim()
-        routes = self.spread(30)
-        self.restart("s3")
-        self.rebalancers()
-        s.run(10.0)
+        routes = self.rebalanced(flat=False)
         for route in routes:
             for c in self.copies(route.sid):
                 if c.primary in ("s1", "s2"):

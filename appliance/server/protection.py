@@ -23,7 +23,7 @@ from appliance.replication import wire
 from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import decode_sids
 from appliance.replication.replicator import Unreadable
-from appliance.server.errors import Unprotected
+from appliance.server.errors import NotServing, Unprotected
 from appliance.server.locks import Busy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -318,7 +318,8 @@ class Protection:
                     again = True
                     break
                 outcomes = yield defer.gatherResults(
-                    [self._promote_one(s.sid, peer, incarnation, found[s.sid], known) for s in part]
+                    [self._promote_one(s.sid, peer, incarnation, found[s.sid], known) for s in part],
+                    consumeErrors=True,
                 )
                 promoted += outcomes.count("promoted")
                 dropped += outcomes.count("dropped")
@@ -340,6 +341,10 @@ class Protection:
             yield self.locks.take(sid)
         except Busy:
             return "busy"
+        except NotServing:
+            # The node stops, or starts a new incarnation, while this one
+            # waits for the session: the next round looks again.
+            return "stopped" if self.node.stopped else "again"
         try:
             if self.quorum.incarnation_of(peer) != known:
                 return "again"  # a new incarnation of it logged in since the look-up: ask it too
