@@ -199,6 +199,23 @@ class ServiceStatusTests(SynchronousTestCase):
         self.assertEqual((status["kind"], status["answer"]), ("dns", ["127.0.0.1"]))
 
 
+class LocalViewTests(SynchronousTestCase):
+    def test_every_answer_local(self):
+        """With this listener the only admin address, each request gets a view of its own (a round ends at once)."""
+        from .memory_http import exchange, request, responses
+
+        from appliance.admin.auth import Guard
+        from appliance.admin.listener import AdminSite
+
+        cluster = config("admin = 9721")
+        clock = MemoryReactorClock()
+        root = build_root(clock, cluster, "node:s1", [SessionServerService(clock, cluster, "s1", now=clock.seconds)])
+        site = AdminSite(root, Guard.of(cluster))
+        for _ in range(3):
+            [(code, _, body)] = responses(exchange(site, request("GET", "/cluster.json")))
+            self.assertEqual((code, json.loads(body)["sections"][0]["section"]), (200, "node:s1"))
+
+
 def get(url: bytes, headers=None):
     d = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)).request(b"GET", url, headers)
     return d.addCallback(lambda r: readBody(r).addCallback(lambda body: (r.code, json.loads(body))))

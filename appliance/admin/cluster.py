@@ -153,18 +153,20 @@ class ClusterResource(resource.Resource):
         self.root = root
         self.local = local
         self.peers = peers
-        self._round: Optional[defer.Deferred] = None
+        self._asking = False
         self._waiting: List[defer.Deferred] = []
 
     def view(self) -> defer.Deferred:
         d = defer.Deferred()
         self._waiting.append(d)
-        if self._round is None:
-            self._round = self._ask_all()
+        if not self._asking:
+            # Before asking: a round may end at once (every answer local).
+            self._asking = True
+            self._ask_all()
         return d
 
     def _answer(self, outcome) -> None:
-        self._round = None
+        self._asking = False
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             if isinstance(outcome, dict):
@@ -172,7 +174,7 @@ class ClusterResource(resource.Resource):
             else:
                 d.errback(outcome)
 
-    def _ask_all(self) -> defer.Deferred:
+    def _ask_all(self) -> None:
         root = self.root
         sections, asks = [], []
         for section, address in root.cluster.admins():
@@ -182,7 +184,6 @@ class ClusterResource(resource.Resource):
         round_ = defer.gatherResults(asks)
         round_.addCallback(lambda results: assemble(root.cluster, root.section, dict(zip(sections, results))))
         round_.addBoth(self._answer)
-        return round_
 
     def render_GET(self, request):
         answer_later(request, self.view())
