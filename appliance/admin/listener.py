@@ -25,6 +25,7 @@ from twisted.web import resource, server
 from appliance.admin import counters, operations
 from appliance.admin.page import StatusPage
 from appliance.admin.reload import ReloadResource
+from appliance.admin.status import process_status
 from appliance.admin.cluster import ClusterResource, Peers
 from appliance.admin.auth import READS, Guard, local_host
 from appliance.admin.web import Refused, json_body
@@ -89,8 +90,6 @@ class StatusResource(resource.Resource):
 
 
 def status_of(root: AdminRoot) -> dict:
-    from appliance.admin.status import process_status
-
     now = root.reactor.seconds()
     taken = root.sample()
     history = root.history
