@@ -266,3 +266,46 @@ class ShippedTests(SynchronousTestCase):
             {"cluster": 8700, "dns": 8701, "balancer:lb1": 8710, "node:s1": 8721, "node:s2": 8722, "node:s3": 8723},
         )
         self.assertTrue(all(a.host == "127.0.0.1" for _, a in c.admins()))
+
+
+class ReloadTests(SynchronousTestCase):
+    def setUp(self):
+        import os
+
+        self.path = os.path.abspath(self.mktemp())
+        self.text = BASE.format(cluster="", dns="", lb="", s1="admin = 9721")
+        with open(self.path, "w") as f:
+            f.write(self.text)
+        self.cluster = ClusterConfig.from_path(self.path)
+        self.root = build_root(MemoryReactorClock(), self.cluster, "node:s1", [])
+        self.site = AdminSite(self.root, Guard.of(self.cluster))
+
+    def post(self):
+        code, _, body = get(self.site, "/reload", "Content-Type: application/json",
+                            "Authorization: Bearer a-long-secret", method="POST", body=b"{}")
+        return code, json.loads(body)
+
+    def test_no_reloader(self):
+        """A process without a reloader says so (501) rather than pretending."""
+        self.root.process = object()
+        self.assertEqual(self.post()[0], 501)
+
+    def test_reload(self):
+        """The process's reloader re-reads the file: what changed, or the line that refused the edit (409)."""
+        from appliance.reload import Reloader
+        from appliance.service import ProcessServices
+
+        applied = []
+        process = ProcessServices(self.cluster)
+        process.reloader = Reloader(self.cluster, ClusterConfig.from_path, lambda new, changes: applied.append(changes))
+        self.root.process = process
+        with open(self.path, "w") as f:
+            f.write(self.text.replace("[cluster]\n", "[cluster]\nmax_sessions = 7\n", 1))
+        code, answer = self.post()
+        self.assertEqual((code, answer["reloaded"]), (200, "tunables: [cluster] max_sessions"))
+        self.assertEqual(len(applied), 1)
+        with open(self.path, "w") as f:
+            f.write(self.text.replace("secret = a-long-secret", "secret = another-secret"))
+        code, answer = self.post()
+        self.assertEqual(code, 409)
+        self.assertEqual(answer["error"], f"{self.path}: [cluster] secret: cannot change while running: restart to change it")

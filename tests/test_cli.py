@@ -99,3 +99,21 @@ class ClusterCliTests(SynchronousTestCase):
         self.assertEqual({s["section"]: s["state"] for s in json.loads(out)["sections"]}["node:s1"], "draining")
         for i, cookie in enumerate(cookies):
             self.assertEqual(c.cart(cookie=cookie)[0], [f"item{i}"])
+
+    def test_reload(self):
+        """reload has each process re-read the file once (exit 0); an edit it refuses exits 1 with the one-line error."""
+        text = open(self.config).read()
+        with open(self.config, "w") as f:
+            f.write(text.replace("[cluster]\n", "[cluster]\nmax_sessions = 5000\n", 1))
+        code, out, err = cli(self.config, "reload")
+        self.assertEqual(code, 0, err + out)
+        self.assertEqual(sorted(out.splitlines()),
+                         ["[dns] tunables: [cluster] max_sessions", "[node:s2] tunables: [cluster] max_sessions",
+                          "[node:s3] tunables: [cluster] max_sessions"])
+        with open(self.config, "w") as f:
+            f.write(text.replace("cookie = APPSESSION", "cookie = OTHER", 1))
+        code, out, err = cli(self.config, "--json", "reload")
+        self.assertEqual(code, 1)
+        answers = json.loads(out)
+        self.assertEqual(set(answers), {"dns", "node:s2", "node:s3"})
+        self.assertIn("[cluster] cookie: cannot change while running", answers["node:s2"]["error"])

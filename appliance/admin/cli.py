@@ -290,13 +290,13 @@ def reload(admin: Admin, args):
         code, answer = admin.call(address, "POST", "/reload", {})
         reached = True
         results[section] = answer
-        failed = failed or code not in (200, 202)
+        failed = failed or code != 200
     if not reached:
         raise Unreachable("no admin listener answers: " + "; ".join(f"[{s}] {r['error']}" for s, r in results.items()))
 
     def human(out):
         for section, answer in results.items():
-            line = answer.get("reloaded") or answer.get("signalled") or f"failed: {answer.get('error')}"
+            line = answer.get("reloaded") or f"failed: {answer.get('error')}"
             out.write(f"[{section}] {line}\n")
 
     return (FAILED if failed else OK), results, human

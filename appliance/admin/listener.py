@@ -174,6 +174,13 @@ class AdminService(service.Service):
         )
         log.info("admin listener of [{section}] on http://{address}/", section=self.root.section, address=str(self.address))
 
+    def reconfigure(self, cluster: ClusterConfig, changes) -> None:
+        """
+        A reload: the cluster view asks the admin listeners the new
+        configuration names.
+        """
+        self.root.cluster = cluster
+
     def stopService(self):
         super().stopService()
         if self.sampler.running:

@@ -1,15 +1,13 @@
 """
-POST /reload: this process re-reads its configuration file.  The process's
-reloader (C{reloader} of its top service, L{appliance.service}) does it and
-reports what changed, or the one-line error that refused the edit.  A
-process whose top service has no reloader but that handles SIGHUP gets the
-signal instead (it answers before the reload runs).
+POST /reload: this process re-reads its configuration file, through the
+reloader SIGHUP runs too (L{appliance.reload.Reloader}, set by the plugin
+on the process's services), and answers with what changed or the one-line
+error that refused the edit (the running configuration stays).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 from typing import Callable
 
 from twisted.internet import defer
@@ -21,7 +19,7 @@ from appliance.config import ConfigError
 
 class ReloadResource(resource.Resource):
     """
-    C{process()}: the top service of this process (where the reloader is).
+    C{process()}: this process's services (where the reloader is).
     """
 
     isLeaf = True
@@ -33,20 +31,14 @@ class ReloadResource(resource.Resource):
     def render_POST(self, request):
         reloader = getattr(self.process(), "reloader", None)
         if reloader is None:
-            if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
-                return json_body(request, {"error": "this process does not reload (no SIGHUP handler)"}, 501)
-            os.kill(os.getpid(), signal.SIGHUP)
-            return json_body(request, {"pid": os.getpid(), "signalled": "SIGHUP"}, 202)
-
-        def done(changes):
-            summary = changes.summary() if hasattr(changes, "summary") else str(changes)
-            return {"pid": os.getpid(), "reloaded": summary}
+            return json_body(request, {"error": "this process has no reloader (not started by twistd appliance)"}, 501)
 
         def refused(failure):
             failure.trap(ConfigError)
             request.setResponseCode(409)
             return {"pid": os.getpid(), "error": str(failure.value)}
 
-        d = defer.maybeDeferred(reloader.reload).addCallbacks(done, refused)
+        d = defer.maybeDeferred(reloader.reload)
+        d.addCallbacks(lambda changes: {"pid": os.getpid(), "reloaded": changes.summary()}, refused)
         answer_later(request, d)
         return server.NOT_DONE_YET
