@@ -11,7 +11,6 @@ import json
 from typing import Callable, List, Optional
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -19,8 +18,6 @@ from twisted.web.http_headers import Headers
 from appliance.admin.auth import Guard
 from appliance.admin.web import answer_later
 from appliance.config import Address, ClusterConfig
-
-log = Logger()
 
 #: How long a peer's admin listener has to answer.
 TIMEOUT = 1.0
