@@ -39,9 +39,12 @@ REQUEST = (
 
 class Connection:
     """
-    One keep-alive connection that pipelines the requests queued on it and
-    counts the status codes of the answers.
+    One keep-alive connection that pipelines the requests queued on it
+    (C{request}, C{REQUEST} by default) and counts the status codes of the
+    answers; L{answered} sees each answer's status line and headers.
     """
+
+    request = REQUEST
 
     def __init__(self, port: int):
         self.sock = socket.create_connection(("127.0.0.1", port))
@@ -52,8 +55,11 @@ class Connection:
         self.codes: dict = {}
 
     def queue(self, count: int) -> None:
-        self.out += REQUEST * count
+        self.out += self.request * count
         self.pending += count
+
+    def answered(self, code: int, lines) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
 
     def readable(self) -> None:
         data = self.sock.recv(1 << 20)
@@ -72,8 +78,7 @@ class Connection:
                     length = int(value)
             if len(rest) < length:
                 return
-            code = int(lines[0].split()[1])
-            self.codes[code] = self.codes.get(code, 0) + 1
+            self.answered(int(lines[0].split()[1]), lines)
             self.pending -= 1
             self.buffer = rest[length:]
 
