@@ -125,16 +125,35 @@ def _command(config_path: str, executable: Optional[str], *args: str) -> list:
     ]
 
 
+def kill_after(cluster: ClusterConfig) -> float:
+    """
+    How long a supervised child has between SIGTERM and SIGKILL: a session
+    server's whole drain, and a margin to exit (procmon's 5 s would cut
+    most drains short when the all-in-one stops).
+    """
+    return cluster.cluster.drain_timeout + 5
+
+
 class _Children:
     """
     The supervised child processes of this process, in one
     L{ProcessMonitor} created with the first of them.
     """
 
-    def __init__(self, reactor, parent: service.MultiService):
+    def __init__(self, reactor, parent: service.MultiService, kill_after: float):
         self.reactor = reactor
         self.parent = parent
         self.monitor: Optional[ProcessMonitor] = None
+        self.kill_after = kill_after
+
+    def set_kill_after(self, seconds: float) -> None:
+        """
+        How long a child has, after SIGTERM, before the supervisor kills it
+        (when this process stops): a session server's drain must fit.
+        """
+        self.kill_after = seconds
+        if self.monitor is not None:
+            self.monitor.killTime = seconds
 
     def names(self) -> list:
         return [] if self.monitor is None else list(self.monitor.processes)
@@ -169,6 +188,7 @@ class _Children:
             self.monitor.minRestartDelay = 0.5
             self.monitor.maxRestartDelay = 5
             self.monitor.threshold = 2
+            self.monitor.killTime = self.kill_after
             self.monitor.setServiceParent(self.parent)
         self.monitor.addProcess(name, argv, env=dict(os.environ))
 
@@ -252,7 +272,7 @@ class _Layout:
         self.everything = node is None
         self.executable = executable
         self.in_children = self.everything and top.cluster.cluster.runtime is not None
-        self.children = _Children(reactor, top)
+        self.children = _Children(reactor, top, kill_after(top.cluster))
 
     def balancers(self, cluster: ClusterConfig):
         if "balancer" not in self.roles:
@@ -282,6 +302,7 @@ class _Layout:
         with up to drain_timeout before the supervisor kills it).
         """
         self.children.signal("HUP", exclude=changes.removed)
+        self.children.set_kill_after(kill_after(cluster))
         for balancer in self.balancers(cluster):
             if balancer.name in changes.balancers_added:
                 self.start_balancer(cluster, balancer)
@@ -291,7 +312,7 @@ class _Layout:
             for name in changes.added:
                 self.children.add(name, child_command(self.config_path, name, self.executable))
             for name in changes.removed:
-                self.children.remove(name, cluster.cluster.drain_timeout + 5)
+                self.children.remove(name, kill_after(cluster))
 
     def _stop(self, section: str) -> None:
         for name in self.children.names():

@@ -147,6 +147,15 @@ class AllInOneServiceTests(SynchronousTestCase):
         self.assertEqual(sorted(monitor.processes), ["s1", "s2", "s3"])
         self.assertEqual(monitor.processes["s1"][0], child_command(SHIPPED, "s1"))
 
+    def test_children_have_their_drain_before_sigkill(self):
+        """When the all-in-one stops, its session servers get drain_timeout and 5 s after SIGTERM before SIGKILL (not procmon's 5 s)."""
+        from twisted.runner.procmon import ProcessMonitor
+
+        text = open(SHIPPED).read().replace("drain_timeout = 30s", "drain_timeout = 20s", 1)
+        cluster = ClusterConfig.from_string(text, SHIPPED)
+        (monitor,) = [s for s in make_service(MemoryReactorClock(), cluster, SHIPPED) if isinstance(s, ProcessMonitor)]
+        self.assertEqual(monitor.killTime, 25)
+
     def test_runtime_runs_every_role_in_children(self):
         """With runtime, the all-in-one only supervises: servers, balancer and DNS are children under that interpreter."""
         from twisted.runner.procmon import ProcessMonitor
