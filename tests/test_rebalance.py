@@ -349,3 +349,22 @@ class RoundTests(Base):
             for c in self.copies(route.sid):
                 if c.primary in ("s1", "s2"):
                     self.assertEqual(c.secondary, "s3")
+
+    def test_nothing_moves_while_a_server_is_down(self):
+        """While one server is down nothing moves (failover has the work); once it is back, the spread evens out."""
+        s = self.sim(flat=True)
+        for i in range(30):
+            self.start((f"i{i}",), on="s1")
+        s.run(1.0)
+        s.kill("s3")
+        s.run(3 * s.settings.lease_time)
+        self.rebalancers()
+        s.run(5.0)
+        self.assertEqual(self.counts()["s1"][0], 30)
+        s.restart("s3")
+        s.settle()
+        joined = Rebalancer(s.servers["s3"].node, 30.0)
+        joined.start()
+        self.addCleanup(joined.stop)
+        s.run(10.0)
+        self.assertTrue(all(8 <= primaries <= 12 for primaries, _ in self.counts().values()), self.counts())

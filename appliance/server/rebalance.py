@@ -15,8 +15,9 @@ and makes at most C{rebalance_rate} moves a second.
   (L{appliance.core.rebalance.Moved}), and the balancer goes on to the new
   primary, whose answer carries the new cookie.
 
-Nothing moves while this node drains or does not hold its lease, nor to a
-node that drains, does not hold its lease, or does not answer.
+Nothing moves unless the cluster is calm: every server up, linked, holding
+its lease, answering, and none draining (a server that is gone for good
+leaves the config).
 """
 
 from __future__ import annotations
@@ -91,20 +92,23 @@ class Rebalancer:
     @defer.inlineCallbacks
     def counts(self):
         """
-        The eligible nodes' counts (this one's included), or C{None} when
-        this node takes no part now.
+        Every server's counts (this one's included), or C{None} when the
+        cluster is not calm: this node or another drains, is down, does not
+        hold its lease or does not answer.  Then failover and re-protection
+        have the work to do, and moving sessions too would only add load.
         """
         node = self.node
         mine = node.counts()
-        if mine is None:
+        if mine is None or not all(node.may_place(p.name) for p in node.peers):
             return None
-        peers = [p.name for p in node.peers if node.may_place(p.name)]
+        peers = [p.name for p in node.peers]
         answers = yield defer.DeferredList([node.call(p, "counts") for p in peers], consumeErrors=True)
         out = {node.name: Counts(*mine)}
         for peer, (ok, answer) in zip(peers, answers):
             counts = decode_counts(answer) if ok else None
-            if counts is not None and node.may_place(peer):
-                out[peer] = counts
+            if counts is None or not node.may_place(peer):
+                return None
+            out[peer] = counts
         return out
 
     @defer.inlineCallbacks
@@ -136,11 +140,12 @@ class Rebalancer:
                 by_peer.setdefault(m.to, []).append(m.sid)
         for peer, sids in sorted(by_peer.items()):
             for i in range(0, len(sids), BATCH):
-                work.append(offer(node, peer, sids[i : i + BATCH]).addCallback(self._handed))
+                d = offer(node, peer, sids[i : i + BATCH]).addCallback(self._handed)
+                work.append(d.addErrback(lambda f, peer=peer: log.failure("hand-over to {peer} failed", f, peer=peer)))
         yield defer.DeferredList(work, consumeErrors=True)
         self.moved[BACKUP] += len(backups)
         log.info(
-            "rebalance: {backups} backups and {primaries} primaries moved ({counts})",
+            "rebalance: {backups} backup and {primaries} primary moves ({counts})",
             backups=len(backups), primaries=len(moves) - len(backups),
             counts=" ".join(f"{n}={c.primaries}/{c.backups}" for n, c in sorted(counts.items())),
         )
