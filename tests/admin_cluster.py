@@ -56,8 +56,12 @@ class AdminCluster:
         wait_for(linked, 60, f"{name} up and linked")
 
     def up(self) -> bool:
+        """
+        Every process answers up and the balancer sends to every server.
+        """
         view = self.get("balancer:lb1", "/cluster.json")[1]
-        return all(s["state"] == "up" for s in view["sections"])
+        lb = [s for s in view["sections"] if s["section"] == "balancer:lb1"][0]
+        return all(s["state"] == "up" for s in view["sections"]) and set(lb["servers"].values()) == {"up"}
 
     def kill(self, name):
         proc = self.procs.pop(name)

@@ -27,7 +27,8 @@ class AdminE2ETests(SynchronousTestCase):
         self.assertEqual((dns["kind"], dns["answer"]), ("dns", ["127.0.0.1"]))
         code, s2 = c.get("node:s2", "/status.json")
         self.assertEqual((s2["kind"], s2["state"], s2["peers"]), ("node", "up", {"s1": True, "s3": True}))
-        self.assertEqual(set(s2["round_trip"]), {"s1", "s3"})
+        wait_for(lambda: set(c.get("node:s2", "/status.json")[1]["round_trip"]) == {"s1", "s3"}, 10,
+                 "a heartbeat round trip to each peer")
         for section in ("node:s2", "dns"):
             view = c.get(section, "/cluster.json")[1]
             self.assertEqual([s["section"] for s in view["sections"]], ["node:s1", "node:s2", "node:s3", "balancer:lb1", "dns"])

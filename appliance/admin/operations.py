@@ -38,7 +38,7 @@ class Problem(Exception):
 
 
 def _arguments(request) -> dict:
-    if request.method == b"GET":
+    if request.method in (b"GET", b"HEAD"):
         return {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace") for k, v in request.args.items() if v}
     raw = request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
@@ -90,7 +90,7 @@ class NodeOperation(resource.Resource):
         if config.admin is None:
             raise Problem(502, f"node {node} has no admin address")
         forwarded = dict(args, node=node)
-        if request.method == b"GET":
+        if request.method in (b"GET", b"HEAD"):
             query = urlencode(sorted(forwarded.items()))
             return self.root.peers.call(config.admin, b"GET", f"{self.path}?{query}", timeout=self.timeout)
         return self.root.peers.call(config.admin, request.method, self.path, forwarded, timeout=self.timeout)
