@@ -38,6 +38,12 @@ replication = 127.0.0.1:9101
 machine = m1
 rack = r1
 {s1}
+
+[node:s2]
+http = 127.0.0.1:9002
+replication = 127.0.0.1:9102
+machine = m2
+rack = r2
 """
 
 TOKEN = "a-token-of-16-chars-or-more"

@@ -23,35 +23,17 @@ from appliance.dns.service import DnsService
 from appliance.server.service import SessionServerService
 
 from .helpers import free_ports
+from .test_admin import config as admin_config
 
 SID = "A" * 22
 
 
 def config(admin: str = "", extra: str = "") -> ClusterConfig:
-    return ClusterConfig.from_string(
-        f"""
-[cluster]
-name = app.cluster.test
-secret = a-long-secret
-{extra}
-[dns]
-listen = 127.0.0.1:9053
-[balancer:lb1]
-listen = 127.0.0.1:9080
-[node:s1]
-http = 127.0.0.1:9001
-replication = 127.0.0.1:9101
-machine = m1
-rack = r1
-{admin}
-[node:s2]
-http = 127.0.0.1:9002
-replication = 127.0.0.1:9102
-machine = m2
-rack = r2
-""",
-        "test.ini",
-    )
+    """
+    The admin tests' cluster (two nodes, a balancer, DNS) with C{admin} in
+    [node:s1] and C{extra} in [cluster].
+    """
+    return admin_config(cluster=extra, s1=admin)
 
 
 def registry():
