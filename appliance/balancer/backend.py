@@ -19,7 +19,7 @@ from .framing import CHUNKED, HEAD_END, LENGTH, NO_BODY, UNTIL_CLOSE
 from .response import parse_response_head
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .frontend import FrontendProtocol
+    from .exchange import Exchange
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -66,9 +66,11 @@ class BackendProtocol(Protocol):
     """
     One connection to a session server, carrying one exchange at a time.
 
-    While attached (L{attach}) it writes the response straight to the
-    client's transport and reports the end (C{response_done}) or a failure
-    (C{backend_failed}) to the L{FrontendProtocol}.
+    While attached (L{attach}) to an L{Exchange} it writes the response
+    straight to the client's transport and reports to the exchange through
+    the methods that C{exchange.py} lists: the start of a longer answer
+    (C{response_started}), the end (C{response_done}), a server that did not
+    serve the request (C{server_declined}) or a failure (C{backend_failed}).
     """
 
     log = Logger()
@@ -76,7 +78,7 @@ class BackendProtocol(Protocol):
     def __init__(self, pool: "BackendPool", node: str):
         self.pool = pool
         self.node = node
-        self.frontend: Optional["FrontendProtocol"] = None
+        self.exchange: Optional["Exchange"] = None
         self.deadline: Optional[float] = None
         self.idle_since = 0.0
         self.timed_out = False
@@ -101,8 +103,8 @@ class BackendProtocol(Protocol):
         except (AttributeError, OSError):  # pragma: no cover
             pass
 
-    def attach(self, frontend: "FrontendProtocol") -> None:
-        self.frontend = frontend
+    def attach(self, exchange: "Exchange") -> None:
+        self.exchange = exchange
         self._buf = b""
         self._state = _HEAD
         self._received = False
@@ -117,7 +119,7 @@ class BackendProtocol(Protocol):
         return self.reused and not self._received
 
     def dataReceived(self, data: bytes) -> None:
-        fe = self.frontend
+        fe = self.exchange
         if fe is None:
             # Nothing was asked: a server talking out of turn is not reusable.
             self.transport.loseConnection()
@@ -136,14 +138,14 @@ class BackendProtocol(Protocol):
                     self._buf = buf
                 return
             head = parse_response_head(
-                buf[:end], fe.method, fe.cookie_name_for_response, fe.secure, fe.keep_alive
+                buf[:end], fe.method, fe.cookie_name, fe.secure, fe.keep_alive
             )
             if head is None:
                 self._fail(BadResponse("malformed response head"))
                 return
             if head.status >= 200:
                 if head.status == 503 and NOT_SERVED in buf[:end].lower():
-                    self.frontend = None
+                    self.exchange = None
                     self.transport.abortConnection()
                     fe.server_declined(self)
                     return
@@ -161,24 +163,16 @@ class BackendProtocol(Protocol):
             requests[key] = requests.get(key, 0) + 1
         framing = head.framing
         relay = head.relay
-        if (
-            framing == LENGTH
-            and relay is None
-            and head.session is None
-            and len(buf) - end - 4 == head.length
-        ):
+        if framing == LENGTH and head.session is None and len(buf) - end - 4 == head.length:
             # The common case: the whole answer in one read, relayed as it
-            # came, and the exchange is over (nothing to reset: _finish
-            # without its work).
-            send_now(fe.transport, buf)
-            self.frontend = None
+            # came (or with its head rewritten), and the exchange is over
+            # (nothing to reset: _finish without its work).
+            send_now(fe.transport, buf if relay is None else relay + buf[end + 4 :])
+            self.exchange = None
             fe.response_done(self, head.reusable)
             return
         self._reusable = head.reusable
-        if head.session is None:
-            fe.responding = True
-        else:
-            fe.response_started(head)
+        fe.response_started(head)
         self._framing = framing
         if framing == LENGTH:
             n = head.length
@@ -219,7 +213,7 @@ class BackendProtocol(Protocol):
             if rest:
                 self._body(fe, rest)
 
-    def _body(self, fe: "FrontendProtocol", data: bytes) -> None:
+    def _body(self, fe: "Exchange", data: bytes) -> None:
         framing = self._framing
         if framing == LENGTH:
             n = self._left
@@ -248,7 +242,7 @@ class BackendProtocol(Protocol):
         else:
             send_now(fe.transport, data)
 
-    def _produce(self, fe: "FrontendProtocol") -> None:
+    def _produce(self, fe: "Exchange") -> None:
         """
         A response longer than one read: let the client's transport pause us
         when it cannot keep up.
@@ -257,7 +251,7 @@ class BackendProtocol(Protocol):
             fe.transport.registerProducer(self.throttle, True)
             self._producing = True
 
-    def _unproduce(self, fe: "FrontendProtocol") -> None:
+    def _unproduce(self, fe: "Exchange") -> None:
         if self._producing:
             self._producing = False
             if fe.transport.producer is self.throttle:
@@ -265,26 +259,26 @@ class BackendProtocol(Protocol):
             self.transport.resumeProducing()
 
     def _finish(self) -> None:
-        fe = self.frontend
+        fe = self.exchange
         self._state = _HEAD
         self._scanner = None
         if self._producing:
             self._unproduce(fe)
-        self.frontend = None
+        self.exchange = None
         fe.response_done(self, self._reusable)
 
     def _fail(self, reason: Exception) -> None:
-        fe = self.frontend
+        fe = self.exchange
         self._state = _HEAD
         self._unproduce(fe)
-        self.frontend = None
+        self.exchange = None
         self.transport.abortConnection()
         fe.backend_failed(self, Failure(reason))
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected = False
         self.pool.lost(self)
-        fe = self.frontend
+        fe = self.exchange
         if fe is None:
             return
         if self._state == _BODY and self._framing == UNTIL_CLOSE:
@@ -292,7 +286,7 @@ class BackendProtocol(Protocol):
             self._finish()
             return
         self._unproduce(fe)
-        self.frontend = None
+        self.exchange = None
         if self.timed_out:
             reason = Failure(ResponseTimeout(self.node))
         fe.backend_failed(self, reason)
@@ -306,10 +300,10 @@ class _ConnectFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, pool: "BackendPool", node: str, waiter: "FrontendProtocol"):
+    def __init__(self, pool: "BackendPool", node: str, waiter: "Exchange"):
         self.pool = pool
         self.node = node
-        self.waiter: Optional["FrontendProtocol"] = waiter
+        self.waiter: Optional["Exchange"] = waiter
 
     def buildProtocol(self, addr) -> BackendProtocol:
         proto = _PoolProtocol(self.pool, self.node)
@@ -387,7 +381,7 @@ class BackendPool:
                 return conn
         return None
 
-    def connect(self, node: str, waiter: "FrontendProtocol") -> _ConnectFactory:
+    def connect(self, node: str, waiter: "Exchange") -> _ConnectFactory:
         address = self.addresses[node]
         factory = _ConnectFactory(self, node, waiter)
         connector = self.reactor.connectTCP(address.host, address.port, factory, timeout=self.connect_timeout)
@@ -403,7 +397,7 @@ class BackendPool:
         """
         failed = 0
         for conn in [c for c in self.all if c.node == node]:
-            if conn.frontend is not None:
+            if conn.exchange is not None:
                 failed += 1
                 conn._fail(ServerGone(node))
             else:
@@ -422,7 +416,7 @@ class BackendPool:
         if not conn.connected or len(idle) >= self.max_idle:
             conn.transport.loseConnection()
             return
-        conn.frontend = None
+        conn.exchange = None
         conn.deadline = None
         conn.idle_since = self.reactor.seconds() if now is None else now
         idle.append(conn)
@@ -443,7 +437,7 @@ class BackendPool:
             while idle and idle[0].idle_since < limit:
                 idle.pop(0).transport.loseConnection()
         for conn in list(self.all):
-            if conn.deadline is not None and conn.deadline <= now and conn.frontend is not None:
+            if conn.deadline is not None and conn.deadline <= now and conn.exchange is not None:
                 conn.deadline = None
                 conn.timed_out = True
                 conn.transport.abortConnection()

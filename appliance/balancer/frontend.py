@@ -1,23 +1,22 @@
 """
 The client side of the proxy: a plain L{Protocol} that buffers only the
 request head, holds or streams the body, and hands the request to
-L{ServerAttempts} (C{attempts.py}), which forwards the raw bytes (rewritten
-by L{parse_request_head}) to a pooled server connection and tries the next
+an L{Exchange} (C{exchange.py}), which forwards the raw bytes (rewritten by
+L{parse_request_head}) to a pooled server connection and tries the next
 server when the rules in L{may_retry} allow.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .attempts import BODY_WAIT, BUSY, CLOSED, FRESH, HEAD, HEAD_WAIT, IDLE, ServerAttempts
-from .backend import BackendProtocol
-from .chunked import ChunkedScanner
-from .flow import Throttle, send_now
+from .exchange import RESPONDING, Exchange
+from .flow import Throttle
 from .framing import (
     CRLF,
     HEAD_END,
@@ -43,12 +42,21 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The server a request is counted under when the balancer answered it itself.
 LOCAL = "none"
 
+# The client connection: reading a request head, busy with a request, closed.
+HEAD, BUSY, CLOSED = 0, 1, 2
+# What the client connection's deadline is for: the time between requests,
+# a request head, a request body, a new connection's first request head.
+IDLE, HEAD_WAIT, BODY_WAIT, FRESH = 0, 1, 2, 3
 
-class FrontendProtocol(ServerAttempts, Protocol):
+
+class FrontendProtocol(Protocol):
     """
     One client connection: requests are handled one at a time, in order
-    (pipelined requests wait in the buffer).
+    (pipelined requests wait in the buffer).  Each forwarded request is an
+    L{Exchange} (C{exchange.py}), which calls back the methods listed there.
     """
+
+    log = Logger()
 
     def __init__(self, balancer: "Balancer", secure: bool):
         self.balancer = balancer
@@ -57,49 +65,27 @@ class FrontendProtocol(ServerAttempts, Protocol):
         # sticky mode (learning) and over TLS (Secure); for a request
         # without a session when new sessions are limited (counting).
         self._response_cookie = balancer.cookie_bytes if (secure or balancer.sticky) else None
-        self.cookie_name_for_response = self._response_cookie
-        self.keep_alive = True
-        self.method = b""
+        self.exchange: Optional[Exchange] = None
         self.deadline: Optional[float] = None
         self._deadline_kind = IDLE
         self._state = HEAD
         self._buf = b""
         self._checked = 0
         self._client = b""
-        self._client_key = ""
+        self.client_key = ""
         self._paused = False
-        self._head: Optional[RequestHead] = None
-        self._plan: Tuple[str, ...] = ()
-        self._plan_complete = True
-        self._attempt = 0
-        self._dispatched = False
-        self._node: Optional[str] = None
-        self._conn: Optional[BackendProtocol] = None
-        self._connecting = None
-        self._sent = False
-        self._replayable = True
-        self._body: List[bytes] = []
-        self._body_size = 0
-        self._body_left = 0
-        self._body_done = True
-        self._scanner: Optional[ChunkedScanner] = None
-        self._streaming = False
-        self._new_session = False
-        self.responding = False
-        self._started = 0.0
-        self._began = 0.0
-        self._fresh_retry = False
         # Read once per connection: kept here rather than looked up through
         # the balancer and its config every time.
         config = balancer.config
-        self._seconds = balancer.clock.seconds
+        self.seconds = balancer.clock.seconds
         self._limits = balancer.limits
         self._max_head = config.max_header_bytes
+        self._max_body = balancer.limits.max_body_bytes
         self._idle_timeout = config.idle_timeout
         self._head_timeout = config.head_timeout
         self._body_timeout = config.body_timeout
         self._body_rate = config.min_body_rate
-        self._response_timeout = config.response_timeout
+        self.response_timeout = config.response_timeout
         self._retry_body = config.retry_body_bytes
         self._forward_internal = config.forward_internal
         self._new_sessions = balancer.new_sessions
@@ -112,7 +98,7 @@ class FrontendProtocol(ServerAttempts, Protocol):
         host = self.transport.getPeer().host
         self._client = host.encode("ascii", "replace")
         if self._new_sessions is not None:
-            self._client_key = client_key(host)
+            self.client_key = client_key(host)
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
@@ -123,28 +109,23 @@ class FrontendProtocol(ServerAttempts, Protocol):
         # counted from now: one that sends nothing is not kept for
         # idle_timeout.
         self._deadline_kind = FRESH
-        self.deadline = self._seconds() + self._head_timeout
+        self.deadline = self.seconds() + self._head_timeout
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._state = CLOSED
         self.balancer.frontends.discard(self)
-        if self._connecting is not None:
-            self._connecting.waiter = None
-            self._connecting = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.frontend = None
-            conn.transport.abortConnection()
-            self.balancer.nodes.finished(conn.node, None)
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.client_lost()
 
     def _wait(self, kind: int) -> None:
         self._deadline_kind = kind
         if kind == HEAD_WAIT:
-            self.deadline = self._seconds() + self._head_timeout
+            self.deadline = self.seconds() + self._head_timeout
         elif kind == BODY_WAIT:
-            self.deadline = self._seconds() + self._body_timeout
+            self.deadline = self.seconds() + self._body_timeout
         else:
-            self.deadline = self._seconds() + self._idle_timeout
+            self.deadline = self.seconds() + self._idle_timeout
 
     def expired(self) -> None:
         """
@@ -157,11 +138,16 @@ class FrontendProtocol(ServerAttempts, Protocol):
         if self._state == CLOSED:
             return
         kind = self._deadline_kind
-        if kind == HEAD_WAIT or (kind == BODY_WAIT and not self.responding):
-            self._reject(408)
+        ex = self.exchange
+        if kind == HEAD_WAIT:
+            self.reject(408)
+        elif kind == BODY_WAIT and (ex is None or ex.state != RESPONDING):
+            if ex is None:
+                self.reject(408)
+            else:
+                ex.fail_request(408)
         else:
-            self._state = CLOSED
-            self.transport.loseConnection()
+            self.close()
 
     # -- reading requests
 
@@ -173,11 +159,12 @@ class FrontendProtocol(ServerAttempts, Protocol):
             else:
                 self._read_head(data)
         elif self._state == BUSY:
-            if self._body_done:
+            ex = self.exchange
+            if ex is None or ex.body_done:
                 self._buf += data
                 self._pause_if_full()
             else:
-                self._read_body(data)
+                self._read_body(ex, data)
 
     def _read_head(self, buf: bytes, checked: int = 0) -> None:
         """
@@ -199,58 +186,51 @@ class FrontendProtocol(ServerAttempts, Protocol):
                 self._incomplete(buf, checked)
                 return
             if end > self._max_head:
-                self._reject(431)
+                self.reject(431)
                 return
             head = parse_request_head(buf[:end], self._limits, self._client, self.secure)
             if type(head) is Reject:
                 self.log.debug("refused {status}: {reason}", status=head.status, reason=head.reason)
-                self._reject(head.status)
+                self.reject(head.status)
                 return
             self.deadline = None
             self._state = BUSY
-            self._head = head
-            self.method = head.method
-            self.keep_alive = head.keep_alive
+            keep_alive = head.keep_alive
             start = end + 4
             session = None
+            new_session = False
             if head.target.startswith(INTERNAL):
                 local = self._internal(head)
             elif self._redirect:
-                local = redirect_https(head, self.keep_alive, self.balancer.https_port)
+                local = redirect_https(head, keep_alive, self.balancer.https_port)
             elif self._new_sessions is not None:
                 # Kept per Cookie header: one look-up for a known one.
                 session = self._sessions_get(head.cookie) or self.balancer.session(head.cookie)
                 if session[1].sid is None:
                     local = self._limit_new_session(head)
+                    new_session = local is None
                 else:
                     local = None
-                    if self._new_session:
-                        self._new_session = False
-                        self.cookie_name_for_response = self._response_cookie
             else:
                 local = None
             if local is None:
-                self.responding = False
-                self._streaming = False
-                self._fresh_retry = False
+                ex = self.exchange = Exchange(
+                    self, head, self.balancer.cookie_bytes if new_session else self._response_cookie, new_session
+                )
                 if head.framing == NO_BODY:
                     # The common case, straight through: no body, the next
                     # request (if pipelined) waits in the buffer.
-                    self._body_done = True
-                    self._replayable = True
                     if len(buf) > start:
                         self._buf = buf[start:]
                         self._pause_if_full()
-                    self._first_attempt(head, session)
+                    ex.first_attempt(session)
                 else:
-                    self._start_body(head, session, buf, start)
+                    self._start_body(ex, session, buf, start)
                 return
             response, keep = local
             self.transport.write(response)
-            self._head = None
             if not keep:
-                self._state = CLOSED
-                self.transport.loseConnection()
+                self.close()
                 return
             self._state = HEAD
             buf = buf[start:]
@@ -266,9 +246,9 @@ class FrontendProtocol(ServerAttempts, Protocol):
         too large or holds what no head may (a bare CR or LF, a NUL).
         """
         if len(buf) > self._max_head:
-            self._reject(431)
+            self.reject(431)
         elif _BARE.search(buf, checked - 1 if checked else 0) is not None:
-            self._reject(400)
+            self.reject(400)
         else:
             self._buf = buf
             self._checked = len(buf)
@@ -285,134 +265,96 @@ class FrontendProtocol(ServerAttempts, Protocol):
         endpoint of the servers, forwarded only with C{forward_internal}.
         """
         if is_lb_health(head.target):
-            return lb_health(head, self.keep_alive)
+            return lb_health(head, head.keep_alive)
         if self._forward_internal:
             return None
-        return not_found(head, self.keep_alive)
+        return not_found(head, head.keep_alive)
 
     def _limit_new_session(self, head: RequestHead):
         """
         A request without a valid session cookie, from a client over its
         new-session limit, gets 429; one under it is counted if its answer
-        sets a session cookie (L{response_started}).
+        sets a session cookie (L{Exchange.response_started}).
         """
-        wait = self._new_sessions.wait(self._client_key, self._seconds())
+        wait = self._new_sessions.wait(self.client_key, self.seconds())
         if wait:
-            return too_many_sessions(head, self.keep_alive, wait)
-        self._new_session = True
-        self.cookie_name_for_response = self.balancer.cookie_bytes
+            return too_many_sessions(head, head.keep_alive, wait)
         return None
 
-    def _start_body(self, head: RequestHead, session, buf: bytes, start: int) -> None:
+    def _start_body(self, ex: Exchange, session, buf: bytes, start: int) -> None:
         """
         The request whose head ends at C{buf[start]} has a body: hold it
         (and send the request once it is complete) or stream it.
         """
-        framing = head.framing
+        head = ex.head
         if head.expect_continue:
             # The body is read here (held for a retry or streamed), so the
             # client is told to go on now rather than when a server says so.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if framing == LENGTH and head.length <= self._retry_body and len(buf) - start >= head.length:
+        if head.framing == LENGTH and head.length <= self._retry_body and len(buf) - start >= head.length:
             # A whole small body in the same read: held for a retry, sent
             # with the head.
             stop = start + head.length
-            self._body_done = True
-            self._replayable = True
-            self._body = [buf[start:stop]]
-            self._body_size = head.length
+            ex.hold(buf[start:stop])
             if len(buf) > stop:
                 self._buf = buf[stop:]
                 self._pause_if_full()
-            self._first_attempt(head, session)
+            ex.first_attempt(session)
             return
-        self._body = []
-        self._body_size = 0
-        self._body_done = False
-        if framing == LENGTH:
-            self._body_left = head.length
-            self._replayable = head.length <= self._retry_body
-        else:
-            self._scanner = ChunkedScanner()
-            self._replayable = True
-        self._plan, self._plan_complete = self.balancer.plan(head)
-        self._attempt = 0
-        self._dispatched = False
+        ex.expect_body(self._retry_body)
         self._wait(BODY_WAIT)
         rest = buf[start:]
         if rest:
-            self._read_body(rest)
+            self._read_body(ex, rest)
             return
-        self._dispatch()
+        ex.dispatch()
 
-    def _dispatch(self) -> None:
-        """
-        Send the request once its body is complete, or, for a body too large
-        to hold for a retry, as soon as the head is known.
-        """
-        if not self._dispatched and (self._body_done or not self._replayable):
-            self._dispatched = True
-            self._try_next()
-
-    def _read_body(self, data: bytes) -> None:
-        head = self._head
-        if head.framing == LENGTH:
-            n = self._body_left
-            if len(data) > n:
-                body, extra = data[:n], data[n:]
-            else:
-                body, extra = data, b""
-            self._body_left = n - len(body)
-            done = self._body_left == 0
-        else:
-            try:
-                k = self._scanner.feed(data)
-            except ValueError:
-                self._reject(400)
-                return
-            if self._scanner.size > self._limits.max_body_bytes:
-                self._reject(413)
-                return
-            if k < 0:
-                body, extra, done = data, b"", False
-            else:
-                body, extra, done = data[:k], data[k:], True
-        if body:
-            if self._streaming:
-                send_now(self._conn.transport, body)
-                self._conn.deadline = self._response_deadline()
-            else:
-                self._body.append(body)
-                self._body_size += len(body)
+    def _read_body(self, ex: Exchange, data: bytes) -> None:
+        extra = ex.feed_body(data, self._max_body, self._retry_body)
+        if extra is None:
+            return
         if extra:
             self._buf += extra
-        if done:
-            self._body_done = True
+        if ex.body_done:
             self.deadline = None
-            if self._streaming:
-                self._stop_streaming(self._conn)
             self._pause_if_full()
-            self._dispatch()
+            ex.dispatch()
             return
         # The body's deadline: body_timeout from its last bytes at most, and
         # moved on by one second per min_body_rate bytes, so a body sent
         # slower than that rate (one byte now and then) runs out of time.
-        limit = self._seconds() + self._body_timeout
+        limit = self.seconds() + self._body_timeout
         if self._body_rate and self.deadline is not None:
-            deadline = self.deadline + len(body) / self._body_rate
+            deadline = self.deadline + (len(data) - len(extra)) / self._body_rate
             self.deadline = deadline if deadline < limit else limit
         else:
             self.deadline = limit
-        if not self._streaming and self._body_size > self._retry_body:
-            # Too large to hold for a retry: stream it to the first server,
-            # and stop reading until that server is connected.
-            self._replayable = False
-            self._pause()
-            self._dispatch()
+        ex.dispatch()
 
-    # -- local answers
+    # -- called by the exchange
 
-    def _reject(self, status: int) -> None:
+    def finished(self, now: float, keep_alive: bool) -> None:
+        """
+        The current exchange is over: read the next request (if any is
+        buffered), or close the connection.
+        """
+        self.exchange = None
+        if not keep_alive:
+            self.close()
+            return
+        self._state = HEAD
+        if self._paused:
+            self.resume()
+        self._deadline_kind = IDLE
+        self.deadline = now + self._idle_timeout
+        if self._buf:
+            buf, self._buf = self._buf, b""
+            self._read_head(buf)
+
+    def reject(self, status: int) -> None:
+        """
+        Answer C{status} (counted as the balancer's own answer) and close.
+        """
         requests = self.balancer.requests
         if requests is not None:
             key = (LOCAL, status)
@@ -422,19 +364,27 @@ class FrontendProtocol(ServerAttempts, Protocol):
         self.transport.write(error_response(status))
         self.transport.loseConnection()
 
+    def close(self) -> None:
+        self._state = CLOSED
+        self.transport.loseConnection()
+
     # -- flow control
 
     def _pause_if_full(self) -> None:
         if len(self._buf) > self._max_head:
-            self._pause()
+            self.pause()
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
         if not self._paused:
             self._paused = True
             self.transport.pauseProducing()
 
-    def _resume(self) -> None:
-        if self._paused:
+    def resume(self, force: bool = False) -> None:
+        """
+        Read from the client again (with C{force}, even if this side did
+        not pause it: a server's transport may have).
+        """
+        if self._paused or force:
             self._paused = False
             self.transport.resumeProducing()
 
