@@ -10,10 +10,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.balancer.exchange import BODY, CONNECTING, DONE, FAILED, RESPONDING, SENT
+from appliance.balancer.response import parse_response_head
 
 from .test_balancer_proxy import OK, SID, Harness
 
 GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+NGINX = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 02 Dec 2026 06:00:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+)
 
 
 class StateTests(SynchronousTestCase):
@@ -143,3 +148,40 @@ class StateTests(SynchronousTestCase):
         self.assertEqual(second.state, SENT)
         self.assertEqual(len(h.reactor.tcpClients), 1)
 
+
+class KeepAliveAnswerTests(SynchronousTestCase):
+    def test_nginx_answer_relayed_without_connection(self):
+        """An answer with Connection: keep-alive is relayed whole without that line, the connection reused."""
+        h = Harness(self)
+        h.send(GET)
+        _, server, _ = h.accept()
+        server.dataReceived(NGINX)
+        self.assertEqual(h.client.value(), NGINX.replace(b"\r\nConnection: keep-alive", b""))
+        self.assertIn(server, h.balancer.pool.idle[server.node])
+
+    def test_same_as_the_full_reading(self):
+        """The quick reading of a keep-alive head gives what the line-by-line reading gives."""
+        heads = [
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nconnection:  Keep-Alive ",
+            b"HTTP/1.1 404 Not Found\r\nServer: x\r\nContent-Length: 0\r\nConnection: keep-alive\r\nX: y",
+        ]
+        for head in heads:
+            quick = parse_response_head(head, b"GET", None, False, True)
+            # A cookie name sends the head through the line-by-line reading.
+            full = parse_response_head(head, b"GET", b"NOPE", False, True)
+            self.assertEqual(quick, full, head)
+            self.assertNotIn(b"onnection", quick.relay.lower())
+
+    def test_other_connection_tokens_read_in_full(self):
+        """Connection: close, or keep-alive beside another hop-by-hop line, is read in full."""
+        close = parse_response_head(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2", b"GET", None, False, True
+        )
+        self.assertFalse(close.reusable)
+        both = parse_response_head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2",
+            b"GET", None, False, True,
+        )
+        self.assertNotIn(b"keep-alive", both.relay.lower())
+        self.assertTrue(both.reusable)

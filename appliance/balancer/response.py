@@ -30,17 +30,21 @@ _RESPONSE = re.compile(
     _STATUS_LINE + rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + FIELD_VALUE + rb")*\Z"
 )
 # A response head with exactly one Content-Length (its digits captured)
-# and nothing hop-by-hop, in one match; the other lines exclude those
+# and nothing hop-by-hop but, at most, the one line real servers add to
+# plain answers (nginx, Apache), C{Connection: keep-alive} (its span
+# captured, to be cut out), in one match; the other lines exclude those
 # names, so every line can be read one way only and the match stays linear.
 _OTHER_LINE = (
     rb"\r\n(?!(?i:c(?:ontent-length|onnection)|keep-alive|t(?:e|railer|ransfer-encoding)|upgrade"
     rb"|proxy-(?:connection|authenticate)):)[!#$%&'*+.^_`|~0-9A-Za-z-]+:" + FIELD_VALUE
 )
+_OTHERS = rb"(?:" + _OTHER_LINE + rb")*"
+_LENGTH_LINE = rb"\r\n(?i:content-length):[ \t]*([0-9]{1,18})[ \t]*"
+_KEEP_ALIVE_LINE = rb"(\r\n(?i:connection):[ \t]*(?i:keep-alive)[ \t]*)"
 _PLAIN_RESPONSE = re.compile(
-    _STATUS_LINE
-    + rb"(?:" + _OTHER_LINE + rb")*"
-    rb"\r\n(?i:content-length):[ \t]*([0-9]{1,18})[ \t]*"
-    rb"(?:" + _OTHER_LINE + rb")*\Z"
+    _STATUS_LINE + _OTHERS
+    + rb"(?:" + _LENGTH_LINE + _OTHERS + rb"(?:" + _KEEP_ALIVE_LINE + _OTHERS + rb")?"
+    + rb"|" + _KEEP_ALIVE_LINE + _OTHERS + _LENGTH_LINE + _OTHERS + rb")\Z"
 )
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-connection"
@@ -87,12 +91,23 @@ def parse_response_head(
         m = _PLAIN_RESPONSE.match(head)
         if m is not None:
             # The common case: one Content-Length, nothing hop-by-hop, so
-            # the head is relayed as it came.
-            minor, code, length_value = m.group(1, 2, 3)
+            # the head is relayed as it came, or with its "Connection:
+            # keep-alive" cut out (as the full reading below drops it, the
+            # connection then reusable).
+            minor, code, length_value, keep, keep_first, length_second = m.group(1, 2, 3, 4, 5, 6)
             status = int(code)
             if status >= 200 and status != 204 and status != 304:
-                length = int(length_value)
-                return ResponseHead(status, LENGTH if length else NO_BODY, length, minor == b"1", None, None)
+                if keep is None and keep_first is None:
+                    length = int(length_value)
+                    return ResponseHead(status, LENGTH if length else NO_BODY, length, minor == b"1", None, None)
+                if keep is None:
+                    length = int(length_second)
+                    start, end = m.span(5)
+                else:
+                    length = int(length_value)
+                    start, end = m.span(4)
+                relay = head[:start] + head[end:] + b"\r\n\r\n"
+                return ResponseHead(status, LENGTH if length else NO_BODY, length, True, None, relay)
     m = _RESPONSE.match(head)
     if m is None:
         return None
