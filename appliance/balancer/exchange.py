@@ -330,7 +330,8 @@ class Exchange:
             b = self.balancer
             if b.sticky:
                 b.sticky_table.learn(head.session, self.node, self.fe.seconds())
-            if self.new_session:
+            if self.new_session and b.new_sessions is not None:
+                # (None: a reload turned the limit off meanwhile.)
                 self.new_session = False
                 b.new_sessions.charge(self.fe.client_key, self.fe.seconds())
 
