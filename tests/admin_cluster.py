@@ -19,8 +19,13 @@ SECRET = "test-secret-123"
 
 
 class AdminCluster:
-    def __init__(self, case, extra: str = ""):
+    def __init__(self, case, extra: str = "", credential: str = ""):
+        """
+        C{credential}: the bearer token reads must carry (C{[cluster]
+        admin_token}, when C{extra} sets one).
+        """
         self.case = case
+        self.credential = credential
         lb, dns, *admins = free_ports(2 + 5)
         self.lb_port = lb
         self.admin = dict(zip(["balancer:lb1", "dns", "node:s1", "node:s2", "node:s3"], admins))
@@ -75,13 +80,15 @@ class AdminCluster:
         """
         (code, JSON document) of an admin GET.
         """
+        headers = {"Authorization": f"Bearer {self.credential}"} if self.credential else {}
         try:
-            with urllib.request.urlopen(self.url(section, path), timeout=10) as r:
+            with urllib.request.urlopen(urllib.request.Request(self.url(section, path), headers=headers), timeout=10) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
-    def post(self, section, path, body, credential=SECRET):
+    def post(self, section, path, body, credential=None):
+        credential = credential or self.credential or SECRET
         request = urllib.request.Request(
             self.url(section, path), data=json.dumps(body).encode(), method="POST",
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {credential}"},

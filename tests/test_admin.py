@@ -315,3 +315,24 @@ class ReloadTests(SynchronousTestCase):
         code, answer = self.post()
         self.assertEqual(code, 409)
         self.assertEqual(answer["error"], f"{self.path}: [cluster] secret: cannot change while running: restart to change it")
+
+
+class StartupTests(SynchronousTestCase):
+    def test_refused_without_token(self):
+        """twistd appliance will not start with an admin address off loopback and no token: one line, exit 1."""
+        import os
+        import subprocess
+
+        from .helpers import ROOT, cluster_ini, free_ports, twistd, write
+
+        port, = free_ports(1)
+        text, _ = cluster_ini(names=("s1", "s2"))
+        text = text.replace("[node:s1]\n", f"[node:s1]\nadmin = 0.0.0.0:{port}\n", 1)
+        path = write(os.path.abspath(self.mktemp()) + ".ini", text)
+        done = subprocess.run(twistd("--config", path, "--node", "s1"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(
+            done.stderr,
+            f"appliance: {path}: [node:s1] admin: 0.0.0.0:{port} is not a loopback address:"
+            " set [cluster] admin_token to listen there\n",
+        )

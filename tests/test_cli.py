@@ -117,3 +117,18 @@ class ClusterCliTests(SynchronousTestCase):
         answers = json.loads(out)
         self.assertEqual(set(answers), {"dns", "node:s2", "node:s3"})
         self.assertIn("[cluster] cookie: cannot change while running", answers["node:s2"]["error"])
+
+
+class TokenTests(SynchronousTestCase):
+    def test_token(self):
+        """With admin_token every listener refuses a request without it (401) and the CLI, reading it from the config, gets through."""
+        cluster = AdminCluster(self, extra="admin_token = a-token-of-16-chars-or-more\n", credential="a-token-of-16-chars-or-more")
+        import urllib.error
+        import urllib.request
+
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(cluster.url("node:s1", "/status.json"), timeout=10)
+        self.assertEqual(e.exception.code, 401)
+        code, out, err = cli(cluster.config, "--json", "status")
+        self.assertEqual(code, 0, err)
+        self.assertEqual({s["state"] for s in json.loads(out)["sections"]}, {"up"})
