@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -247,3 +247,33 @@ class ClusterViewTests(TestCase):
         [s1] = [s for s in view["sections"] if s["section"] == "node:s1"]
         self.assertEqual((s1["state"], s1["kind"], s1["name"]), ("down", "node", "s1"))
         self.assertIn("refused", s1["error"].lower())
+
+    @defer.inlineCallbacks
+    def test_oversized_answer(self):
+        """A peer that answers more than MAX_ANSWER bytes is shown down and the rest of its answer is not read."""
+        from twisted.web import resource, server
+
+        from appliance.admin import cluster as cluster_view
+
+        class Flood(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                return b"{" + b" " * (cluster_view.MAX_ANSWER + 1) + b"}"
+
+        port = reactor.listenTCP(0, server.Site(Flood()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        cluster = config()
+        peers = cluster_view.Peers(reactor, cluster)
+        from appliance.config import Address
+
+        answer = yield peers.ask("node:s1", Address("127.0.0.1", port.getHost().port))
+        self.assertEqual(answer["state"], "down")
+        self.assertIn("more than", answer["error"])
+        small = yield peers.call(Address("127.0.0.1", port.getHost().port), b"GET", "/", timeout=5).addErrback(
+            lambda f: f.trap(cluster_view.AnswerTooLarge) and "refused")
+        self.assertEqual(small, "refused")
+        # Let the cut connections finish closing, then drop what the pool kept.
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        yield peers.close()
+

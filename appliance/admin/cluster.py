@@ -10,9 +10,10 @@ import io
 import json
 from typing import Callable, List, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.web import resource, server
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from appliance.admin.auth import Guard
@@ -21,6 +22,55 @@ from appliance.config import Address, ClusterConfig
 
 #: How long a peer's admin listener has to answer.
 TIMEOUT = 1.0
+#: The largest answer read from a peer's admin listener (a status is a few KiB).
+MAX_ANSWER = 1024 * 1024
+
+
+class AnswerTooLarge(Exception):
+    """
+    A peer's admin listener answered more than L{MAX_ANSWER} bytes.
+    """
+
+
+class _Bounded(protocol.Protocol):
+    """
+    Collects a response body of at most C{limit} bytes into C{finished};
+    past it, stops the transfer (the connection is closed) and fails.
+    """
+
+    def __init__(self, finished: defer.Deferred, limit: int):
+        self.finished = finished
+        self.limit = limit
+        self.parts: List[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.stopProducing()
+            self.finished.errback(AnswerTooLarge(f"answered more than {self.limit} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def read_body(response, limit: int = MAX_ANSWER) -> defer.Deferred:
+    """
+    C{twisted.web.client.readBody}, bounded: fails with L{AnswerTooLarge}
+    instead of holding whatever a peer sends.
+    """
+    finished: defer.Deferred = defer.Deferred()
+    response.deliverBody(_Bounded(finished, limit))
+    return finished
 
 
 def kind_of(section: str) -> str:
@@ -106,7 +156,7 @@ class Peers:
             d = self.agent.request(method, url, Headers(self.operation_headers), payload)
 
         def answered(response):
-            return readBody(response).addCallback(lambda raw: (response.code, parse(raw)))
+            return read_body(response).addCallback(lambda raw: (response.code, parse(raw)))
 
         def parse(raw: bytes) -> dict:
             document = json.loads(raw)
