@@ -120,8 +120,8 @@ class RebalanceEndToEndTests(SynchronousTestCase):
         # Sessions whose primary moved to s3 are served with their first
         # cookie, which names another primary, and the answer names s3.
         self.assertGreater(followed, 0)
-        log = open(os.path.join(self.dir, "s1.log"), errors="replace").read()
-        self.assertIn("rebalance:", log)
+        with open(os.path.join(self.dir, "s1.log"), errors="replace") as f:
+            self.assertIn("rebalance:", f.read())
 
     def test_after_kill(self):
         """After kill -9 and a restart, the server gets a third of the primaries and backups back within 10 %; no acknowledged write is lost."""

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appliance import cookie
 from appliance.config import ClusterConfig, ConfigError
-from appliance.core.rebalance import BACKUP, PRIMARY, Counts, Move, Moved, Pacer, candidates, plan
+from appliance.core.rebalance import BACKUP, PRIMARY, Counts, Moved, Pacer, candidates, plan
 from appliance.server.errors import NotServing
 from appliance.server.rebalance import Rebalancer, decode_counts
 
@@ -264,7 +264,7 @@ class RoundTests(Base):
         """A restarted node (flat topology) ends with a third of the primaries and of the backups; every session is whole, on two copies."""
         routes = self.rebalanced()
         counts = self.counts()
-        for name, (primaries, backups) in counts.items():
+        for primaries, backups in counts.values():
             self.assertTrue(8 <= primaries <= 12 and 8 <= backups <= 12, counts)
         for route in routes:
             copies = self.copies(route.sid)

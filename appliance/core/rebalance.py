@@ -144,9 +144,10 @@ def backup_quotas(
             if n != source and d > slack / 2 and counts[source].backups - counts[n].backups >= 2
         }
         if not room:
-            # Every node under the mean that this node may use is the
-            # source itself: pass the surplus to a node well below the
-            # source, whose own primaries pass it on in turn.
+            # No node under the mean can take them from here (the one
+            # that lacks backups is this node itself): pass the surplus to
+            # a node well below the source, whose own primaries pass it on
+            # to the node that lacks them.
             gaps = {n: counts[source].backups - counts[n].backups for n in allowed if n != source}
             room = {n: gap for n, gap in gaps.items() if gap > 2 * slack}
             share = min([share] + [gap / 2 for gap in room.values()])
