@@ -40,7 +40,7 @@ C{secure}, C{transport} (the client's) and C{balancer}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -66,15 +66,27 @@ class Exchange:
     against its client's new-session limit if its answer sets one.
     """
 
-    __slots__ = (
-        "fe", "balancer", "transport", "secure", "head", "method", "keep_alive",
-        "cookie_name", "new_session", "state", "plan", "plan_complete", "attempt",
-        "node", "conn", "connecting", "sent", "fresh_retry", "replayable", "body",
-        "body_size", "body_left", "body_done", "scanner", "streaming", "started",
-        "began",
-    )
-
     log = Logger()
+
+    # What a new exchange starts with, kept on the class: a request sets
+    # only what differs (most do not plan, retry, hold or stream a body).
+    plan: Tuple[str, ...] = ()
+    plan_complete = True
+    attempt = 0
+    node: Optional[str] = None
+    conn: Optional[BackendProtocol] = None
+    connecting = None
+    sent = False
+    fresh_retry = False
+    replayable = True
+    body: Sequence[bytes] = ()
+    body_size = 0
+    body_left = 0
+    body_done = True
+    scanner: Optional[ChunkedScanner] = None
+    streaming = False
+    started = 0.0
+    began = 0.0
 
     def __init__(
         self,
@@ -93,23 +105,6 @@ class Exchange:
         self.cookie_name = cookie_name
         self.new_session = new_session
         self.state = BODY
-        self.plan: Tuple[str, ...] = ()
-        self.plan_complete = True
-        self.attempt = 0
-        self.node: Optional[str] = None
-        self.conn: Optional[BackendProtocol] = None
-        self.connecting = None
-        self.sent = False
-        self.fresh_retry = False
-        self.replayable = True
-        self.body: List[bytes] = []
-        self.body_size = 0
-        self.body_left = 0
-        self.body_done = True
-        self.scanner: Optional[ChunkedScanner] = None
-        self.streaming = False
-        self.started = 0.0
-        self.began = 0.0
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method!r} {STATE_NAMES[self.state]} node={self.node}>"
@@ -130,6 +125,7 @@ class Exchange:
         until complete, else streamed.
         """
         head = self.head
+        self.body = []
         self.body_done = False
         if head.framing == LENGTH:
             self.body_left = head.length
@@ -313,7 +309,7 @@ class Exchange:
         self.sent = True
         if not self.body_done:
             self.streaming = True
-            self.body = []
+            self.body = ()
             conn.transport.registerProducer(fe.throttle, True)
             fe.resume()
 
