@@ -22,6 +22,17 @@ NGINX = (
 
 
 class StateTests(SynchronousTestCase):
+    def sent_get(self):
+        """
+        A GET sent on a new server connection: the harness, the exchange
+        and the server's protocol.
+        """
+        h = Harness(self)
+        h.send(GET)
+        ex = h.proto.exchange
+        _, server, _ = h.accept()
+        return h, ex, server
+
     def test_get_connecting_sent_done(self):
         """A GET waits for a connection, is sent, and is done once answered whole."""
         h = Harness(self)
@@ -39,10 +50,7 @@ class StateTests(SynchronousTestCase):
 
     def test_responding_until_the_body_is_through(self):
         """An answer in two reads: RESPONDING after its head, DONE after its body."""
-        h = Harness(self)
-        h.send(GET)
-        ex = h.proto.exchange
-        _, server, _ = h.accept()
+        h, ex, server = self.sent_get()
         server.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
         self.assertEqual(ex.state, RESPONDING)
         server.dataReceived(b"cd")
@@ -113,10 +121,7 @@ class StateTests(SynchronousTestCase):
 
     def test_failure_mid_response_fails_the_exchange(self):
         """A server lost after part of the answer was relayed fails the exchange and closes the client."""
-        h = Harness(self)
-        h.send(GET)
-        ex = h.proto.exchange
-        _, server, _ = h.accept()
+        h, ex, server = self.sent_get()
         server.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab")
         server.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(ex.state, FAILED)
