@@ -4,7 +4,7 @@ each runtime, behind several backends, with 1 or more processes.
 
     python3 bench/balancer.py [--duration 4] [--rounds 3] [--connections 32]
         [--runtime python3,.pypy/bin/python] [--backend own,nginx,cart] [--processes 1,2]
-        [--metrics both]
+        [--metrics both] [--in-process]
 
 Everything runs on 127.0.0.1 with free ports.  For each backend and each
 process count N: the backend, HAProxy (C{nbthread N}, keep-alive,
@@ -26,6 +26,9 @@ cookies the Lua script rotates.  Every child is stopped at the end.
 With C{--metrics both}, ours runs twice on each runtime in the same rounds,
 as shipped and with C{[cluster] metrics = no} (C{ours-LABEL-nometrics}),
 and the report gives their ratio: what the counting behind /metrics costs.
+C{--in-process} measures only the balancer's Python per request, on the
+interpreter running the bench, with fake transports (no sockets, no
+reactor) and each backend's answer: steadier than any HTTP run here.
 """
 
 from __future__ import annotations
@@ -424,12 +427,24 @@ def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str
             stop(proc)
 
 
-def request_cost(metrics: bool, requests: int) -> float:
+# The answers of the backends, as the balancer reads them in process.
+ANSWERS = {
+    "own": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "nginx": (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 06:00:00 GMT\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 28\r\nConnection: keep-alive\r\n\r\n"
+        b'{"items": ["apple", "pear"]}'
+    ),
+}
+
+
+def request_cost(metrics: bool, requests: int, answer: str = "own") -> float:
     """
     CPU microseconds per request through the balancer's protocols in
     process (a memory reactor and string transports, one kept-alive
-    server connection), with C{[cluster] metrics} as given: the counting
-    the HTTP runs compare, without their noise.
+    server connection), with C{[cluster] metrics} as given and the
+    C{answer} of one of L{ANSWERS}: the work the HTTP runs measure,
+    without the kernel, the reactor and their noise.
     """
     sys.path.insert(0, ROOT)
     from twisted.internet.address import IPv4Address
@@ -449,7 +464,7 @@ def request_cost(metrics: bool, requests: int) -> float:
     front = FrontendFactory(balancer, False).buildProtocol(None)
     front.makeConnection(client)
     request = f"GET /cart HTTP/1.1\r\nHost: x\r\nCookie: {COOKIE}\r\n\r\n".encode("ascii")
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    response = ANSWERS[answer]
     front.dataReceived(request)
     server = reactor.tcpClients[-1][2].buildProtocol(None)
     wire = StringTransport()
@@ -527,10 +542,20 @@ def main() -> int:
     parser.add_argument("--processes", default="1", help="comma-separated process counts (default 1)")
     parser.add_argument("--metrics", choices=("on", "both"), default="on",
                         help="both: ours also with [cluster] metrics = no, side by side, and their ratio")
+    parser.add_argument("--in-process", action="store_true",
+                        help="only the Python cost per request on this runtime, in process (fake "
+                             "transports), behind the own and the nginx answer: median of --rounds")
     parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_backend:
         serve_backend(args.serve_backend)
+        return 0
+    if args.in_process:
+        request_cost(True, 20000)  # a PyPy JIT warms up
+        for answer in ANSWERS:
+            costs = [request_cost(True, 20000, answer) for _ in range(max(1, min(args.rounds, 10)))]
+            print(f"in process, {answer} answer: {statistics.median(costs):.2f} us/request "
+                  f"(best {min(costs):.2f}) on {short(sys.executable)}")
         return 0
     kinds = [k for k in args.backend.split(",") if k]
     for tool in ["wrk", "haproxy"] + (["nginx"] if "nginx" in kinds else []):
