@@ -108,7 +108,14 @@ class Store:
 
     @incarnation.setter
     def incarnation(self, value: int) -> None:
+        newer = value > self._incarnation
         self._incarnation = value
+        if newer:
+            # Copies are stamped with this node's incarnation of their time,
+            # never a later one: a new incarnation is primary of nothing yet
+            # (no walk over a million copies while the reactor waits).
+            self.primaries = self.unprotected = 0
+            return
         mine = [s for s in self._paired(self.node) if s.primary_inc == value]
         self.primaries = len(mine)
         self.unprotected = sum(1 for s in mine if s.secondary is None)
@@ -637,6 +644,14 @@ class Store:
         """
         mine = self.mine
         return [s for s in self._paired(primary) if s.primary_inc <= incarnation and not mine(s)]
+
+    def has_orphans(self, primary: str, incarnation: int) -> bool:
+        """
+        Whether L{orphans} would list any, found without listing them all
+        (the question comes with every login and every lost link).
+        """
+        mine = self.mine
+        return any(s.primary_inc <= incarnation and not mine(s) for s in self._paired(primary))
 
     def copies(self, sids: Iterable[str]) -> List[Tuple[str, int, int, str, int]]:
         """

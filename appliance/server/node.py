@@ -441,22 +441,29 @@ class SessionNode:
             self.reprotect_all(peer)
         self.protection.watch(peer)
 
-    def reprotect_all(self, peer: str) -> int:
-        sids = [s.sid for s in self.store.backed_by(peer)]
-        if sids:
-            log.info("{peer} lost: re-protecting {n} sessions", peer=peer, n=len(sids))
-            self.protection.in_slices(
-                sids, lambda s, peer=peer: self.protection.protect(s, exclude=(peer,)) if s.secondary == peer else None
-            ).addErrback(self.background_failure)
-        return len(sids)
+    def reprotect_all(self, peer: str) -> None:
+        """
+        Give every primary that C{peer} backed another secondary (one run
+        per peer at a time: a link that flaps starts no second one).
+        """
+
+        def start() -> defer.Deferred:
+            sids = [s.sid for s in self.store.backed_by(peer)]
+            if sids:
+                log.info("{peer} lost: re-protecting {n} sessions", peer=peer, n=len(sids))
+            return self.protection.in_slices(
+                sids, lambda s: self.protection.protect(s, exclude=(peer,)) if s.secondary == peer else None
+            )
+
+        self.protection.once(("reprotect", peer), start)
 
     def dead(self, peer: str, incarnation: int) -> None:
         """
         C{peer} at C{incarnation} is voted dead (or restarted): promote its
-        sessions backed here.
+        sessions backed here (one promotion per incarnation at a time).
         """
-        if self.store.orphans(peer, incarnation):
-            self.protection.promote_orphans(peer, incarnation).addErrback(self.background_failure)
+        if self.store.has_orphans(peer, incarnation):
+            self.protection.once(("promote", peer, incarnation), lambda: self.protection.promote_orphans(peer, incarnation))
 
     def peer_up(self, peer: str) -> defer.Deferred:
         """
@@ -484,10 +491,10 @@ class SessionNode:
         makes.
         """
         old = self.store.incarnation
+        orphans = self.store.primaries
         self.store.incarnation = incarnation
         self.locks.fail_all(NotServing("this node restarted its incarnation"))
         self.touched = {}
-        orphans = len(self.store.orphans(self.name, old))
         self.dead(self.name, old)
         return orphans
 

@@ -77,6 +77,7 @@ class Protection:
         self.locks = node.locks
         self.quorum = node.quorum
         self._watching: Dict[str, int] = {}
+        self._runs: Dict[tuple, defer.Deferred] = {}
         #: Digest comparisons that found copies to send again.
         self.resyncs = 0
 
@@ -171,6 +172,25 @@ class Protection:
             return self.protect(session, exclude, wait=False)
 
         return d.addCallback(again)
+
+    def once(self, key: tuple, start) -> None:
+        """
+        Run C{start()} (a Deferred) in the background unless a run of the
+        same C{key} is still under way: the mass jobs (re-protecting what a
+        lost peer backed, promoting a dead incarnation's sessions) are
+        asked for again at every event that may need them, and a second run
+        would only redo the first one's work, a million sessions at a time.
+        """
+        if key in self._runs:
+            return
+        d = self._runs[key] = start()
+
+        def done(result):
+            if self._runs.get(key) is d:
+                del self._runs[key]
+            return result
+
+        d.addBoth(done).addErrback(self.node.background_failure)
 
     def locked(self, sid: str, work) -> defer.Deferred:
         """
@@ -271,7 +291,7 @@ class Protection:
         incarnation = self.quorum.incarnation_of(peer)
         if incarnation is None or self._watching.get(peer) == incarnation:
             return
-        if not self.store.orphans(peer, incarnation):
+        if not self.store.has_orphans(peer, incarnation):
             return
         self._watching[peer] = incarnation
 
