@@ -344,6 +344,25 @@ class FailoverTests(Base):
         _, route = self.ok("s1", self.route, add("pear"))
         self.assertEqual(self.cart(route.primary, route)[0], ["apple", "pear"])
 
+    def test_newer_epoch_beats_an_older_copy_held_by_its_primary(self):
+        """
+        A primary isolated from all, replaced (epoch + 1), then both it and
+        its replacement start new incarnations: when the partition heals,
+        the old primary's copy still names it primary, but the newer copy
+        is what a request gets (the chaos bench lost 48 writes so).
+        """
+        self.s.isolate("s1")
+        _, route = self.ok("s3", self.route, add("pear"))
+        self.assertEqual(route.primary, "s3")
+        self.s.run(3.0)
+        self.assertGreater(self.s.servers["s1"].ended, 0)
+        self.assertEqual(self.s.servers["s1"].node.store.get(route.sid).epoch, 1)
+        self.s.servers["s3"].end()
+        self.s.heal()
+        self.s.run(0.25)
+        items, _ = self.cart("s3", route)
+        self.assertEqual(items, ["apple", "pear"])
+
     def test_no_promotion_across_a_partition(self):
         """A secondary cut off from a primary that the others still reach does not promote itself; the primary re-protects on another node."""
         self.s.cut("s3", "s1")

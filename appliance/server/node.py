@@ -272,11 +272,13 @@ class SessionNode:
                         raise NotServing("a server that may hold this session does not answer")
                     continue
                 return None, []
-            owner = [c for c in copies if c.holder == c.primary and c.holder != self.name]
-            if owner:
-                source, dead = owner[0], None
+            best = newest(copies)
+            if best.holder == best.primary and best.holder != self.name:
+                # Its primary holds the newest copy.  (An older copy that
+                # names its holder primary is an orphan of an incarnation
+                # that a newer epoch replaced: never the source.)
+                source, dead = best, None
             else:
-                best = newest(copies)
                 # The newest copy names us its primary, and we hold nothing:
                 # a hand-over to us whose answer never came.  We take it
                 # again (from its holder, which allows the session's named
