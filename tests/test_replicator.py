@@ -164,6 +164,26 @@ class BatchedTests(SynchronousTestCase):
             self.assertIsNone(batch_limits(settings, 600))
 
 
+    def test_local_time_only_for_windows(self):
+        """Local time is read only in batched mode with time-of-day windows, not once per record otherwise."""
+        windows = (BatchWindow(8 * 60, 20 * 60, 1, 5.0),)
+        for mode, kw, consulted in (
+            ("sync", {}, False),
+            ("async", {}, False),
+            ("batched", {}, False),
+            ("batched", {"batch_windows": windows}, True),
+        ):
+            asked = []
+            settings = ClusterSettings(name="c.test", secret="x" * 8, replication=mode, batch_count=1, **kw)
+            clock, peer = Clock(), FakePeer()
+            r = Replicator(clock, settings, peer, lambda: asked.append(1) or 12 * 60)
+            d = r.send("s2", delta(1))
+            clock.advance(0)
+            peer.answer(0)
+            self.assertEqual(self.successResultOf(d), Result.OK)
+            self.assertEqual(bool(asked), consulted, (mode, kw))
+
+
 class MalformedAnswerTests(SynchronousTestCase):
     def test_unknown_code_fails_only_its_record(self):
         """An answer with one unknown result code fails that record as unreadable; the others are delivered."""

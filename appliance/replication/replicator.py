@@ -90,6 +90,17 @@ class Replicator:
         self.ack = Histogram(SECONDS)
         self.fenced = 0
 
+    def _limits(self):
+        """
+        L{batch_limits} now.  Local time is read only when batching windows
+        make it matter: C{time.localtime} costs a C{stat} of the zone file
+        per call, and sync mode asks this three times per record.
+        """
+        settings = self.settings
+        if settings.replication != "batched":
+            return None
+        return batch_limits(settings, self._minute() if settings.batch_windows else 0)
+
     def _queue(self, peer: str) -> _Queue:
         q = self._queues.get(peer)
         if q is None:
@@ -114,7 +125,7 @@ class Replicator:
         d = defer.Deferred()
         q = self._queue(peer)
         q.pending.append((wire.encode_record(record), d))
-        if urgent and not q.in_flight and not q.held and batch_limits(self.settings, self._minute()) is not None:
+        if urgent and not q.in_flight and not q.held and self._limits() is not None:
             # Batching: leave at the end of this turn, not after the interval.
             if q.timer is not None and q.timer.active():
                 q.timer.cancel()
@@ -164,7 +175,7 @@ class Replicator:
     def _arrange(self, q: _Queue) -> None:
         if q.in_flight or q.held:
             return
-        limits = batch_limits(self.settings, self._minute())
+        limits = self._limits()
         if limits is None:
             if q.due:
                 self._flush(q)
@@ -211,7 +222,7 @@ class Replicator:
 
     def _answered(self, answer, q: _Queue, batch) -> None:
         q.in_flight = 0
-        if q.pending and batch_limits(self.settings, self._minute()) is None:
+        if q.pending and self._limits() is None:
             # Group commit: what accumulated behind this batch leaves before
             # the answered requests are written out, so the next round trip
             # overlaps that work.
