@@ -163,7 +163,6 @@ class BatchedTests(SynchronousTestCase):
             settings = ClusterSettings(name="c.test", secret="x" * 8, replication=mode)
             self.assertIsNone(batch_limits(settings, 600))
 
-
     def test_local_time_only_for_windows(self):
         """Local time is read only in batched mode with time-of-day windows, not once per record otherwise."""
         windows = (BatchWindow(8 * 60, 20 * 60, 1, 5.0),)
