@@ -249,8 +249,11 @@ def make_service(
         else:
             from appliance.server.service import SessionServerService
 
+            from appliance.server.collector import Collector
+
             server = SessionServerService(reactor, cluster, node)
             server.setServiceParent(top)
+            Collector(reactor, lambda: server.node.protection.busy).setServiceParent(top)
             _admin(top, reactor, cluster, f"node:{node}", [server])
     if layout.everything:
         _admin(top, reactor, cluster, "cluster", [])
