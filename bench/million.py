@@ -158,7 +158,7 @@ class Reader(threading.Thread):
             except (OSError, http.client.HTTPException) as e:
                 status = type(e).__name__
                 conn = None
-            self.results.append((sent, time.monotonic() - sent, status))
+            self.results.append((sent, time.monotonic() - sent, status, cookie.split("!")[1] == VICTIM))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -172,8 +172,13 @@ def percentile(values, q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def summary(results, since: float, until: float) -> str:
-    window = [r for r in results if since <= r[0] < until]
+def summary(results, since: float, until: float, victims=None) -> str:
+    """
+    Latencies and statuses of the requests sent between C{since} and
+    C{until}; C{victims} True/False: only those whose primary was (was not)
+    the killed server.
+    """
+    window = [r for r in results if since <= r[0] < until and victims in (None, r[3])]
     latencies = [r[1] for r in window]
     errors = {}
     for r in window:
@@ -294,6 +299,8 @@ def run(args) -> int:
         print(f"every session has two copies again {healed:.1f} s after the kill (target <= 60 s)")
         print(f"  live requests before the kill:        {summary(reader.results, before - 3, before)}")
         print(f"  live requests during re-protection:   {summary(reader.results, killed, killed + healed)}")
+        print(f"    primary was {VICTIM}:                 {summary(reader.results, killed, killed + healed, True)}")
+        print(f"    primary elsewhere:                {summary(reader.results, killed, killed + healed, False)}")
         print(f"  live requests after:                  {summary(reader.results, killed + healed, INF)}")
         return 0
     finally:

@@ -459,11 +459,13 @@ class FailoverTests(Base):
 
 class SliceTests(Base):
     """
-    Mass re-protection and promotion go a slice at a time (SLICE is 4 here).
+    Mass re-protection and promotion go a slice at a time (SLICE is 4 here),
+    at most WINDOW (2 here) under way at once.
     """
 
     def setUp(self):
         self.patch(protection, "SLICE", 4)
+        self.patch(protection, "WINDOW", 2)
         self.sim()
         self.routes = [self.start([f"item{i}"]) for i in range(10)]
 
@@ -471,10 +473,10 @@ class SliceTests(Base):
         return sorted(str(self.s.servers[name].node.store.get(r.sid).secondary) for r in self.routes)
 
     def test_reprotection_goes_a_slice_at_a_time(self):
-        """A lost secondary's sessions are re-protected a slice at a time, the next once the last is acknowledged."""
+        """A lost secondary's sessions are re-protected two slices at a time, the next once one is acknowledged."""
         self.assertEqual(self.secondaries("s1"), ["s3"] * 10)
         self.s.kill("s3")
-        self.assertEqual(self.secondaries("s1"), ["s2"] * 4 + ["s3"] * 6)
+        self.assertEqual(self.secondaries("s1"), ["s2"] * 8 + ["s3"] * 2)
         self.s.run(1.0)
         self.assertEqual(self.secondaries("s1"), ["s2"] * 10)
         for r in self.routes:

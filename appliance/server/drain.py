@@ -283,11 +283,10 @@ class Leaving:
         sessions = node.store.backed_by(peer)
         log.info("{peer} is draining: re-protecting the {n} sessions it backs", peer=peer, n=len(sessions))
         protection = node.protection
-        work = [
-            protection.locked(s.sid, lambda s, peer=peer: protection.protect(s, exclude=(peer,)) if s.secondary == peer else None)
-            for s in sessions
-        ]
-        return defer.DeferredList(work, consumeErrors=True).addCallback(lambda _: None)
+        return protection.in_slices(
+            [s.sid for s in sessions],
+            lambda s, peer=peer: protection.protect(s, exclude=(peer,)) if s.secondary == peer else None,
+        )
 
     @defer.inlineCallbacks
     def take(self, peer: str, incarnation: int, records: List[Full]):

@@ -133,7 +133,8 @@ class Rebalancer:
             return []
         self.pacer.spend(len(moves))
         backups = [m for m in moves if m.kind == BACKUP]
-        work = [node.protection.locked(m.sid, lambda s, m=m: self._move_backup(s, m)) for m in backups]
+        locked = (node.protection.locked(m.sid, lambda s, m=m: self._move_backup(s, m)) for m in backups)
+        work = [d for d in locked if d is not None]
         by_peer: Dict[str, List[str]] = {}
         for m in moves:
             if m.kind == PRIMARY:
