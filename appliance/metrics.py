@@ -141,6 +141,38 @@ class ServerCollector(Collector):
         )
 
 
+class MemoryCollector(Collector):
+    """
+    What the cycle collector's freeze policy of a session server's process
+    did (L{appliance.server.collector.Collector}); nothing on PyPy, where
+    there is none.
+    """
+
+    def __init__(self, policies: Iterable):
+        self.policies = [p for p in policies if p.active]
+
+    def collect(self) -> Iterator:
+        frozen = GaugeMetricFamily(
+            "appliance_gc_frozen_objects", "Objects kept out of full collections (gc.freeze).", labels=["node"]
+        )
+        freezes = CounterMetricFamily(
+            "appliance_gc_freezes_total", "Full collections long enough that their survivors were frozen.",
+            labels=["node"],
+        )
+        thaws = CounterMetricFamily(
+            "appliance_gc_thaws_total", "Collections of every object, frozen ones included.", labels=["node"]
+        )
+        longest = GaugeMetricFamily(
+            "appliance_gc_longest_full_seconds", "The longest full collection so far.", labels=["node"]
+        )
+        for policy in self.policies:
+            frozen.add_metric([policy.node], policy.gc.get_freeze_count())
+            freezes.add_metric([policy.node], policy.freezes)
+            thaws.add_metric([policy.node], policy.thaws)
+            longest.add_metric([policy.node], policy.longest)
+        yield from (frozen, freezes, thaws, longest)
+
+
 class BalancerCollector(Collector):
     """
     Requests, retries, server states and request times of balancers
@@ -223,12 +255,14 @@ def registry_for(services: Iterable) -> CollectorRegistry:
     """
     from appliance.balancer.service import BalancerService
     from appliance.dns.service import DnsService
+    from appliance.server import collector
     from appliance.server.service import SessionServerService
 
     services = list(services)
     registry = CollectorRegistry(auto_describe=False)
     for kind, collector in (
         (SessionServerService, ServerCollector),
+        (collector.Collector, MemoryCollector),
         (BalancerService, BalancerCollector),
         (DnsService, DnsCollector),
     ):

@@ -253,8 +253,9 @@ def make_service(
 
             server = SessionServerService(reactor, cluster, node)
             server.setServiceParent(top)
-            Collector(reactor, lambda: server.node.protection.busy).setServiceParent(top)
-            _admin(top, reactor, cluster, f"node:{node}", [server])
+            memory = Collector(node, reactor, lambda: server.node.protection.busy)
+            memory.setServiceParent(top)
+            _admin(top, reactor, cluster, f"node:{node}", [server, memory])
     if layout.everything:
         _admin(top, reactor, cluster, "cluster", [])
     return top

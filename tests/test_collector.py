@@ -29,6 +29,9 @@ class FakeGC:
         self.calls = []
         self.took = 0.0
 
+    def get_freeze_count(self):
+        return self.frozen
+
     def freeze(self):
         self.calls.append("freeze")
         self.frozen, self.live = self.frozen + self.live, 0
@@ -63,7 +66,7 @@ class CollectorTests(SynchronousTestCase):
         self.timer = Timer()
         self.gc = FakeGC(self.timer)
         self.jobs = False
-        self.collector = Collector(self.clock, lambda: self.jobs, gc=self.gc, timer=self.timer)
+        self.collector = Collector("s1", self.clock, lambda: self.jobs, gc=self.gc, timer=self.timer)
 
     def test_long_full_collection_freezes_its_survivors(self):
         """A full collection as long as FREEZE_AFTER freezes what survived it; a shorter one, or a younger generation, does not."""
@@ -122,6 +125,26 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual((self.gc.callbacks, self.gc.frozen, self.gc.live), ([], 0, 7))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_metrics(self):
+        """A session server's admin metrics report the frozen objects, the freezes, the thaws and the longest full collection."""
+        from prometheus_client import generate_latest
+
+        from appliance.metrics import registry_for
+
+        from .test_metrics import samples
+
+        self.collector.startService()
+        self.gc.live = 100
+        self.gc.full(0.25)
+        self.gc.took = 0.1
+        self.clock.advance(collector.THAW_EVERY)
+        got = samples(generate_latest(registry_for([self.collector])).decode())
+        node = (("node", "s1"),)
+        self.assertEqual(got[("appliance_gc_frozen_objects", node)], 100)
+        self.assertEqual(got[("appliance_gc_freezes_total", node)], 2)
+        self.assertEqual(got[("appliance_gc_thaws_total", node)], 1)
+        self.assertAlmostEqual(got[("appliance_gc_longest_full_seconds", node)], 0.25)
+
     def test_inert_without_freeze(self):
         """An interpreter whose gc has no freeze (PyPy) gets no policy at all."""
 
@@ -131,7 +154,7 @@ class CollectorTests(SynchronousTestCase):
             def collect(self):
                 raise AssertionError("not called")
 
-        c = Collector(self.clock, lambda: False, gc=NoFreeze())
+        c = Collector("s1", self.clock, lambda: False, gc=NoFreeze())
         c.startService()
         c.stopService()
         self.assertEqual((NoFreeze.callbacks, self.clock.getDelayedCalls()), ([], []))
@@ -145,10 +168,10 @@ class RealCollectorTests(SynchronousTestCase):
     def test_frozen_objects_leave_full_collections(self):
         """Objects that survived a long full collection are frozen, later collections skip them, and stop thaws them."""
         if platform.python_implementation() == "PyPy":
-            self.assertFalse(Collector(Clock(), lambda: False).active, "PyPy's gc has no freeze")
+            self.assertFalse(Collector("s1", Clock(), lambda: False).active, "PyPy's gc has no freeze")
             return
         self.patch(collector, "FREEZE_AFTER", 0.0)
-        c = Collector(Clock(), lambda: False)
+        c = Collector("s1", Clock(), lambda: False)
         kept = [[i] for i in range(20_000)]
         c.startService()
         self.addCleanup(gc.unfreeze)

@@ -49,12 +49,13 @@ class Collector(service.Service):
     The freeze policy of one session server's process (see the module
     docstring); one per process, as the collector is.
 
-    C{gc} is the C{gc} module (a stand-in in tests); C{busy()} says whether
-    a mass job runs now; C{timer} reads a monotonic clock for the length of
-    a collection.
+    C{node} names the server (for its metrics); C{gc} is the C{gc} module
+    (a stand-in in tests); C{busy()} says whether a mass job runs now;
+    C{timer} reads a monotonic clock for the length of a collection.
     """
 
-    def __init__(self, clock, busy: Callable[[], bool], gc=_gc, timer: Callable[[], float] = time.perf_counter):
+    def __init__(self, node: str, clock, busy: Callable[[], bool], gc=_gc, timer: Callable[[], float] = time.perf_counter):
+        self.node = node
         self.clock = clock
         self.busy = busy
         self.gc = gc
