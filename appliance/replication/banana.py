@@ -1,0 +1,132 @@
+"""
+A position-based parser for Banana, the byte format under PB.
+
+Twisted's parser (L{twisted.spread.banana.Banana.dataReceived}) copies the
+rest of its buffer once per token and joins every chunk that arrives while
+a large string is incomplete onto what it holds: a batch of a few dozen
+tokens and tens of kilobytes is copied dozens of times, and a string that
+crosses reads is copied again per read.  This one walks the buffer by
+position, slices each string once, and keeps the chunks of an incomplete
+token in a list until they hold the bytes it needs.
+
+It accepts and refuses exactly what Twisted's parser does, with the same
+limits: at most C{prefixLimit} bytes of length prefix, strings and lists of
+at most L{SIZE_LIMIT}, the known type bytes only, vocabulary only in the
+C{pb} dialect; lists go onto C{listStack}, so a nesting guard there (see
+L{appliance.replication.guard}) still applies.  A breach raises, as there.
+An empty chunk is no data (Twisted's parser fails an assertion on one).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import List, Optional
+
+from twisted.spread import banana
+
+SIZE_LIMIT = banana.SIZE_LIMIT
+
+_LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = range(0x80, 0x88)
+_DOUBLE = struct.Struct("!d")
+
+
+class PositionParser:
+    """
+    Mixed into a L{banana.Banana} subclass (before it) to replace its
+    C{dataReceived}; received items go through C{callExpressionReceived}
+    like Twisted's.
+    """
+
+    #: Chunks of an incomplete token (the first starts with it), or None.
+    _pending: Optional[List[bytes]] = None
+    _pending_size = 0
+    #: How many bytes the pending token needs before it can be parsed.
+    _need = 0
+
+    def dataReceived(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        pending = self._pending
+        if pending is not None:
+            pending.append(chunk)
+            self._pending_size += len(chunk)
+            if self._pending_size < self._need:
+                return
+            self._pending = None
+            chunk = b"".join(pending)
+        self._parse(chunk)
+
+    def _wait(self, buffer: bytes, start: int, need: int) -> None:
+        """
+        Keep C{buffer[start:]} until there are C{need} bytes from there.
+        """
+        rest = buffer[start:] if start else buffer
+        self._pending = [rest]
+        self._pending_size = len(rest)
+        self._need = need
+
+    def _parse(self, buffer: bytes) -> None:
+        end = len(buffer)
+        limit = self.prefixLimit
+        stack = self.listStack
+        pos = 0
+        while pos < end:
+            start = pos
+            stop = pos + limit + 1
+            if stop > end:
+                stop = end
+            while pos < stop and buffer[pos] < 0x80:
+                pos += 1
+            if pos == stop:
+                if pos - start > limit:
+                    raise banana.BananaError(f"Security precaution: more than {limit} bytes of prefix")
+                self._wait(buffer, start, end - start + 1)
+                return
+            num = 0
+            shift = 0
+            for i in range(start, pos):
+                num |= buffer[i] << shift
+                shift += 7
+            kind = buffer[pos]
+            pos += 1
+            if kind == _STRING:
+                if num > SIZE_LIMIT:
+                    raise banana.BananaError("Security precaution: String too long.")
+                if end - pos < num:
+                    self._wait(buffer, start, pos - start + num)
+                    return
+                item = buffer[pos : pos + num]
+                pos += num
+            elif kind == _LIST:
+                if num > SIZE_LIMIT:
+                    raise banana.BananaError("Security precaution: List too long.")
+                stack.append((num, []))
+                if num:
+                    continue
+                item = stack.pop()[1]
+            elif kind == _INT or kind == _LONGINT:
+                item = num
+            elif kind == _NEG or kind == _LONGNEG:
+                item = -num
+            elif kind == _VOCAB:
+                item = self.incomingVocabulary[num]
+                if self.currentDialect != b"pb":
+                    raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
+            elif kind == _FLOAT:
+                if end - pos < 8:
+                    self._wait(buffer, start, pos - start + 8)
+                    return
+                (item,) = _DOUBLE.unpack_from(buffer, pos)
+                pos += 8
+            else:
+                raise NotImplementedError(f"Invalid Type Byte {bytes((kind,))!r}")
+            # The item, and every list it completes.
+            while stack:
+                top = stack[-1]
+                items = top[1]
+                items.append(item)
+                if len(items) != top[0]:
+                    break
+                item = stack.pop()[1]
+            else:
+                self.callExpressionReceived(item)
