@@ -9,11 +9,14 @@ from __future__ import annotations
 import random
 from io import BytesIO
 
-from twisted.spread import banana
+from twisted.internet import error
+from twisted.internet.testing import StringTransport
+from twisted.python import failure
+from twisted.spread import banana, pb
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.replication import guard
-from appliance.replication.banana import PositionParser
+from appliance.replication.banana import ClientBroker, PositionParser
 
 from .test_guard import integer, list_of
 
@@ -193,3 +196,78 @@ def _header(n: int, kind: bytes) -> bytes:
     out = []
     banana.int2b128(n, out.append)
     return b"".join(out) + kind
+
+
+def _brokers():
+    """
+    A stock PB client broker and a L{ClientBroker}, each connected to a
+    StringTransport and speaking the pb dialect.
+    """
+    out = []
+    for cls in (pb.Broker, ClientBroker):
+        broker = cls(isClient=1)
+        broker.makeConnection(StringTransport())
+        broker.currentDialect = b"pb"
+        broker.transport.clear()
+        out.append(broker)
+    return out
+
+
+def _send(broker, *call):
+    try:
+        d = broker._sendMessage(*call)
+    except Exception as e:
+        return broker.transport.value(), type(e), sorted(broker.waitingForAnswers or {})
+    if d is not None and d.called:
+        failure = []
+        d.addErrback(failure.append)
+        return broker.transport.value(), failure[0].type, sorted(broker.waitingForAnswers or {})
+    return broker.transport.value(), None, sorted(broker.waitingForAnswers or {})
+
+
+class ThinCallTests(SynchronousTestCase):
+    def assert_same_call(self, *call, request=0):
+        stock, thin = _brokers()
+        stock.currentRequestID = thin.currentRequestID = request
+        expected = _send(stock, *call)
+        self.assertEqual(_send(thin, *call), expected)
+        return expected
+
+    def test_same_bytes_as_call_remote(self):
+        """A call with a list of byte strings writes exactly the bytes PB's jelly and Banana would."""
+        chunk_lists = ([b"\x01payload"], [], [b""], [b"list", b"None", b"x" * 1000], [b"a"] * 3, [b"y" * banana.SIZE_LIMIT])
+        for chunks in chunk_lists:
+            for object_id in (1, 2**31 - 1, 2**31, 2**40):
+                for request in (0, 2**31 - 2):
+                    for prefix, name in ((b"", b"replicate"), (b"", b"login"), (b"cache", b"take")):
+                        data, error, waiting = self.assert_same_call(prefix, None, object_id, name, (chunks,), {}, request=request)
+                        self.assertIsNone(error)
+                        self.assertEqual(waiting, [request + 1])
+
+    def test_other_calls_take_pbs_path(self):
+        """Keyword arguments, other arguments, oversized chunks and a lost connection behave as with PB's path."""
+        for args, kw in (
+            (([b"a"],), {"x": 1}),
+            (([b"a"], 1), {}),
+            (([b"a", "text"],), {}),
+            ((b"bytes",), {}),
+            ((), {}),
+            (([b"z" * (banana.SIZE_LIMIT + 1)],), {}),
+        ):
+            self.assert_same_call(b"", None, 1, b"replicate", args, kw)
+        stock, thin = _brokers()
+        for broker in (stock, thin):
+            broker.connectionLost(failure.Failure(error.ConnectionDone()))
+        self.assertEqual(_send(thin, b"", None, 1, b"replicate", ([b"a"],), {}), _send(stock, b"", None, 1, b"replicate", ([b"a"],), {}))
+
+    def test_answers(self):
+        """A byte-string answer fires the call's Deferred with it; any other answer is unjellied as by PB."""
+        for answer in (b"\x00\x01\x02", b"", [b"tuple", 1, 2], [b"list", b"a"], 7):
+            results = []
+            for broker in _brokers():
+                d = broker._sendMessage(b"", None, 1, b"replicate", ([b"a"],), {})
+                broker.dataReceived(encode([b"answer", 1, answer]))
+                results.append(self.successResultOf(d))
+                self.assertEqual(broker.waitingForAnswers, {})
+            self.assertEqual(results[1], results[0])
+            self.assertEqual(type(results[1]), type(results[0]))

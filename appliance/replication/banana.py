@@ -1,5 +1,6 @@
 """
-A position-based parser for Banana, the byte format under PB.
+Banana, the byte format under PB, parsed by position; and a client broker
+that sends chunked calls without jelly.
 
 Twisted's parser (L{twisted.spread.banana.Banana.dataReceived}) copies the
 rest of its buffer once per token and joins every chunk that arrives while
@@ -15,6 +16,12 @@ at most L{SIZE_LIMIT}, the known type bytes only, vocabulary only in the
 C{pb} dialect; lists go onto C{listStack}, so a nesting guard there (see
 L{appliance.replication.guard}) still applies.  A breach raises, as there.
 An empty chunk is no data (Twisted's parser fails an assertion on one).
+
+L{ClientBroker} writes a call whose one argument is a list of byte strings
+(every replication call, see L{appliance.replication.wire.split}) straight
+into Banana, the very bytes C{callRemote} would send after jelly and
+Banana's encoder, and hands an answer that is a byte string over without
+unjelly; any other call or answer takes PB's own path.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from __future__ import annotations
 import struct
 from typing import List, Optional
 
-from twisted.spread import banana
+from twisted.internet import defer
+from twisted.spread import banana, pb
 
 SIZE_LIMIT = banana.SIZE_LIMIT
 
@@ -130,3 +138,81 @@ class PositionParser:
                 item = stack.pop()[1]
             else:
                 self.callExpressionReceived(item)
+
+
+#: Banana's vocabulary is fixed (each broker copies the class's): a longer
+#: string is never a word of it, and is not hashed to find out.
+_LONGEST_WORD = max(len(word) for word in banana.Banana.outgoingVocabulary)
+
+
+def _b128(n: int) -> bytes:
+    if n == 0:
+        return b"\x00"
+    out = bytearray()
+    while n:
+        out.append(n & 0x7F)
+        n >>= 7
+    return bytes(out)
+
+
+class ClientBroker(PositionParser, pb.Broker):
+    """
+    The broker of a replication link's client side (see the module's
+    docstring).
+    """
+
+    def _int(self, n: int) -> bytes:
+        if n < self._smallestLongInt or n > self._largestLongInt:
+            raise banana.BananaError(f"int is too large to send ({n})")
+        if n < self._smallestInt:
+            return _b128(-n) + banana.LONGNEG
+        if n < 0:
+            return _b128(-n) + banana.NEG
+        return _b128(n) + (banana.INT if n <= self._largestInt else banana.LONGINT)
+
+    def _put(self, out: List[bytes], data: bytes) -> None:
+        if len(data) <= _LONGEST_WORD and self.currentDialect == b"pb" and data in self.outgoingSymbols:
+            out.append(_b128(self.outgoingSymbols[data]) + banana.VOCAB)
+        else:
+            out.append(_b128(len(data)) + banana.STRING)
+            out.append(data)
+
+    def _sendMessage(self, prefix, perspective, objectID, message, args, kw):
+        chunks = args[0] if len(args) == 1 else None
+        if (
+            kw
+            or type(chunks) is not list
+            or type(prefix) is not bytes
+            or type(message) is not bytes
+            or type(objectID) is not int
+            or len(chunks) + 1 > SIZE_LIMIT
+            or self.disconnected
+            or self.security is not pb.globalSecurity
+            or not all(type(c) is bytes and len(c) <= SIZE_LIMIT for c in chunks)
+        ):
+            return super()._sendMessage(prefix, perspective, objectID, message, args, kw)
+        request = self.newRequestID()
+        out = [b"\x07" + banana.LIST]
+        put = self._put
+        put(out, prefix + b"message")
+        out.append(self._int(request))
+        out.append(self._int(objectID))
+        put(out, message)
+        out.append(b"\x01" + banana.INT + b"\x02" + banana.LIST)
+        put(out, b"tuple")
+        out.append(_b128(len(chunks) + 1) + banana.LIST)
+        put(out, b"list")
+        for chunk in chunks:
+            put(out, chunk)
+        out.append(b"\x01" + banana.LIST)
+        put(out, b"dictionary")
+        answer = self.waitingForAnswers[request] = defer.Deferred()
+        self.transport.write(b"".join(out))
+        return answer
+
+    def proto_answer(self, requestID, netResult):
+        if type(netResult) is not bytes:
+            return super().proto_answer(requestID, netResult)
+        d = self.waitingForAnswers[requestID]
+        del self.waitingForAnswers[requestID]
+        d.callback(netResult)

@@ -21,6 +21,8 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.spread import pb
 
+from appliance.replication.banana import ClientBroker
+
 log = Logger()
 
 
@@ -116,6 +118,7 @@ class PeerLink:
         if not self._running:
             return
         factory = pb.PBClientFactory()
+        factory.protocol = ClientBroker
         factory.noisy = False
         creds = UsernamePassword(self.me.encode("utf-8"), self.secret.encode("utf-8"))
         connected = []
