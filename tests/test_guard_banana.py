@@ -12,11 +12,11 @@ from io import BytesIO
 from twisted.internet import error
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
-from twisted.spread import banana, pb
+from twisted.spread import banana, jelly, pb
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.replication import guard
-from appliance.replication.banana import ClientBroker, PositionParser
+from appliance.replication.banana import ClientBroker, PlainCalls, PositionParser
 
 from .test_guard import integer, list_of
 
@@ -271,3 +271,54 @@ class ThinCallTests(SynchronousTestCase):
                 self.assertEqual(broker.waitingForAnswers, {})
             self.assertEqual(results[1], results[0])
             self.assertEqual(type(results[1]), type(results[0]))
+
+
+class _Plain(PlainCalls, pb.Broker):
+    pass
+
+
+class PlainCallsTests(SynchronousTestCase):
+    def outcome(self, f, *args):
+        try:
+            value = f(*args)
+        except Exception as e:
+            return "raised", type(e)
+        return repr(value), type(value)
+
+    def test_unserialize_as_jelly_does(self):
+        """Chunked arguments skip unjelly with the same values; everything else is unjelly's, refusals included."""
+        stock, plain = pb.Broker(isClient=0), _Plain(isClient=0)
+        for sexp in (
+            [b"tuple", [b"list", b"a", b"", b"x" * 2000]],
+            [b"tuple", [b"list"]],
+            [b"dictionary"],
+            [b"tuple", [b"list", b"a", 1]],
+            [b"tuple", [b"list", [b"list", b"a"]]],
+            [b"tuple", [b"list", b"a"], 1],
+            [b"tuple", b"a"],
+            [b"tuple"],
+            [b"tuple", [b"reference", 1, [b"list", b"a"]]],
+            [b"dictionary", [b"a", b"b"]],
+            [b"dictionary", b"x"],
+            [b"list", b"a"],
+            [b"os.system", b"true"],
+            [b"instance", b"os.system"],
+            [],
+            b"bytes",
+            7,
+        ):
+            self.assertEqual(self.outcome(plain.unserialize, sexp), self.outcome(stock.unserialize, sexp), sexp)
+
+    def test_serialize_as_jelly_does(self):
+        """A byte-string answer is sent as itself, as jelly would; anything else is jelly's."""
+        stock, plain = pb.Broker(isClient=0), _Plain(isClient=0)
+        for value in (b"\x00\x01", b"", [b"a"], (1, 2), "text", None, 3):
+            self.assertEqual(self.outcome(plain.serialize, value), self.outcome(stock.serialize, value), value)
+
+    def test_other_security_is_jellys(self):
+        """A broker with other security options (a bare one refuses tuples) takes jelly's path, refusal and all."""
+        security = jelly.SecurityOptions()
+        plain = _Plain(isClient=0, security=security)
+        self.assertEqual(
+            self.outcome(plain.unserialize, [b"tuple", [b"list", b"a"]]), self.outcome(pb.Broker(isClient=0, security=security).unserialize, [b"tuple", [b"list", b"a"]])
+        )

@@ -21,7 +21,10 @@ L{ClientBroker} writes a call whose one argument is a list of byte strings
 (every replication call, see L{appliance.replication.wire.split}) straight
 into Banana, the very bytes C{callRemote} would send after jelly and
 Banana's encoder, and hands an answer that is a byte string over without
-unjelly; any other call or answer takes PB's own path.
+unjelly; any other call or answer takes PB's own path.  L{PlainCalls}
+does the same on the receiving side: such arguments, and an answer that is
+a byte string, skip jelly's (un)serialiser, which would return them as
+they are.
 """
 
 from __future__ import annotations
@@ -155,7 +158,33 @@ def _b128(n: int) -> bytes:
     return bytes(out)
 
 
-class ClientBroker(PositionParser, pb.Broker):
+class PlainCalls(PositionParser):
+    """
+    Mixed into a L{pb.Broker} subclass (before it): L{PositionParser}, and
+    no jelly for the arguments C{([bytes, ...],)}, C{{}} and for answers
+    that are bytes, which jelly would pass through unchanged; anything
+    else, or a broker with other security options, is jelly's.
+    """
+
+    def serialize(self, object, perspective=None, method=None, args=None, kw=None):
+        if type(object) is bytes and self.security is pb.globalSecurity:
+            return object
+        return super().serialize(object, perspective, method, args, kw)
+
+    def unserialize(self, sexp, perspective=None):
+        if type(sexp) is list and self.security is pb.globalSecurity:
+            if len(sexp) == 2 and sexp[0] == b"tuple":
+                inner = sexp[1]
+                if type(inner) is list and inner and inner[0] == b"list":
+                    chunks = inner[1:]
+                    if all(type(c) is bytes for c in chunks):
+                        return (chunks,)
+            elif len(sexp) == 1 and sexp[0] == b"dictionary":
+                return {}
+        return super().unserialize(sexp, perspective)
+
+
+class ClientBroker(PlainCalls, pb.Broker):
     """
     The broker of a replication link's client side (see the module's
     docstring).

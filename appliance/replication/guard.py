@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.spread import banana, pb
 
-from appliance.replication.banana import PositionParser
+from appliance.replication.banana import PlainCalls
 
 log = Logger()
 
@@ -94,11 +94,12 @@ def _printable(value: object, size: int = 64) -> str:
     return repr(str(value)[:size])
 
 
-class GuardedBroker(PositionParser, pb.Broker):
+class GuardedBroker(PlainCalls, pb.Broker):
     """
     A server-side PB broker that enforces the rules above; its factory is
-    a L{GuardedServerFactory}.  It parses Banana by position
-    (L{PositionParser}: the same limits, less copying).
+    a L{GuardedServerFactory}.  It parses Banana by position and passes
+    plain chunked calls without jelly (L{PlainCalls}: the same limits and
+    values, less copying).
     """
 
     factory: "GuardedServerFactory"
