@@ -5,6 +5,7 @@ The replication benchmark: what keeping a session on a secondary costs.
     python3 bench/replication.py --duration 10 --rounds 3 --profile 8
     python3 bench/replication.py --runtime python3,.pypy/bin/python --modes off,sync
     python3 bench/replication.py --modes sync --metrics both --skip-memory
+    python3 bench/replication.py --skip-http --skip-memory --pb-batches 4000 --baseline /tmp/old
 
 1. Session-write throughput (C{wrk -t1 -c32}, C{POST /cart/items} on a pool
    of pre-created sessions, cookies rotated by the Lua script) against one
@@ -19,6 +20,10 @@ The replication benchmark: what keeping a session on a secondary costs.
    processes so carts stay small.
 2. Bytes on the wire for a 100 KB session that changes one small key: the
    delta record against the full state (L{appliance.replication.wire}).
+2c. With C{--pb-batches N}: the CPU of the PB path alone, per batch of 15
+   deltas, in one process per runtime (and per C{--baseline} checkout) with
+   the two brokers joined in memory: no sockets, no scheduler, so it holds
+   still on a busy machine where the HTTP runs do not.
 3. Resident memory per session for 100,000 sessions of ~1 KB JSON: primary
    copies in one L{Store}, backup copies (applied from wire-decoded full
    states) in another, each measured in a fresh child process.
@@ -608,6 +613,118 @@ def metrics_cost(rounds: int, writes: int = 4000) -> dict:
     return {"on": median(on), "off": median(off), "added": median(on) - median(off)}
 
 
+# -- 2c. the PB path in process ---------------------------------------------
+
+PB_PATH_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.spread import pb
+from appliance.core.session import SessionData
+from appliance.core.store import Store
+from appliance.replication import link, peer, wire
+
+records, batches = int(sys.argv[2]), int(sys.argv[3])
+
+class Handler:
+    def __init__(self):
+        self.store = Store("s2", 1800.0)
+    def peer_seen(self, peer, incarnation):
+        pass
+    def received(self, peer, incarnation, records):
+        return [self.store.apply(r, 5.0, incarnation) for r in records]
+
+clock = Clock()
+addr = IPv4Address("TCP", "127.0.0.1", 1)
+server = peer.server_factory(Handler(), ("s1", "s2"), "secret", 64 << 20, clock, 10.0).buildProtocol(addr)
+factory = pb.PBClientFactory()
+factory.protocol = getattr(link, "ClientBroker", pb.Broker)  # what PeerLink connects with
+client = factory.buildProtocol(addr)
+st, ct = StringTransport(peerAddress=addr), StringTransport(peerAddress=addr)
+server.makeConnection(st)
+client.makeConnection(ct)
+
+def pump():
+    moved = True
+    while moved:
+        moved = False
+        for t, other in ((ct, server), (st, client)):
+            data = t.value()
+            if data:
+                t.clear()
+                other.dataReceived(data)
+                moved = True
+
+pump()
+got = []
+factory.login(UsernamePassword(b"s1/1", b"secret")).addBoth(got.append)
+pump(); clock.advance(0); pump()
+remote = got[0]
+primary = Store("s1", 1800.0)
+sids = ["%022d" % i for i in range(records)]
+for sid in sids:
+    data = SessionData()
+    data["cart"] = ["seed"] + ["i%d" % (j % 97) for j in range(120)]
+    remote.callRemote("replicate", wire.split(wire.encode([primary.create(sid, data.changes(), "s2", 0.0)])))
+    pump()
+
+def payload(k):
+    out = []
+    for sid in sids:
+        session = primary.get(sid)
+        view = SessionData(session.values)
+        cart = view["cart"]
+        cart.append("x%d" % (k % 50))
+        del cart[1]
+        view["cart"] = cart
+        out.append(primary.commit(session, view.changes(), 1.0))
+    return wire.split(wire.encode(out))
+
+payloads = [payload(k) for k in range(batches)]
+now = time.process_time
+
+def run(lo, hi):
+    primary_cpu = secondary_cpu = 0.0
+    for k in range(lo, hi):
+        t0 = now()
+        answers = []
+        remote.callRemote("replicate", payloads[k]).addBoth(answers.append)
+        data = ct.value(); ct.clear()
+        t1 = now()
+        server.dataReceived(data)
+        t2 = now()
+        data = st.value(); st.clear()
+        client.dataReceived(data)
+        t3 = now()
+        assert answers and type(answers[0]) is bytes and len(answers[0]) == records, answers
+        primary_cpu += (t1 - t0) + (t3 - t2)
+        secondary_cpu += t2 - t1
+    return {"primary": 1e6 * primary_cpu / (hi - lo), "secondary": 1e6 * secondary_cpu / (hi - lo)}
+
+cold = run(0, 300)
+run(300, batches // 2)
+print(json.dumps({"bytes": len(b"".join(payloads[0])), "cold": cold, "warm": run(batches // 2, batches)}))
+"""
+
+
+def pb_path_cost(python: str, records: int, batches: int, root: str = ROOT) -> dict:
+    """
+    CPU microseconds per replication batch of C{records} deltas (~1 KB
+    each) on the PB path in one process, in memory (no sockets, no
+    scheduler): the primary's call and its answer, the secondary's parse,
+    decode, apply and answer; for the first 300 batches (JIT cold on PyPy)
+    and for the last half of C{batches}.  C{root}: the checkout measured.
+    """
+    proc = subprocess.run([python, "-c", PB_PATH_CHILD, root, str(records), str(batches)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"PB path child failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # -- 3. memory per session -------------------------------------------------
 
 MEMORY_CHILD = r"""
@@ -726,6 +843,9 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-sessions", type=int, default=100_000)
     parser.add_argument("--skip-http", action="store_true", help="only the in-process measurements")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--pb-batches", type=int, default=0, metavar="N",
+                        help="also measure the PB path in process: N batches of 15 records per runtime "
+                             "(and per --baseline checkout); 4000 take about 20 s on PyPy")
     parser.add_argument("--profile", type=float, default=0.0,
                         help="after the rounds, one more run per --profile-modes of this many seconds under py-spy")
     parser.add_argument("--profile-modes", default="sync", help="modes to profile (default sync)")
@@ -797,6 +917,16 @@ def main(argv=None) -> int:
             summary["metrics_cost"] = cost
             print(f"  metrics on {cost['on']:.2f} us/write, off {cost['off']:.2f} us/write: "
                   f"the counting adds {cost['added']:.2f} us")
+        if args.pb_batches > 0:
+            print(f"\n2c. the PB path in process, CPU us per batch of 15 records (~1 KB each), {args.pb_batches} batches")
+            roots = [("", ROOT)] + ([("baseline", args.baseline)] if args.baseline else [])
+            for label, python in RUNTIMES.items():
+                for which, root in roots:
+                    c = pb_path_cost(python, 15, max(args.pb_batches, 600), root)
+                    name = (label or "first runtime") + (f", {which}" if which else "")
+                    print(f"  {name:24s} warm: primary {c['warm']['primary']:6.0f} secondary {c['warm']['secondary']:6.0f}"
+                          f"   first 300: primary {c['cold']['primary']:6.0f} secondary {c['cold']['secondary']:6.0f}"
+                          f"   ({c['bytes']} B)", flush=True)
         if not args.skip_memory:
             print(f"\n3. memory, {args.memory_sessions} sessions of ~1 KB JSON (RSS growth in a fresh child)")
             mem = memory_per_session(args.memory_sessions)

@@ -14,8 +14,10 @@ It accepts and refuses exactly what Twisted's parser does, with the same
 limits: at most C{prefixLimit} bytes of length prefix, strings and lists of
 at most L{SIZE_LIMIT}, the known type bytes only, vocabulary only in the
 C{pb} dialect; lists go onto C{listStack}, so a nesting guard there (see
-L{appliance.replication.guard}) still applies.  A breach raises, as there.
-An empty chunk is no data (Twisted's parser fails an assertion on one).
+L{appliance.replication.guard}) still applies.  A breach raises, as there,
+and what was buffered is dropped: the connection is to be closed (Twisted
+closes one whose protocol raised; the guard refuses it).  An empty chunk is
+no data (Twisted's parser fails an assertion on one).
 
 L{ClientBroker} writes a call whose one argument is a list of byte strings
 (every replication call, see L{appliance.replication.wire.split}) straight
