@@ -233,10 +233,10 @@ class ProcessTests(SynchronousTestCase):
         )
 
     def test_node(self):
-        """A --node process listens for its node with the session server as its service."""
+        """A --node process listens for its node with the session server and its collector policy (metrics) as its services."""
         c = config("admin = 9700", "admin = 9701", "admin = 9710", "admin = 9721")
         top = make_service(MemoryReactorClock(), c, "test.ini", node="s1", roles=("server",))
-        self.assertEqual(self.admins(top), {"node:s1": (Address("127.0.0.1", 9721), ["SessionServerService"], False)})
+        self.assertEqual(self.admins(top), {"node:s1": (Address("127.0.0.1", 9721), ["SessionServerService", "Collector"], False)})
 
     def test_section_processes(self):
         """Each process of a multi-process section shares its admin address, like its listen address."""

@@ -62,15 +62,18 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(err.getvalue(), f"appliance: {SHIPPED}: [balancer:nope]: --section names no balancer or dns section\n")
 
     def test_node_service(self):
-        """--node s1 --roles server builds just that session server and its admin listener."""
+        """--node s1 --roles server builds just that session server, its process's collector policy and its admin listener."""
         from appliance.admin.listener import AdminService
+        from appliance.server.collector import Collector
         from appliance.server.service import SessionServerService
 
         cluster = ClusterConfig.from_path(SHIPPED)
         top = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("server",))
         self.assertIsInstance(top, MultiService)
-        (server, admin) = list(top)
+        (server, memory, admin) = list(top)
         self.assertIsInstance(server, SessionServerService)
+        self.assertIsInstance(memory, Collector)
+        self.assertEqual(memory.node, "s1")
         self.assertIsInstance(admin, AdminService)
         self.assertEqual(server.name, "s1")
 
@@ -199,7 +202,7 @@ class AllInOneServiceTests(SynchronousTestCase):
         cluster = ClusterConfig.from_string(text, SHIPPED)
         on_s2 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s2")
         self.assertEqual(sorted(type(s).__name__ for s in on_s2),
-                         sorted([DnsService.__name__, BalancerService.__name__, "SessionServerService"] + ["AdminService"] * 3))
+                         sorted([DnsService.__name__, BalancerService.__name__, "SessionServerService", "Collector"] + ["AdminService"] * 3))
         on_s1 = make_service(MemoryReactorClock(), cluster, SHIPPED, "s1", ("dns", "balancer"))
         self.assertEqual(list(on_s1), [])
 
