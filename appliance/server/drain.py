@@ -43,17 +43,21 @@ from appliance.replication.link import PeerUnavailable
 from appliance.replication.peer import NotNow
 from appliance.replication.wire import Take
 from appliance.server.errors import Unprotected
+from appliance.server.protection import SLICE, WINDOW
 
 if TYPE_CHECKING:  # pragma: no cover
     from appliance.server.node import SessionNode
 
 log = Logger()
 
-#: Sessions handed over in one call, at most (and at most BATCH_BYTES).
-BATCH = 500
+#: Sessions handed over in one call, at most (and at most BATCH_BYTES),
+#: and calls in flight at once: the receiver takes a call's sessions in
+#: one reactor turn, so the sizes of a mass job's slices (with 500 and 4,
+#: drains of ~6,700 primaries on a loaded machine stalled the reactors
+#: past the heartbeats and leases lapsed).
+BATCH = SLICE
 BATCH_BYTES = 1024 * 1024
-#: Hand-over calls in flight at once.
-PARALLEL = 4
+PARALLEL = WINDOW
 #: How often the drain looks again at what it waits for.
 POLL = 0.05
 
