@@ -52,18 +52,31 @@ wsgi = appliance.demo.cart:app
 """
 
 
+#: Every port free_ports handed out in this process.
+_handed_out: set = set()
+
+
 def free_ports(n: int) -> list:
     """
-    Ports the kernel hands out now; bound together so they differ.
+    Ports the kernel hands out now; bound together so they differ, and
+    none handed out before in this process (a test that asks twice, for
+    its sections and then for its nodes, must not get one port twice: an
+    admin test's DNS once got a node's replication port).
     """
     socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports: list = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    _handed_out.update(ports)
     return ports
 
 
