@@ -13,8 +13,9 @@ token in a list until they hold the bytes it needs.
 It accepts and refuses exactly what Twisted's parser does, with the same
 limits: at most C{prefixLimit} bytes of length prefix, strings and lists of
 at most L{SIZE_LIMIT}, the known type bytes only, vocabulary only in the
-C{pb} dialect; lists go onto C{listStack}, so a nesting guard there (see
-L{appliance.replication.guard}) still applies.  A breach raises, as there,
+C{pb} dialect (every refusal a L{banana.BananaError}; Twisted's parser
+says "not implemented" to the last two); lists go onto C{listStack}, so a
+nesting guard there (see L{appliance.replication.guard}) still applies.  A breach raises, as there,
 and what was buffered is dropped: the connection is to be closed (Twisted
 closes one whose protocol raised; the guard refuses it).  An empty chunk is
 no data (Twisted's parser fails an assertion on one).
@@ -124,7 +125,7 @@ class PositionParser:
             elif kind == _VOCAB:
                 item = self.incomingVocabulary[num]
                 if self.currentDialect != b"pb":
-                    raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
+                    raise banana.BananaError(f"Invalid item for pb protocol {item!r}")
             elif kind == _FLOAT:
                 if end - pos < 8:
                     self._wait(buffer, start, pos - start + 8)
@@ -132,7 +133,7 @@ class PositionParser:
                 (item,) = _DOUBLE.unpack_from(buffer, pos)
                 pos += 8
             else:
-                raise NotImplementedError(f"Invalid Type Byte {bytes((kind,))!r}")
+                raise banana.BananaError(f"Invalid Type Byte {bytes((kind,))!r}")
             # The item, and every list it completes.
             while stack:
                 top = stack[-1]
