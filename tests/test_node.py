@@ -483,7 +483,8 @@ class SliceTests(Base):
             self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).secondary, "s2")
 
     def test_promotion_goes_a_slice_at_a_time(self):
-        """A dead primary's sessions are promoted a slice at a time (one look-up each); in the end every one has two copies."""
+        """A dead primary's sessions are looked up LOCATE_PART (5 here) at a time, then promoted a slice at a time; in the end every one has two copies."""
+        self.patch(protection, "LOCATE_PART", 5)
         asked = []
         call = self.s.call
 
@@ -494,11 +495,55 @@ class SliceTests(Base):
         self.patch(self.s, "call", record)
         self.s.kill("s1")
         self.s.run(1.0)
-        self.assertEqual(asked.count(("s3", "s2", "locate")), 3)
+        self.assertEqual(asked.count(("s3", "s2", "locate")), 2)
         for r in self.routes:
             promoted = self.s.servers["s3"].node.store.get(r.sid)
             self.assertEqual((promoted.primary, promoted.secondary, promoted.epoch), ("s3", "s2", 2))
             self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).epoch, 2)
+
+    def test_takeover_during_promotion_uses_its_look_up(self):
+        """A request that takes over a dead primary's session while the mass promotion is under way uses the promotion's look-up: no look-up of its own on the busy peer."""
+        asked, paused = [], []
+        call = self.s.call
+
+        def record(caller, peer, method, *args):
+            asked.append((caller.name, peer, method))
+            if method == "replicate" and caller.name == "s3" and not paused:
+                paused.append(True)
+                # The promotion's first full states: s2 holds them (and the
+                # slices that wait for them) until it resumes.
+                self.s.pause("s2")
+            return call(caller, peer, method, *args)
+
+        self.patch(self.s, "call", record)
+        self.s.kill("s1")
+        s2 = self.s.servers["s2"]
+        for _ in range(100):
+            if not s2.running:
+                break
+            self.s.run(0.05)
+        store = self.s.servers["s3"].node.store
+        left = [r for r in self.routes if store.get(r.sid).primary == "s1"]
+        self.assertEqual(len(left), 2)
+        self.assertEqual(asked.count(("s3", "s2", "locate")), 1)
+        d = self.s.open_close("s3", left[-1], add("pear"))
+        self.s.step(0)
+        self.assertEqual(store.get(left[-1].sid).primary, "s3")
+        self.assertEqual(asked.count(("s3", "s2", "locate")), 1)
+        self.s.resume("s2")
+        result = self.s.until(d)
+        if isinstance(result, Failure):
+            self.fail(result.getTraceback())
+        handle, outcome = result
+        route = cookie.decode(outcome.cookie, self.s.config.node_names)
+        self.assertEqual((route.primary, route.secondary), ("s3", "s2"))
+        self.s.run(1.0)
+        self.assertEqual(asked.count(("s3", "s2", "locate")), 1)
+        self.assertEqual(self.cart("s3", route)[0], [f"item{self.routes.index(left[-1])}", "pear"])
+        for r in self.routes:
+            promoted = store.get(r.sid)
+            self.assertEqual((promoted.primary, promoted.secondary), ("s3", "s2"))
+            self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).version, promoted.version)
 
 
 class MonotonicExpiryTests(SynchronousTestCase):

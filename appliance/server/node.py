@@ -255,8 +255,14 @@ class SessionNode:
                 # cookie names: the balancer goes there next, and the
                 # answer carries the new cookie.
                 raise NotServing(f"{sid} moved to {local.primary}")
-            found, missing = yield protection.locate([sid])
-            copies = found[sid]
+            # The promotion of its dead primary's sessions may have looked
+            # it up already (after the verdict, as this would).
+            copies = None if local is None else protection.located(local)
+            if copies is None:
+                found, missing = yield protection.locate([sid])
+                copies = found[sid]
+            else:
+                missing = []
             if any(c.epoch == GONE for c in copies):
                 # Rotated away: never served again, even from a copy here.
                 self.store.drop(sid)

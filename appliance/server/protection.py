@@ -46,6 +46,9 @@ SLICE = 100
 #: on the peer that the p99 of requests taking a session over grew to
 #: 250-300 ms.
 WINDOW = 2
+#: Sessions one look-up of a mass promotion asks about: its answer is a
+#: few bytes per session held, and the peer answers it in a millisecond.
+LOCATE_PART = 2_000
 
 
 @frozen
@@ -87,6 +90,9 @@ class Protection:
         self.quorum = node.quorum
         self._watching: Dict[str, int] = {}
         self._runs: Dict[tuple, defer.Deferred] = {}
+        #: Per dead peer whose orphans are being promoted: (its incarnation,
+        #: the one known at the look-up, {sid: other servers' copies}).
+        self._located: Dict[str, Tuple[int, Optional[int], Dict[str, List[Copy]]]] = {}
         #: Digest comparisons that found copies to send again.
         self.resyncs = 0
 
@@ -333,10 +339,12 @@ class Protection:
         Become primary of the backups held here whose primary was C{peer} at
         C{incarnation} (voted dead), unless another server holds a newer
         copy: then ours is stale and goes.  Asks again each heartbeat while
-        a server that may hold a newer copy does not answer.  In
-        L{slices}: the sessions of a slice are looked up together, promoted
-        together (their full states leave for the new secondaries in one
-        call).
+        a server that may hold a newer copy does not answer.  Each round
+        first looks every orphan up (L{LOCATE_PART} at a time), then
+        promotes them in L{slices}, a slice's full states leaving for the
+        new secondaries together; a request that takes one of them over
+        meanwhile uses that look-up too (L{located}) rather than waiting
+        for one of its own behind the job's on a busy peer.
         """
         node = self.node
         promoted = dropped = 0
@@ -347,27 +355,26 @@ class Protection:
             orphans = self.store.orphans(peer, incarnation)
             if not orphans:
                 break
-            unanswered: List[bool] = []
-
-            @defer.inlineCallbacks
-            def promote(part):
-                # The peer is asked too: a new incarnation of it may hold a
-                # copy as new as ours (it promotes its own orphans); its dead
-                # one is skipped by locate.
-                known = self.quorum.incarnation_of(peer)
-                found, missing = yield self.locate([s.sid for s in part])
-                if missing:
-                    unanswered.append(True)
-                    yield self.settle(missing, node.settings.takeover_wait)
-                    return ["again"]
-                outcomes = yield defer.gatherResults(
-                    [self._promote_one(s.sid, peer, incarnation, found[s.sid], known) for s in part],
-                    consumeErrors=True,
+            # The peer is asked too: a new incarnation of it may hold a
+            # copy as new as ours (it promotes its own orphans); its dead
+            # one is skipped by locate.
+            known = self.quorum.incarnation_of(peer)
+            found = yield self._locate_all([s.sid for s in orphans])
+            if found is None:
+                continue
+            self._located[peer] = (incarnation, known, found)
+            try:
+                parts = yield self.slices(
+                    orphans,
+                    lambda part: defer.gatherResults(
+                        [self._promote_one(s.sid, peer, incarnation, found[s.sid], known) for s in part],
+                        consumeErrors=True,
+                    ),
+                    self.quorum.may_serve,
                 )
-                return outcomes
-
-            # Once a server did not answer, the rest waits for the next round.
-            parts = yield self.slices(orphans, promote, lambda: self.quorum.may_serve() and not unanswered)
+            finally:
+                if self._located.get(peer, (None, None, None))[2] is found:
+                    del self._located[peer]
             outcomes = [o for part in parts for o in (part or ["again"])]
             promoted += outcomes.count("promoted")
             dropped += outcomes.count("dropped")
@@ -380,6 +387,45 @@ class Protection:
                 peer=peer, incarnation=incarnation, promoted=promoted, dropped=dropped,
             )
         return promoted
+
+    @defer.inlineCallbacks
+    def _locate_all(self, sids: List[str]):
+        """
+        L{locate} C{sids}, L{LOCATE_PART} at a time, L{WINDOW} parts under
+        way: C{{sid: [Copy, ...]}}, or C{None} once a server that may hold
+        a copy did not answer (after waiting, a bounded while, for a
+        verdict on it).
+        """
+        found: Dict[str, List[Copy]] = {}
+        missing: List[Tuple[str, int]] = []
+
+        def part(sids):
+            def got(result):
+                found.update(result[0])
+                missing.extend(result[1])
+
+            return self.locate(sids).addCallback(got)
+
+        yield self.slices(sids, part, lambda: not missing, LOCATE_PART)
+        if missing:
+            yield self.settle(sorted(set(missing)), self.node.settings.takeover_wait)
+            return None
+        return found
+
+    def located(self, session: Session) -> Optional[List[Copy]]:
+        """
+        The other servers' copies of C{session} (a backup here) as the
+        promotion of its dead primary's sessions found them, or C{None}
+        when no promotion under way looked it up.
+        """
+        run = self._located.get(session.primary)
+        if run is None:
+            return None
+        incarnation, known, found = run
+        copies = found.get(session.sid)
+        if copies is None or session.primary_inc > incarnation or self.quorum.incarnation_of(session.primary) != known:
+            return None
+        return list(copies)
 
     def _promote_one(self, sid: str, peer: str, incarnation: int, others: List[Copy], known: Optional[int]) -> defer.Deferred:
         """
@@ -497,15 +543,16 @@ class Protection:
 
         return self.slices(sids, run, go_on).addCallback(lambda _: None)
 
-    def slices(self, items: list, run, go_on) -> defer.Deferred:
+    def slices(self, items: list, run, go_on, size: Optional[int] = None) -> defer.Deferred:
         """
-        C{run(part)} (a Deferred) on each L{SLICE} of C{items}, L{WINDOW}
+        C{run(part)} (a Deferred) on each C{size} (L{SLICE}) of C{items}, L{WINDOW}
         parts under way at once and the reactor free after each; a part
         that would start once C{go_on()} is false, or the node stopped, is
         skipped.  Fires with the results of the parts in order, C{None} for
         those skipped.
         """
         node = self.node
+        size = size or SLICE
         window = defer.DeferredSemaphore(WINDOW)
 
         def one(part):
@@ -515,5 +562,5 @@ class Protection:
             return d.addCallback(lambda result: task.deferLater(node.clock, 0, lambda: result))
 
         return defer.gatherResults(
-            [window.run(one, items[i : i + SLICE]) for i in range(0, len(items), SLICE)], consumeErrors=True
+            [window.run(one, items[i : i + size]) for i in range(0, len(items), size)], consumeErrors=True
         )
