@@ -101,6 +101,54 @@ class GroupCommitTests(SynchronousTestCase):
         r.release("s2")
         self.assertEqual(len(peer.calls), 1)
 
+    def test_bulk_queues_apart_in_sync_mode(self):
+        """
+        In sync mode a mass job's records leave in calls of their own: a
+        request's record leaves while a bulk batch is in flight, and hold,
+        fail and unreplicated cover both queues.
+        """
+        clock, peer, r = make()
+        bulk = [r.send("s2", delta(i), bulk=True) for i in range(3)]
+        clock.advance(0)
+        self.assertEqual(len(peer.calls), 1)
+        live = r.send("s2", delta(7))
+        clock.advance(0)
+        self.assertEqual(len(peer.calls), 2)
+        self.assertEqual([rec.version for rec in peer.calls[1][2]], [7])
+        self.assertEqual(r.unreplicated(), 4)
+        peer.answer(1)
+        self.assertEqual(self.successResultOf(live), Result.OK)
+        self.assertNoResult(bulk[0])
+        r.hold("s2")
+        held = [r.send("s2", delta(8)), r.send("s2", delta(9), bulk=True)]
+        peer.answer(0)
+        clock.advance(5)
+        self.assertEqual(len(peer.calls), 2)
+        r.release("s2")
+        clock.advance(0)
+        self.assertEqual(sorted(rec.version for call in peer.calls[2:] for rec in call[2]), [8, 9])
+        peer.answer(2)
+        peer.answer(3)
+        self.assertEqual([self.successResultOf(d) for d in held], [Result.OK] * 2)
+        queued = [r.send("s2", delta(10)), r.send("s2", delta(11), bulk=True)]
+        self.assertEqual(r.unreplicated(), 2)
+        r.fail("s2")
+        for d in queued:
+            self.failureResultOf(d).trap(PeerUnavailable)
+        self.assertEqual(r.unreplicated(), 0)
+
+    def test_bulk_shares_the_queue_when_not_sync(self):
+        """In async mode (nothing waits for an answer) bulk records keep one queue, in order."""
+        clock, peer, r = make("async")
+        r.send("s2", delta(1), bulk=True)
+        clock.advance(0)
+        r.send("s2", delta(2))
+        clock.advance(0)
+        self.assertEqual(len(peer.calls), 1)
+        peer.answer(0)
+        clock.advance(0)
+        self.assertEqual([rec.version for rec in peer.calls[1][2]], [2])
+
     def test_large_batches_split(self):
         """A queue larger than the batch byte cap leaves as several calls, in order."""
         clock, peer, r = make()

@@ -10,7 +10,7 @@ one compact byte string (L{wire}), split in chunks under Banana's limit.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -52,15 +52,16 @@ class PeerCounts:
 
 
 class _Queue:
-    __slots__ = ("peer", "pending", "in_flight", "timer", "due", "held", "sent_at")
+    __slots__ = ("peer", "table", "pending", "in_flight", "timer", "due", "sent_at")
 
-    def __init__(self, peer: str):
+    def __init__(self, peer: str, table: Dict[str, "_Queue"]):
         self.peer = peer
+        #: The table this queue belongs to while it is the peer's queue.
+        self.table = table
         self.pending: List[Tuple[bytes, defer.Deferred]] = []
         self.in_flight = 0
         self.timer = None
         self.due = False
-        self.held = False
         self.sent_at = 0.0
 
 
@@ -86,6 +87,12 @@ class Replicator:
         self._call = call
         self._minute = minute_of_day
         self._queues: Dict[str, _Queue] = {}
+        # In sync mode a mass job's records (re-protection, promotion,
+        # resync, drain, rebalance) queue apart, one call of their own in
+        # flight: a live request's change does not wait behind a megabyte
+        # of other sessions' full states.
+        self._bulk: Dict[str, _Queue] = {}
+        self._held: Set[str] = set()
         self.counts: Optional[Dict[str, PeerCounts]] = {} if settings.metrics else None
         self.ack = Histogram(SECONDS)
         self.fenced = 0
@@ -101,38 +108,45 @@ class Replicator:
             return None
         return batch_limits(settings, self._minute() if settings.batch_windows else 0)
 
-    def _queue(self, peer: str) -> _Queue:
-        q = self._queues.get(peer)
+    def _queue(self, peer: str, bulk: bool) -> _Queue:
+        table = self._bulk if bulk and self.settings.replication == "sync" else self._queues
+        q = table.get(peer)
         if q is None:
-            q = self._queues[peer] = _Queue(peer)
+            q = table[peer] = _Queue(peer, table)
         return q
+
+    def _all(self) -> Iterator[_Queue]:
+        yield from list(self._queues.values())
+        yield from list(self._bulk.values())
 
     def unreplicated(self) -> int:
         """
         Updates queued or sent but not yet acknowledged, over all peers: the
         window that a crash now would lose in async and batched modes.
         """
-        return sum(len(q.pending) + q.in_flight for q in self._queues.values())
+        return sum(len(q.pending) + q.in_flight for q in self._all())
 
-    def send(self, peer: str, record: Record, urgent: bool = False) -> defer.Deferred:
+    def send(self, peer: str, record: Record, urgent: bool = False, bulk: bool = False) -> defer.Deferred:
         """
         Queue C{record} for C{peer}; the Deferred fires with the peer's
         L{Result} or fails with L{PeerUnavailable}.  An C{urgent} record
         (a session's whole state for a new backup) leaves with the next
         call, batching or not: a session is never left with one copy for a
-        batch interval.
+        batch interval.  A C{bulk} record (one of a mass job's) queues apart
+        from the requests' in sync mode.
         """
         d = defer.Deferred()
-        q = self._queue(peer)
+        q = self._queue(peer, bulk)
         q.pending.append((wire.encode_record(record), d))
-        if urgent and not q.in_flight and not q.held and self._limits() is not None:
+        held = peer in self._held
+        if urgent and not q.in_flight and not held and self._limits() is not None:
             # Batching: leave at the end of this turn, not after the interval.
             if q.timer is not None and q.timer.active():
                 q.timer.cancel()
             q.timer = self.clock.callLater(0, self._flush, q)
             return d
         if urgent:
-            q.due = q.due or bool(q.in_flight or q.held)
+            q.due = q.due or bool(q.in_flight or held)
         self._arrange(q)
         return d
 
@@ -141,7 +155,7 @@ class Replicator:
         Send what every queue holds now, batching or not (a draining node
         leaves nothing queued).
         """
-        for q in list(self._queues.values()):
+        for q in self._all():
             if q.pending:
                 q.due = True
                 self._arrange(q)
@@ -150,30 +164,33 @@ class Replicator:
         """
         Keep records for C{peer} queued (while a reconnected link resyncs).
         """
-        self._queue(peer).held = True
+        self._held.add(peer)
 
     def release(self, peer: str) -> None:
-        q = self._queue(peer)
-        q.held = False
-        if q.pending:
-            q.due = True
-            self._arrange(q)
+        self._held.discard(peer)
+        for table in (self._queues, self._bulk):
+            q = table.get(peer)
+            if q is not None and q.pending:
+                q.due = True
+                self._arrange(q)
 
     def fail(self, peer: str) -> None:
         """
         The link to C{peer} is gone: everything queued for it fails.
         """
-        q = self._queues.pop(peer, None)
-        if q is None:
-            return
-        if q.timer is not None and q.timer.active():
-            q.timer.cancel()
-        pending, q.pending = q.pending, []
-        for _, d in pending:
-            d.errback(PeerUnavailable(peer))
+        self._held.discard(peer)
+        for table in (self._queues, self._bulk):
+            q = table.pop(peer, None)
+            if q is None:
+                continue
+            if q.timer is not None and q.timer.active():
+                q.timer.cancel()
+            pending, q.pending = q.pending, []
+            for _, d in pending:
+                d.errback(PeerUnavailable(peer))
 
     def _arrange(self, q: _Queue) -> None:
-        if q.in_flight or q.held:
+        if q.in_flight or q.peer in self._held:
             return
         limits = self._limits()
         if limits is None:
@@ -190,11 +207,11 @@ class Replicator:
         if q.timer is not None and q.timer.active():
             q.timer.cancel()
         q.timer = None
-        if q.in_flight or q.held:
+        if q.in_flight or q.peer in self._held:
             q.due = True
             return
         q.due = False
-        if not q.pending or self._queues.get(q.peer) is not q:
+        if not q.pending or q.table.get(q.peer) is not q:
             return
         taken, size = 0, 0
         for encoded, _ in q.pending:

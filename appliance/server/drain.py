@@ -289,7 +289,7 @@ class Leaving:
         protection = node.protection
         return protection.in_slices(
             [s.sid for s in sessions],
-            lambda s, peer=peer: protection.protect(s, exclude=(peer,)) if s.secondary == peer else None,
+            lambda s, peer=peer: protection.protect(s, exclude=(peer,), bulk=True) if s.secondary == peer else None,
         )
 
     @defer.inlineCallbacks
@@ -334,7 +334,7 @@ class Leaving:
             if secondary is None:
                 waits.append(defer.succeed(None))
             else:
-                waits.append(node.protection.deliver(secondary, session.full(now), (peer,)))
+                waits.append(node.protection.deliver(secondary, session.full(now), (peer,), bulk=True))
         if taken:
             log.info("took {n} sessions over from {peer}", n=len(taken), peer=peer)
         results = yield defer.DeferredList(waits, consumeErrors=True)

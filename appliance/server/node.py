@@ -460,7 +460,7 @@ class SessionNode:
             if sids:
                 log.info("{peer} lost: re-protecting {n} sessions", peer=peer, n=len(sids))
             return self.protection.in_slices(
-                sids, lambda s: self.protection.protect(s, exclude=(peer,)) if s.secondary == peer else None
+                sids, lambda s: self.protection.protect(s, exclude=(peer,), bulk=True) if s.secondary == peer else None
             )
 
         self.protection.once(("reprotect", peer), start)
@@ -482,7 +482,7 @@ class SessionNode:
         if self.settings.reprotect == "eager":
             self.protection.in_slices(
                 [s.sid for s in self.store.backed_by(None)],
-                lambda s: self.protection.protect(s) if s.secondary is None else None,
+                lambda s: self.protection.protect(s, bulk=True) if s.secondary is None else None,
             ).addErrback(self.background_failure)
         return d
 

@@ -98,19 +98,21 @@ class Protection:
 
     # -- delivery ----------------------------------------------------------
 
-    def deliver(self, peer: str, record: Record, avoid: Tuple[str, ...] = ()) -> defer.Deferred:
+    def deliver(self, peer: str, record: Record, avoid: Tuple[str, ...] = (), bulk: bool = False) -> defer.Deferred:
         """
         Send C{record} to C{peer} and see it through: fires once the
         session's latest state is acknowledged by its secondary; fails with
         L{Fenced} when a newer owner refused it and with L{Unprotected} when
         no secondary can be had.  C{avoid}: peers that already failed on
-        the way here.
+        the way here.  C{bulk}: one of a mass job's records (it queues
+        apart from the requests' in sync mode).
         """
-        d = self.node.send(peer, record, isinstance(record, Full))
-        d.addCallbacks(self._delivered, self._undelivered, callbackArgs=(peer, record, avoid), errbackArgs=(peer, record, avoid))
+        d = self.node.send(peer, record, isinstance(record, Full), bulk)
+        args = (peer, record, avoid, bulk)
+        d.addCallbacks(self._delivered, self._undelivered, callbackArgs=args, errbackArgs=args)
         return d
 
-    def _delivered(self, result: Result, peer: str, record: Record, avoid: Tuple[str, ...]):
+    def _delivered(self, result: Result, peer: str, record: Record, avoid: Tuple[str, ...], bulk: bool):
         if result.acknowledged or isinstance(record, (Remove, Touch)):
             return None
         sid = record.sid
@@ -128,10 +130,10 @@ class Protection:
             raise Fenced(record.sid)
         session = self._mine(record.sid)
         if session.secondary == peer:
-            return self.deliver(peer, session.full(self.node.now()), avoid)
-        return self.protect(session, avoid)
+            return self.deliver(peer, session.full(self.node.now()), avoid, bulk)
+        return self.protect(session, avoid, bulk=bulk)
 
-    def _undelivered(self, failure, peer: str, record: Record, avoid: Tuple[str, ...]):
+    def _undelivered(self, failure, peer: str, record: Record, avoid: Tuple[str, ...], bulk: bool):
         failure.trap(PeerUnavailable, Unreadable)
         if isinstance(record, (Remove, Touch)):
             return None
@@ -139,10 +141,10 @@ class Protection:
         if failure.check(Unreadable) and session.secondary == peer and peer not in avoid:
             # The link is up and the peer answered, wrongly: send it the
             # whole state once more before looking for another secondary.
-            return self.deliver(peer, session.full(self.node.now()), avoid + (peer,))
+            return self.deliver(peer, session.full(self.node.now()), avoid + (peer,), bulk)
         if session.secondary == peer:
             self.store.set_secondary(session, None, self.node.now())
-        return self.protect(session, avoid + (peer,))
+        return self.protect(session, avoid + (peer,), bulk=bulk)
 
     def _mine(self, sid: str) -> Session:
         session = self.store.primary_of(sid)
@@ -150,7 +152,7 @@ class Protection:
             raise Fenced(sid)
         return session
 
-    def protect(self, session: Session, exclude: Tuple[str, ...] = (), wait: bool = True) -> defer.Deferred:
+    def protect(self, session: Session, exclude: Tuple[str, ...] = (), wait: bool = True, bulk: bool = False) -> defer.Deferred:
         """
         Send the full state to the session's secondary, picking one first
         if it has none (or its link is down).  Without any, the session may
@@ -163,7 +165,7 @@ class Protection:
             lost = () if session.secondary is None else (session.secondary,)
             self.store.set_secondary(session, node.pick_secondary(exclude + lost), node.now())
         if session.secondary is not None:
-            d = self.deliver(session.secondary, session.full(node.now()), exclude)
+            d = self.deliver(session.secondary, session.full(node.now()), exclude, bulk)
             if node.sync:
                 return d
             # async and batched: the copy leaves with the next batch; nothing
@@ -184,7 +186,7 @@ class Protection:
         def again(_):
             if self.store.primary_of(session.sid) is not session:
                 raise Fenced(session.sid)
-            return self.protect(session, exclude, wait=False)
+            return self.protect(session, exclude, wait=False, bulk=bulk)
 
         return d.addCallback(again)
 
@@ -454,7 +456,7 @@ class Protection:
             if isinstance(outcome, str):
                 self.locks.release(sid)
                 return defer.succeed(outcome)
-            d = self.protect(outcome, exclude=(peer,))
+            d = self.protect(outcome, exclude=(peer,), bulk=True)
         except Exception:
             self.locks.release(sid)
             return defer.fail()
@@ -525,7 +527,7 @@ class Protection:
         node = self.node
         return self.in_slices(
             sids,
-            lambda s: self.deliver(peer, s.full(node.now())) if s.secondary == peer else None,
+            lambda s: self.deliver(peer, s.full(node.now()), bulk=True) if s.secondary == peer else None,
             lambda: node.connected(peer),
         )
 

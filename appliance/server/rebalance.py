@@ -166,7 +166,7 @@ class Rebalancer:
             return None
         now = node.now()
         full = node.store.set_secondary(session, move.to, now)
-        d = node.protection.deliver(move.to, full)
+        d = node.protection.deliver(move.to, full, bulk=True)
 
         def acknowledged(_):
             # Still ours and backed elsewhere: the old copy is one too many.
