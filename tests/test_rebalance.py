@@ -330,6 +330,42 @@ class RoundTests(Base):
             self.assertEqual(self.read_all(routes), expected, mode)
             self.assertGreater(sum(self.counts()["s3"]), 10, mode)
 
+    def test_a_kill_during_rebalance_keeps_every_history(self):
+        """A server killed at any point of a rebalance (the joiner or an old one), with requests sent the balancer's way under the first cookie or the latest, in sync and async: no answer ever shows a session without its first write (no empty session made in its place)."""
+        for mode in ("sync", "async"):
+            for victim in ("s3", "s1"):
+                for kill_at in range(0, 10, 3):
+                    for old in (False, True):
+                        self.kill_during_rebalance(mode, victim, kill_at, old)
+
+    def kill_during_rebalance(self, mode, victim, kill_at, old):
+        s = self.sim(flat=True, replication=mode)
+        routes = self.spread(30)
+        first = list(routes)
+        self.restart()
+        self.rebalancers(rate=6.0)
+        for step in range(10):
+            if step == kill_at:
+                s.kill(victim)
+            for i in range(30):
+                route = first[i] if old else routes[i]
+                others = [n for n in ("s1", "s2", "s3") if n not in route.candidates()]
+                for name in list(route.candidates()) + others:
+                    if name in s.down:
+                        continue
+                    result = s.request(name, route, add(f"w{step}"))
+                    if isinstance(result, Failure):
+                        result.trap(NotServing)
+                        continue
+                    cart = result[0].data["cart"]
+                    self.assertEqual(cart[0], f"i{i}", (mode, victim, kill_at, old, step, name, route, cart))
+                    if result[1].cookie is not None:
+                        routes[i] = cookie.decode(result[1].cookie, s.config.node_names)
+                    break
+                else:
+                    self.fail(f"nobody served {route.sid} ({mode}, {victim} killed at {kill_at})")
+            s.run(0.1)
+
     def test_nothing_moves_to_or_from_a_draining_node(self):
         """A node that drains gets no moves and makes none."""
         s = self.sim(flat=True)
