@@ -92,7 +92,7 @@ class Session:
             timeout=self.timeout,
             idle=max(0.0, now - self.last_access),
             values=dict(self.values),
-            former=tuple((sid, until - now) for sid, until in self.former if until > now),
+            former=tuple((sid, until - now) for sid, until in self.former if until > now) if self.former else (),
         )
 
 

@@ -363,6 +363,11 @@ class Store:
             heapq.heappush(self._burials, (until, sid))
 
     def _bury_former(self, session: Session, former: Iterable[Tuple[str, float]], now: float) -> None:
+        if not former:
+            # Nearly every session: never rotated (a mass re-protection
+            # applies a hundred thousand of these).
+            session.former = ()
+            return
         session.former = tuple((sid, now + left) for sid, left in former)
         for sid, until in session.former:
             self._bury(sid, until)
