@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -133,6 +134,24 @@ class RequestPathTests(Base):
         handle, route = self.ok("s1", cookie.Route("F" * 22, "s2", "s3"), add("a"))
         self.assertNotEqual(route.sid, "F" * 22)
         self.assertEqual(handle.data["cart"], ["a"])
+
+    def test_unknown_sid_is_logged_with_who_was_asked(self):
+        """A cookie whose session no server holds is logged once, with the cookie's route and how this node saw each other server (what tells an expired session from a lost one)."""
+        s = self.sim()
+        s.kill("s3")
+        s.run(3 * s.settings.lease_time)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.ok("s1", cookie.Route("F" * 22, "s2", "s3"), add("a"))
+        lines = [formatEvent(e) for e in events if "no server holds" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1, lines)
+        incarnations = {name: s.servers[name].incarnation for name in ("s2", "s3")}
+        self.assertEqual(
+            lines[0],
+            f"no server holds {'F' * 22} (the cookie's route s2!s3; s2: incarnation {incarnations['s2']}, linked, "
+            f"s3: incarnation {incarnations['s3']} dead): a new session",
+        )
 
     def test_touch_reaches_backup(self):
         """A read-only request touches the backup through a cheap touch record."""

@@ -277,6 +277,10 @@ class SessionNode:
                     if not settled:
                         raise NotServing("a server that may hold this session does not answer")
                     continue
+                # Expired, or lost: the request gets a new session.  Who was
+                # asked is what tells the two apart afterwards.
+                log.info("no server holds {sid} (the cookie's route {route}; {peers}): a new session",
+                         sid=sid, route=f"{route.primary}!{route.secondary}", peers=protection.peers_seen())
                 return None, []
             best = newest(copies)
             if best.holder == best.primary and best.holder != self.name:

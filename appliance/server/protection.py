@@ -291,6 +291,25 @@ class Protection:
                         found[copy.sid].append(copy)
         return found, missing
 
+    def peers_seen(self) -> str:
+        """
+        How this node sees each other server now, as L{locate} does: the
+        incarnation it knows, and whether that one is dead or linked.
+        """
+        out = []
+        for server in self.node.cluster.node_names:
+            if server == self.node.name:
+                continue
+            incarnation = self.quorum.incarnation_of(server)
+            if incarnation is None:
+                state = "never seen"
+            elif self.quorum.is_dead(server, incarnation):
+                state = f"incarnation {incarnation} dead"
+            else:
+                state = f"incarnation {incarnation}, " + ("linked" if self.node.connected(server) else "not linked")
+            out.append(f"{server}: {state}")
+        return ", ".join(out)
+
     @defer.inlineCallbacks
     def settle(self, missing: List[Tuple[str, int]], timeout: float):
         """
