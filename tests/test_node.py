@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -461,6 +462,22 @@ class FailoverTests(Base):
         backup = self.s.servers["s3"].node.store.get(self.route.sid)
         backup.version = 0
         resent = self.successResultOf(self.s.servers["s1"].node.resync("s3"))
+        self.s.step(0)
+        self.assertEqual(resent, 1)
+        self.assertEqual(self.s.servers["s3"].node.store.get(self.route.sid).version, 1)
+
+    def test_periodic_resync_waits_for_a_mass_job(self):
+        """The periodic digest exchange is skipped while a mass re-protection or promotion runs, and compares again once it is over."""
+        node = self.s.servers["s1"].node
+        backup = self.s.servers["s3"].node.store.get(self.route.sid)
+        backup.version = 0
+        job = defer.Deferred()
+        node.protection.once(("reprotect", "s2"), lambda: job)
+        self.assertIsNone(node.periodic_resync("s3"))
+        self.s.step(0)
+        self.assertEqual(backup.version, 0)
+        job.callback(None)
+        resent = self.successResultOf(node.periodic_resync("s3"))
         self.s.step(0)
         self.assertEqual(resent, 1)
         self.assertEqual(self.s.servers["s3"].node.store.get(self.route.sid).version, 1)

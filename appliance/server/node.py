@@ -493,6 +493,17 @@ class SessionNode:
     def resync(self, peer: str) -> defer.Deferred:
         return self.protection.resync(peer)
 
+    def periodic_resync(self, peer: str) -> Optional[defer.Deferred]:
+        """
+        The periodic digest exchange with C{peer}, skipped (C{None}) while a
+        mass re-protection or promotion runs: that job is making the copies
+        a digest would find missing, and the ones it has in flight would
+        only be sent twice.  The next period compares again.
+        """
+        if self.protection.busy:
+            return None
+        return self.protection.resync(peer)
+
     def reset(self, incarnation: int) -> int:
         """
         Start again as a new incarnation.  The sessions this node was

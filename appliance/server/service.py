@@ -362,7 +362,7 @@ class SessionServerService(service.Service):
     def _digest_all(self) -> None:
         for name, link in self.links.items():
             if link.connected and name in self.servers:
-                self.node.resync(name)
+                self.node.periodic_resync(name)
 
     def drain(self) -> defer.Deferred:
         """
