@@ -16,7 +16,7 @@ from twisted.python.components import Componentized
 from twisted.runner.procmon import ProcessMonitor
 
 from appliance.config import ClusterConfig, ConfigError
-from appliance.runtime import interpreter
+from appliance.runtime import child_environment, interpreter
 
 log = Logger()
 
@@ -190,7 +190,7 @@ class _Children:
             self.monitor.threshold = 2
             self.monitor.killTime = self.kill_after
             self.monitor.setServiceParent(self.parent)
-        self.monitor.addProcess(name, argv, env=dict(os.environ))
+        self.monitor.addProcess(name, argv, env=child_environment(os.environ))
 
 
 def section_service(reactor, cluster: ClusterConfig, section: str) -> service.Service:

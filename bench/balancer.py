@@ -49,6 +49,7 @@ from typing import Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from appliance.runtime import child_environment  # noqa: E402
 from bench.proc import cpu_seconds  # noqa: E402
 from tests.helpers import children_of  # noqa: E402
 SID = "AAAAAAAAAAAAAAAAAAAAAA"
@@ -294,7 +295,7 @@ def start_backend(kind: str, tmp: str, ini_for, port: int, python: str) -> Backe
         from replication import create_sessions
 
         ini = ini_for(1)
-        proc = start([python, *TWISTD, "--config", ini, "--node", "b1", "--roles", "server"], cwd=ROOT)
+        proc = start([python, *TWISTD, "--config", ini, "--node", "b1", "--roles", "server"], cwd=ROOT, env=child_environment(os.environ))
         wait_http(port, 30.0)
         cookies = create_sessions(port, CART_SESSIONS, workers=4)
         return Backend(kind, port, [proc], "/cart", cookies)
@@ -377,7 +378,7 @@ def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str
                 path = os.path.join(tmp, f"{kind}-{processes}-{label}{variant}.ini")
                 with open(path, "w") as f:
                     f.write(text)
-                proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=ROOT)
+                proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=ROOT, env=child_environment(os.environ))
                 procs.append(proc)
                 ours_procs[label + variant] = (port, proc)
         wait_http(haproxy_port)

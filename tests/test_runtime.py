@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance import runtime
 from appliance.config import Address, ClusterConfig, ConfigError
 from appliance.listen import listen_tcp, listen_udp
+from appliance.runtime import child_environment
 
 from . import helpers
 from .helpers import ROOT, children_of, cluster_ini, free_ports, http, socket_inodes, spawn, twistd, wait_for, write
@@ -265,3 +266,12 @@ class DnsProcessesTests(SynchronousTestCase):
             self.assertTrue(answer.flags & dns.flags.AA, answer)
         self.assertEqual(len(children), 2)
 
+
+class ChildEnvironmentTests(SynchronousTestCase):
+    def test_pypy_step_is_a_default(self):
+        """A child's environment is this one's plus PYPY_GC_INCREMENT_STEP = 128KB, unless the operator set it."""
+        self.assertEqual(child_environment({"A": "b"}), {"A": "b", "PYPY_GC_INCREMENT_STEP": "128KB"})
+        self.assertEqual(child_environment({"PYPY_GC_INCREMENT_STEP": "1MB"}), {"PYPY_GC_INCREMENT_STEP": "1MB"})
+        mine = {"A": "b"}
+        child_environment(mine)
+        self.assertEqual(mine, {"A": "b"})
