@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appliance import cookie
 from appliance.core.store import Fenced, TooLarge
 from appliance.server import protection
+from appliance.replication.link import PeerUnavailable
 from appliance.server.errors import NotServing, Unprotected
 
 from .sim import Sim
@@ -580,6 +581,72 @@ class SliceTests(Base):
             promoted = store.get(r.sid)
             self.assertEqual((promoted.primary, promoted.secondary), ("s3", "s2"))
             self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).version, promoted.version)
+
+
+class SliceLoopTests(Base):
+    """
+    L{Protection.slices} runs its parts in a loop, never one inside the
+    answer of the one before: 120,000 sessions are 1,200 parts, and a link
+    that drops mid-resync skips (or fails) every part left at once.
+    """
+
+    PARTS = 20_000
+
+    def setUp(self):
+        self.sim()
+        self.protection = self.s.servers["s1"].node.protection
+        self.clock = self.s.servers["s1"].clock
+
+    def test_skipped_parts_do_not_recurse(self):
+        """Once go_on() turns false, the parts left are skipped (None) in one loop; the result fires."""
+        running, stop = [], []
+
+        def run(part):
+            running.append(defer.Deferred())
+            return running[-1]
+
+        d = self.protection.slices(list(range(self.PARTS)), run, lambda: not stop, size=1)
+        self.assertEqual(len(running), protection.WINDOW)
+        stop.append(True)
+        for i, waiting in enumerate(running):
+            waiting.callback(i)
+        self.clock.advance(0)
+        results = self.successResultOf(d)
+        self.assertEqual(len(running), protection.WINDOW)
+        self.assertEqual(results, list(range(protection.WINDOW)) + [None] * (self.PARTS - protection.WINDOW))
+
+    def test_parts_that_fail_at_once_do_not_recurse(self):
+        """Every part runs even when each fails at once; the result is the first failure to happen, unwrapped."""
+        ran, first = [], defer.Deferred()
+
+        def run(part):
+            ran.append(part[0])
+            return first if part[0] == 0 else defer.fail(PeerUnavailable(f"part {part[0]}"))
+
+        d = self.protection.slices(list(range(self.PARTS)), run, lambda: True, size=1)
+        first.errback(PeerUnavailable("part 0"))
+        for _ in range(self.PARTS):
+            if d.called:
+                break
+            self.clock.advance(0)
+        failure = self.failureResultOf(d, PeerUnavailable)
+        self.assertEqual(str(failure.value), "part 1")
+        self.assertEqual(ran, list(range(self.PARTS)))
+
+    def test_window_and_a_free_reactor_between_parts(self):
+        """At most WINDOW parts are under way; the next starts a reactor turn after one finishes, not inside its answer."""
+        waiting = []
+        d = self.protection.slices(list(range(5)), lambda part: waiting.append(defer.Deferred()) or waiting[-1], lambda: True, size=1)
+        self.assertEqual(len(waiting), protection.WINDOW)
+        waiting[0].callback("a")
+        self.assertEqual(len(waiting), protection.WINDOW)
+        self.clock.advance(0)
+        self.assertEqual(len(waiting), protection.WINDOW + 1)
+        for i in range(1, 5):
+            self.clock.advance(0)
+            waiting[i].callback(i)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), ["a", 1, 2, 3, 4])
 
 
 class MonotonicExpiryTests(SynchronousTestCase):

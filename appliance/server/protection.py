@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from attrs import frozen
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -569,19 +569,57 @@ class Protection:
         C{run(part)} (a Deferred) on each C{size} (L{SLICE}) of C{items}, L{WINDOW}
         parts under way at once and the reactor free after each; a part
         that would start once C{go_on()} is false, or the node stopped, is
-        skipped.  Fires with the results of the parts in order, C{None} for
-        those skipped.
+        skipped.  Fires, once every part is done or skipped, with the
+        results of the parts in order (C{None} for those skipped), or with
+        the first failure to happen.
+
+        The next part starts from the clock, never inside the answer of
+        the one before: a chain of answers would recurse once per part
+        (1,200 parts for 120,000 sessions) when a link that drops fails or
+        skips every part left at once.
         """
         node = self.node
         size = size or SLICE
-        window = defer.DeferredSemaphore(WINDOW)
+        parts = [items[i : i + size] for i in range(0, len(items), size)]
+        results: list = [None] * len(parts)
+        failures: List[Failure] = []
+        done = defer.Deferred()
+        state = {"next": 0, "running": 0, "scheduled": False}
 
-        def one(part):
-            if node.stopped or not go_on():
-                return None
-            d = run(part)
-            return d.addCallback(lambda result: task.deferLater(node.clock, 0, lambda: result))
+        def finish_if_done() -> None:
+            if state["next"] == len(parts) and not state["running"] and not done.called:
+                if failures:
+                    done.errback(failures[0])
+                else:
+                    done.callback(results)
 
-        return defer.gatherResults(
-            [window.run(one, items[i : i + size]) for i in range(0, len(items), size)], consumeErrors=True
-        )
+        def start() -> None:
+            state["scheduled"] = False
+            # Slots freed by a part that answers at once are for the next
+            # turn: the reactor runs between parts.
+            free = WINDOW - state["running"]
+            while free > 0 and state["next"] < len(parts):
+                i = state["next"]
+                state["next"] += 1
+                if node.stopped or not go_on():
+                    continue
+                free -= 1
+                state["running"] += 1
+                defer.maybeDeferred(run, parts[i]).addBoth(finished, i)
+            finish_if_done()
+
+        def finished(result, i: int) -> None:
+            state["running"] -= 1
+            if isinstance(result, Failure):
+                failures.append(result)
+            else:
+                results[i] = result
+            if state["next"] < len(parts):
+                if not state["scheduled"]:
+                    state["scheduled"] = True
+                    node.clock.callLater(0, start)
+            else:
+                finish_if_done()
+
+        start()
+        return done
