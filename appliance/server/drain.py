@@ -173,10 +173,10 @@ class Drain:
                 # No peer can take a session (none is up, or all drain).
                 return
             before = self.report.handed + self.report.stale
-            semaphore = defer.DeferredSemaphore(PARALLEL)
-            yield defer.DeferredList(
-                [semaphore.run(self._hand_over, peer, sids) for peer, sids in batches], consumeErrors=True
-            )
+            # A batch that fails is offered again in the next round.
+            yield node.protection.slices(
+                batches, lambda part: self._hand_over(*part[0]), lambda: True, size=1, window=PARALLEL
+            ).addErrback(lambda _: None)
             if self.report.handed + self.report.stale == before:
                 yield task.deferLater(node.clock, min(node.quorum.interval, max(self._left(), 0)), lambda: None)
 

@@ -564,10 +564,12 @@ class Protection:
 
         return self.slices(sids, run, go_on).addCallback(lambda _: None)
 
-    def slices(self, items: list, run, go_on, size: Optional[int] = None) -> defer.Deferred:
+    def slices(
+        self, items: list, run, go_on, size: Optional[int] = None, window: Optional[int] = None
+    ) -> defer.Deferred:
         """
-        C{run(part)} (a Deferred) on each C{size} (L{SLICE}) of C{items}, L{WINDOW}
-        parts under way at once and the reactor free after each; a part
+        C{run(part)} (a Deferred) on each C{size} (L{SLICE}) of C{items}, C{window}
+        (L{WINDOW}) parts under way at once and the reactor free after each; a part
         that would start once C{go_on()} is false, or the node stopped, is
         skipped.  Fires, once every part is done or skipped, with the
         results of the parts in order (C{None} for those skipped), or with
@@ -580,6 +582,7 @@ class Protection:
         """
         node = self.node
         size = size or SLICE
+        window = window or WINDOW
         parts = [items[i : i + size] for i in range(0, len(items), size)]
         results: list = [None] * len(parts)
         failures: List[Failure] = []
@@ -597,7 +600,7 @@ class Protection:
             state["scheduled"] = False
             # Slots freed by a part that answers at once are for the next
             # turn: the reactor runs between parts.
-            free = WINDOW - state["running"]
+            free = window - state["running"]
             while free > 0 and state["next"] < len(parts):
                 i = state["next"]
                 state["next"] += 1
