@@ -100,16 +100,26 @@ class SimServer(Process):
             send=self.replicator.send, quorum=self.quorum,
         )
         self.links: Set[str] = set()
+        # The incarnation each link logged in as: a call sent on a link
+        # carries it even if this server restarts before it arrives.
+        self.logins: Dict[str, int] = {}
         self.pending: Dict[str, List[defer.Deferred]] = {}
         self.ended = 0
 
-    def avatar(self, caller: "SimServer"):
-        return PeerAvatar(caller.name, caller.membership.incarnation, self.node, self.sim.config.node_names, self.node.limit)
+    def avatar(self, caller: "SimServer", incarnation: Optional[int] = None):
+        """
+        What C{caller}'s calls reach here: its login, as C{incarnation}
+        (the one it logged in as on the link a call went out on).
+        """
+        if incarnation is None:
+            incarnation = caller.membership.incarnation
+        return PeerAvatar(caller.name, incarnation, self.node, self.sim.config.node_names, self.node.limit)
 
     # the service's reactions, as SessionServerService has them
 
     def link_up(self, peer: str) -> None:
         self.links.add(peer)
+        self.logins[peer] = self.membership.incarnation
         if peer in self.sim.servers_named:
             self.replicator.hold(peer)
             self.node.peer_up(peer).addBoth(lambda _: self.replicator.release(peer))
@@ -149,8 +159,10 @@ class SimWitness(Process):
             lambda server: defer.succeed(sim.refuses(server)),
         )
 
-    def avatar(self, caller: SimServer):
-        return WitnessAvatar(caller.name, caller.membership.incarnation, self.witness)
+    def avatar(self, caller: SimServer, incarnation: Optional[int] = None):
+        if incarnation is None:
+            incarnation = caller.membership.incarnation
+        return WitnessAvatar(caller.name, incarnation, self.witness)
 
 
 class Sim:
@@ -209,6 +221,7 @@ class Sim:
         if peer not in caller.links or not self.reaches(caller.name, peer):
             return defer.fail(PeerUnavailable(peer))
         target = self.process(peer)
+        login = caller.logins.get(peer)
         result = defer.Deferred()
         waiting = caller.pending.setdefault(peer, [])
         waiting.append(result)
@@ -231,7 +244,7 @@ class Sim:
             if not self.reaches(caller.name, peer):
                 answer(_Failed(PeerUnavailable(peer)))
                 return
-            avatar = target.avatar(caller)
+            avatar = target.avatar(caller, login)
             d = defer.maybeDeferred(getattr(avatar, "perspective_" + method), *args)
             d.addCallbacks(answer, lambda f: answer(_Failed(f)))
 
