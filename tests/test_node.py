@@ -306,8 +306,8 @@ class FailoverTests(Base):
         real = s3.avatar
         garbled = []
 
-        def avatar(caller):
-            a = real(caller)
+        def avatar(caller, incarnation=None):
+            a = real(caller, incarnation)
             if not garbled:
                 garbled.append(True)
                 a.perspective_replicate = lambda chunks: b"\xff" * 7
@@ -581,6 +581,44 @@ class SliceTests(Base):
             promoted = store.get(r.sid)
             self.assertEqual((promoted.primary, promoted.secondary), ("s3", "s2"))
             self.assertEqual(self.s.servers["s2"].node.store.get(r.sid).version, promoted.version)
+
+
+class TwoServerCutTests(Base):
+    def test_unprotected_copies_survive_a_cut_and_a_restart_in_place(self):
+        """
+        Two servers and a witness, sync: s2's sessions lose their secondary
+        s1 in a cut (a write fails).  At the heal s2's digest reaches s1
+        just before s2 learns that s1 voted it dead and restarts in place;
+        the cut comes back before s1 learns s2's new incarnation.  s1 keeps
+        its copies (s2 listed them as unprotected, not moved), so when the
+        witness tells s1 that s2's old incarnation is dead, s1 serves them
+        with every acknowledged write: not as new sessions (lost in the lab
+        on 2026-12-03).  Lazy re-protection: in eager mode s2's re-protection
+        at the heal hides the drop in the simulation; in the lab the
+        restart came first.
+        """
+        s = self.sim(servers=("s1", "s2"), extra="reprotect = lazy")
+        routes = [self.start([f"a{i}"], on="s2") for i in range(2)]
+        self.assertEqual({(r.primary, r.secondary) for r in routes}, {("s2", "s1")})
+        unacked = [s.open_close("s2", r, add("b")) for r in routes]
+        s.cut("s1", "s2")
+        s.run(8.0)
+        for d in unacked:
+            self.failureResultOf(d, Unprotected)
+        self.assertEqual([s.servers["s2"].node.store.get(r.sid).secondary for r in routes], [None, None])
+        s.heal()
+        s.run(s.settings.heartbeat_interval)
+        s.cut("s1", "s2")
+        s.run(2.0)
+        for i, r in enumerate(routes):
+            handle, route = self.ok("s1", r, add("c"))
+            self.assertEqual(handle.data.get("cart"), [f"a{i}", "c"])
+            self.assertEqual(route.sid, r.sid)
+        s.heal()
+        s.run(3.0)
+        for i, r in enumerate(routes):
+            self.assertEqual(self.cart("s2", r)[0], [f"a{i}", "c"])
+            self.assertEqual(self.cart("s1", r)[0], [f"a{i}", "c"])
 
 
 class SliceLoopTests(Base):

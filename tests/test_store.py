@@ -234,6 +234,20 @@ class DigestTests(SynchronousTestCase):
         self.assertIsNone(backup.get(stale))
 
 
+    def test_compare_keeps_what_the_primary_holds_unprotected(self):
+        """A primary that lost its secondary lists the copy anyway: the backup keeps it (it may be the only other one); one moved elsewhere is dropped."""
+        primary, backup = pair()
+        primary.create(SID2, changes(x=1), "s2", 0.0)
+        backup.apply(primary.get(SID2).full(0.0), 0.0)
+        primary.set_secondary(primary.get(SID), None, 1.0)
+        primary.set_secondary(primary.get(SID2), "s3", 1.0)
+        self.assertEqual(primary.digest_sizes("s2"), {"S": 1})
+        self.assertEqual(backup.compare("s1", primary.digest("s2")), [])
+        self.assertEqual(backup.get(SID).version, 1)
+        self.assertIsNone(backup.get(SID2))
+        self.assertEqual((primary.backed_count("s2"), primary.backed_count("s3")), (0, 1))
+
+
 class PlacementTests(SynchronousTestCase):
     def node(self, name, machine, rack, site="a"):
         return NodeConfig(name, Address("127.0.0.1", 1), Address("127.0.0.1", 2), machine, rack, site)

@@ -693,18 +693,33 @@ class Store:
 
     def digest(self, peer: str, prefixes: Optional[str] = None) -> List[Tuple[str, int, int]]:
         """
-        (sid, version, epoch) of every primary copy backed by C{peer} (whose
-        sid starts with one of C{prefixes}, when given).
+        (sid, version, epoch) of every primary copy backed by C{peer}, and
+        of those backed by nobody (whose sid starts with one of
+        C{prefixes}, when given).
+
+        A copy with no secondary is listed so that C{peer} keeps the copy
+        it may still hold (see L{compare}): this node lost its link to it,
+        not the session, and that copy may be the only other one.
         """
-        return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer, prefixes)]
+        return [(s.sid, s.version, s.epoch) for s in self.backed_by(peer, prefixes) + self.backed_by(None, prefixes)]
 
     def digest_sizes(self, peer: str) -> Dict[str, int]:
         """
-        How many copies whose primary is this node and whose secondary is
-        C{peer} there are per first character of their sid (how a digest
-        is cut into parts; copies of an earlier incarnation count too).
+        How many entries the digest for C{peer} has per first character of
+        their sid (how a digest is cut into parts; copies of an earlier
+        incarnation count too).
         """
-        return {c: len(bucket) for c, bucket in self._pairs.get((self.node, peer), {}).items()}
+        sizes = {c: len(bucket) for c, bucket in self._pairs.get((self.node, peer), {}).items()}
+        for c, bucket in self._pairs.get((self.node, None), {}).items():
+            sizes[c] = sizes.get(c, 0) + len(bucket)
+        return sizes
+
+    def backed_count(self, peer: str) -> int:
+        """
+        How many primary copies here name C{peer} their secondary (copies
+        of an earlier incarnation count too).
+        """
+        return sum(len(bucket) for bucket in self._pairs.get((self.node, peer), {}).values())
 
     def compare(
         self, primary: str, digest: Iterable[Tuple[str, int, int]], incarnation: int = 0, prefixes: Optional[str] = None
@@ -714,7 +729,8 @@ class Store:
         copies here (so need the full state).  Backups that this incarnation
         of C{primary} still claims to own but left out of its digest are
         dropped: it removed them (or moved them to another secondary) and
-        the news was lost.  A digest in parts covers the sids starting with
+        the news was lost.  (It lists those it holds with no secondary:
+        their copy here is kept.)  A digest in parts covers the sids starting with
         one of C{prefixes}: only those can be left out of it.  Backups of an
         older incarnation are not its to disown: they are orphans (see
         L{orphans}).

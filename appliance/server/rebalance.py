@@ -125,7 +125,7 @@ class Rebalancer:
             return []
         store = node.store
         nodes = {name: node.cluster.node(name) for name in counts}
-        mine = {peer: sum(store.digest_sizes(peer).values()) for peer in counts if peer != node.name}
+        mine = {peer: store.backed_count(peer) for peer in counts if peer != node.name}
         moves = plan(
             node.me, nodes, counts, mine, lambda peer: (s.sid for s in store.backed_by(peer)), budget, node.me.secondary
         )
