@@ -66,6 +66,7 @@ from proc import cpu_seconds  # bench/ is on sys.path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from appliance.runtime import child_environment  # noqa: E402
 
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 #: Interpreters by label (C{--runtime}); "" is the first, whose modes carry no suffix.
@@ -91,9 +92,10 @@ class Children:
     def start(self, argv: List[str], log_path: str, cwd: str = ROOT) -> subprocess.Popen:
         log = open(log_path, "ab")
         try:
+            # As the supervisor starts its children (PyPy's collector step).
             proc = subprocess.Popen(
                 argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, env=child_environment(os.environ),
             )
         finally:
             log.close()
