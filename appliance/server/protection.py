@@ -11,7 +11,7 @@ this module sequences them with the links, under the session locks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from attrs import frozen
 from twisted.internet import defer
@@ -46,6 +46,8 @@ SLICE = 100
 #: on the peer that the p99 of requests taking a session over grew to
 #: 250-300 ms.
 WINDOW = 2
+#: How this node sees another server (L{Protection._others}).
+NEVER_SEEN, DEAD, LINKED, NOT_LINKED = "never seen", "dead", "linked", "not linked"
 #: Sessions one look-up of a mass promotion asks about: its answer is a
 #: few bytes per session held, and the peer answers it in a millisecond.
 LOCATE_PART = 2_000
@@ -267,13 +269,10 @@ class Protection:
         asks = []
         missing: List[Tuple[str, int]] = []
         request = wire.split(wire.encode_sids(sids))
-        for server in node.cluster.node_names:
-            if server == node.name or server in exclude:
+        for server, incarnation, state in self._others():
+            if server in exclude or state in (NEVER_SEEN, DEAD):
                 continue
-            incarnation = self.quorum.incarnation_of(server)
-            if incarnation is None or self.quorum.is_dead(server, incarnation):
-                continue
-            if not node.connected(server):
+            if state == NOT_LINKED:
                 missing.append((server, incarnation))
                 continue
             asks.append(
@@ -297,18 +296,31 @@ class Protection:
         incarnation it knows, and whether that one is dead or linked.
         """
         out = []
-        for server in self.node.cluster.node_names:
-            if server == self.node.name:
+        for server, incarnation, state in self._others():
+            if state == NEVER_SEEN:
+                out.append(f"{server}: {state}")
+            elif state == DEAD:
+                out.append(f"{server}: incarnation {incarnation} {state}")
+            else:
+                out.append(f"{server}: incarnation {incarnation}, {state}")
+        return ", ".join(out)
+
+    def _others(self) -> Iterator[Tuple[str, Optional[int], str]]:
+        """
+        Each other server, the incarnation this node knows of it, and that
+        one's state here: L{NEVER_SEEN}, L{DEAD}, L{LINKED} or L{NOT_LINKED}.
+        """
+        node = self.node
+        for server in node.cluster.node_names:
+            if server == node.name:
                 continue
             incarnation = self.quorum.incarnation_of(server)
             if incarnation is None:
-                state = "never seen"
+                yield server, None, NEVER_SEEN
             elif self.quorum.is_dead(server, incarnation):
-                state = f"incarnation {incarnation} dead"
+                yield server, incarnation, DEAD
             else:
-                state = f"incarnation {incarnation}, " + ("linked" if self.node.connected(server) else "not linked")
-            out.append(f"{server}: {state}")
-        return ", ".join(out)
+                yield server, incarnation, LINKED if node.connected(server) else NOT_LINKED
 
     @defer.inlineCallbacks
     def settle(self, missing: List[Tuple[str, int]], timeout: float):
