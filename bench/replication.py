@@ -870,7 +870,7 @@ def main(argv=None) -> int:
         if out.returncode != 0:
             parser.error(f"runtime {runtime} does not run: {out.stderr.strip()[-300:]}")
         RUNTIMES[out.stdout.strip() if out.stdout.strip() not in RUNTIMES else runtime] = runtime
-    modes += [f"{m}@{label}" for label in RUNTIMES if label for m in list(modes) if m in ("off", "sync", "async", "batched")]
+    modes += [f"{m}@{label}" for label in RUNTIMES if label for m in list(modes) if m in ("off", "sync", "async", "batched", "baseline")]
     if args.metrics == "both":
         modes += [m + NOMETRICS for m in list(modes) if m.partition("@")[0] in ("off", "sync", "async", "batched")]
     if "baseline" in modes and not (args.baseline and os.path.isdir(os.path.join(args.baseline, "appliance"))):

@@ -10,7 +10,8 @@ import json
 import shutil
 import subprocess
 
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.config import ClusterConfig
@@ -171,3 +172,79 @@ health_rise = 1
         for url in (self.nodes.url("s1", "/cart/items"), f"http://127.0.0.1:{self.lb}/cart/items"):
             code, body = self.upload(url, b"item=apple")
             self.assertEqual((code, json.loads(body)), (200, ["apple"]), url)
+
+
+class CountingTransport(StringTransport):
+    """
+    A StringTransport that keeps each write call apart and counts how often
+    the connection's addresses are asked for.
+    """
+
+    def __init__(self):
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8081), peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        self.calls = []
+        self.asked = 0
+
+    def write(self, data):
+        self.calls.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq):
+        self.calls.append(b"".join(seq))
+        super().write(b"".join(seq))
+
+    def getHost(self):
+        self.asked += 1
+        return super().getHost()
+
+    def getPeer(self):
+        self.asked += 1
+        return super().getPeer()
+
+
+class OneWriteTests(SynchronousTestCase):
+    """
+    The session server's channel (L{hosting.NodeChannel}): a held response
+    leaves in one write, head and body together, and the connection's
+    addresses are read once however many requests it carries.
+    """
+
+    def setUp(self):
+        self.site, _ = memory_site(inline_config())
+        self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = CountingTransport()
+        self.channel.makeConnection(self.transport)
+        self.addCleanup(self.channel.connectionLost, None)
+
+    def test_pipelined_responses_one_write_each(self):
+        """Three pipelined requests on one session: three writes, each one whole response, in order."""
+        (first,) = responses(self.feed(request("POST", "/cart/items", b"item=apple", FORM)))
+        cookie = first[1][b"set-cookie"][0].split(b";")[0].decode()
+        self.transport.calls.clear()
+        raw = b"".join(
+            request(method, path, body, FORM + (f"Cookie: {cookie}",))
+            for method, path, body in (("POST", "/cart/items", b"item=pear"), ("GET", "/cart", b""), ("HEAD", "/cart", b""))
+        )
+        self.channel.dataReceived(raw)
+        self.assertEqual(len(self.transport.calls), 3, self.transport.calls)
+        post, get, head = self.transport.calls
+        self.assertEqual([(r[0], json.loads(r[2])) for r in responses(post + get)], [(200, ["apple", "pear"]), (200, {"items": ["apple", "pear"]})])
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head)
+        self.assertEqual(self.transport.asked, 2)
+
+    def test_closing_request_sends_before_closing(self):
+        """A request that asks to close gets its whole response, then the connection closes."""
+        data = self.feed(request("POST", "/cart/items", b"item=apple", FORM + ("Connection: close",)))
+        (response,) = responses(data)
+        self.assertEqual((response[0], json.loads(response[2])), (200, ["apple"]))
+        self.assertEqual(len(self.transport.calls), 1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def feed(self, raw: bytes) -> bytes:
+        self.channel.dataReceived(raw)
+        return self.transport.value()
+
+
+FORM = ("Content-Type: application/x-www-form-urlencoded",)

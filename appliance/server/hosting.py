@@ -22,8 +22,10 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
+from twisted.web.http_headers import Headers
 
 from appliance import cookie
+from appliance.balancer.flow import send_now
 from appliance.balancer.framing import server_limits
 from appliance.config import AppConfig, ClusterConfig, ConfigError
 from appliance.core.session import NotJSON, SessionData
@@ -157,9 +159,14 @@ class HeldRequest(server.Request):
         body = b"".join(held)
         if self.method != b"HEAD" and not self.responseHeaders.hasHeader(b"content-length"):
             self.setHeader(b"content-length", b"%d" % len(body))
+        channel = self.channel
+        if isinstance(channel, NodeChannel):
+            channel.gather()
         if body:
             server.Request.write(self, body)
         server.Request.finish(self)
+        if isinstance(channel, NodeChannel):
+            channel.send_gathered()
 
 
 def _body_length(content) -> int:
@@ -388,6 +395,73 @@ class NodeResource(resource.Resource):
         server.Request.finish(request)
 
 
+class NodeChannel(http.HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel, with two costs of every request taken
+    out: the connection's addresses are read once (twisted.web asks for
+    them in every request, and C{getHost} is a C{getsockname} call each
+    time), and a held response, whose head and body are whole when it is
+    released, leaves in one C{send} as it is finished (L{send_now}) rather
+    than queued for the next reactor turn (two C{epoll_ctl} calls and a
+    dispatch per response).
+    """
+
+    _host = None
+    _peer = None
+    #: What a response being released writes, gathered to leave at once.
+    _gathered: Optional[List[bytes]] = None
+
+    def getHost(self):
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
+
+    def getPeer(self):
+        if self._peer is None:
+            self._peer = self.transport.getPeer()
+        return self._peer
+
+    def gather(self) -> None:
+        """
+        Keep what is written from now on until L{send_gathered} (which
+        finishing the request calls, before the connection may close).
+        """
+        self._gathered = []
+
+    def send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered:
+            send_now(self.transport, b"".join(gathered))
+
+    def writeHeaders(self, version, code, reason, headers):
+        if self._gathered is None or not isinstance(headers, Headers):
+            return http.HTTPChannel.writeHeaders(self, version, code, reason, headers)
+        gathered = self._gathered
+        gathered.extend((version, b" ", code, b" ", reason, b"\r\n"))
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                gathered.extend((name, b": ", value, b"\r\n"))
+        gathered.append(b"\r\n")
+
+    def write(self, data):
+        if self._gathered is None:
+            self.transport.write(data)
+        else:
+            self._gathered.append(data)
+
+    def writeSequence(self, iovec):
+        if self._gathered is None:
+            self.transport.writeSequence(iovec)
+        else:
+            self._gathered.extend(iovec)
+
+    def requestDone(self, request):
+        # Sent before the next pipelined request is read, and before a
+        # connection that does not persist is closed.
+        self.send_gathered()
+        http.HTTPChannel.requestDone(self, request)
+
+
 class NodeSite(server.Site):
     """
     The session server's site.  Access logging is optional (one line per
@@ -401,7 +475,7 @@ class NodeSite(server.Site):
     access_log = False
     # Plain HTTP/1.1 channels (nothing to negotiate on a plain TCP port),
     # whose head limits are set from the balancers' (see site()).
-    protocol = http.HTTPChannel
+    protocol = NodeChannel
     head_bytes = http.HTTPChannel.totalHeadersSize
     head_lines = http.HTTPChannel.maxHeaders
 
