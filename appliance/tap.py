@@ -74,6 +74,9 @@ def load(options) -> ClusterConfig:
 
 
 def makeService(options):
+    from appliance.reactor import install_unless_chosen
+
+    install_unless_chosen()
     from twisted.internet import reactor
 
     from appliance import logs

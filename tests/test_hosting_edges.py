@@ -13,9 +13,10 @@ import subprocess
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import resource, server
 
 from appliance.config import ClusterConfig
-from appliance.server import hosting
+from appliance.server import hosting, session_of
 from appliance.server.node import SessionNode
 
 from .helpers import RealNodes, cluster_ini, free_ports, http, quorum_for, wait_for
@@ -45,6 +46,29 @@ def echo(environ, start_response):
     ).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
+
+
+class Pending(resource.Resource):
+    """
+    Answers nothing: each request waits in L{PENDING} with its session.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        session_of(request)["pending"] = True
+        PENDING.append(request)
+        return server.NOT_DONE_YET
+
+
+PENDING: list = []
+pending = Pending()
+
+PENDING_APP = """
+[app:pending]
+mount = /pending
+resource = tests.test_hosting_edges:pending
+"""
 
 
 def inline_config(extra_apps: str = "", cluster_extra: str = "") -> ClusterConfig:
@@ -245,6 +269,30 @@ class OneWriteTests(SynchronousTestCase):
     def feed(self, raw: bytes) -> bytes:
         self.channel.dataReceived(raw)
         return self.transport.value()
+
+
+class ClientLeavesTests(SynchronousTestCase):
+    """
+    A client that leaves while its request holds the session: the session
+    is released at once, and what the request did is not committed.
+    """
+
+    def test_lost_connection_releases_the_session(self):
+        site, node = memory_site(inline_config(PENDING_APP))
+        (created,) = responses(exchange(site, request("POST", "/cart/items", b"item=apple", FORM)))
+        cookie = "Cookie: " + created[1][b"set-cookie"][0].split(b";")[0].decode()
+        del PENDING[:]
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        channel.makeConnection(CountingTransport())
+        channel.dataReceived(request("GET", "/pending", headers=(cookie,)))
+        self.assertEqual(len(PENDING), 1)
+        channel.connectionLost(None)
+        (after,) = responses(exchange(site, request("POST", "/cart/items", b"item=pear", FORM + (cookie,))))
+        self.assertEqual((after[0], json.loads(after[2])), (200, ["apple", "pear"]))
+        PENDING[0].finish()
+        (whole,) = responses(exchange(site, request("GET", "/cart", headers=(cookie,))))
+        self.assertEqual(json.loads(whole[2]), {"items": ["apple", "pear"]})
+        self.assertNotIn("pending", node.store.get(cookie.split("=", 1)[1][:22]).values)
 
 
 FORM = ("Content-Type: application/x-www-form-urlencoded",)

@@ -16,7 +16,7 @@ import importlib
 import json
 import sys
 from io import BytesIO
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -84,6 +84,7 @@ class HeldRequest(server.Request):
     appliance_session: Optional[SessionData] = None
     _held: Optional[List[bytes]] = None
     _on_finish = None
+    _on_abandon = None
 
     def hold(self, on_finish, on_abandon) -> None:
         """
@@ -92,10 +93,14 @@ class HeldRequest(server.Request):
         """
         self._held = []
         self._on_finish = on_finish
-        self.notifyFinish().addErrback(self._abandoned, on_abandon)
+        self._on_abandon = on_abandon
 
-    def _abandoned(self, reason, on_abandon) -> None:
-        if self._on_finish is not None:
+    def connectionLost(self, reason) -> None:
+        # What notifyFinish's errback would say, without a Deferred for
+        # every request: the client left before the response was finished.
+        server.Request.connectionLost(self, reason)
+        on_abandon, self._on_abandon = self._on_abandon, None
+        if on_abandon is not None and self._on_finish is not None:
             self._on_finish = None
             on_abandon()
 
@@ -202,7 +207,7 @@ def wsgi_environ(request: server.Request, mount: str, session: SessionData) -> d
         "QUERY_STRING": request.uri.partition(b"?")[2].decode("latin-1"),
         "CONTENT_TYPE": (request.getHeader(b"content-type") or b"").decode("latin-1"),
         "CONTENT_LENGTH": str(_body_length(request.content)) if framed else "",
-        "SERVER_NAME": request.getRequestHostname().decode("latin-1"),
+        "SERVER_NAME": _server_name(request),
         "SERVER_PORT": str(request.getHost().port),
         "REMOTE_ADDR": getattr(request.getClientAddress(), "host", ""),
         "SERVER_PROTOCOL": request.clientproto.decode("latin-1"),
@@ -223,6 +228,19 @@ def wsgi_environ(request: server.Request, mount: str, session: SessionData) -> d
 
 
 _NOT_PASSED = frozenset(("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING"))
+#: SERVER_NAME by Host header, as twisted.web reads it (a regex match per
+#: request otherwise); a few dozen kept, whatever clients send.
+_SERVER_NAMES: Dict[bytes, str] = {}
+
+
+def _server_name(request: server.Request) -> str:
+    host = request.getHeader(b"host")
+    name = None if host is None else _SERVER_NAMES.get(host)
+    if name is None:
+        name = request.getRequestHostname().decode("latin-1")
+        if host is not None and len(_SERVER_NAMES) < 64:
+            _SERVER_NAMES[host] = name
+    return name
 
 
 def run_wsgi(app, environ) -> Tuple[str, list, List[bytes]]:
@@ -341,10 +359,13 @@ class NodeResource(resource.Resource):
             environ["appliance.node"] = self.node.name
             if app.threads:
                 d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run_wsgi, target, environ)
-            else:
-                d = defer.maybeDeferred(run_wsgi, target, environ)
-            d.addCallback(write_wsgi_response, request)
-            d.addErrback(self._app_failed, request, handle)
+                d.addCallback(write_wsgi_response, request)
+                d.addErrback(self._app_failed, request, handle)
+                return
+            try:
+                write_wsgi_response(run_wsgi(target, environ), request)
+            except Exception:
+                self._app_failed(Failure(), request, handle)
         else:
             request.prepath = app.mount.encode("latin-1").split(b"/")[1:]
             request.postpath = request.postpath[len(request.prepath) :]
