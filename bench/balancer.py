@@ -4,7 +4,7 @@ each runtime, behind several backends, with 1 or more processes.
 
     python3 bench/balancer.py [--duration 4] [--rounds 3] [--connections 32]
         [--runtime python3,.pypy/bin/python] [--backend own,nginx,cart] [--processes 1,2]
-        [--metrics both] [--in-process]
+        [--metrics both] [--baseline DIR] [--in-process]
 
 Everything runs on 127.0.0.1 with free ports.  For each backend and each
 process count N: the backend, HAProxy (C{nbthread N}, keep-alive,
@@ -26,6 +26,9 @@ cookies the Lua script rotates.  Every child is stopped at the end.
 With C{--metrics both}, ours runs twice on each runtime in the same rounds,
 as shipped and with C{[cluster] metrics = no} (C{ours-LABEL-nometrics}),
 and the report gives their ratio: what the counting behind /metrics costs.
+With C{--baseline DIR} (a checkout of an earlier version), that version's
+balancer runs beside ours on each runtime in the same rounds, and the
+report gives ours against it.
 C{--in-process} measures only the balancer's Python per request, on the
 interpreter running the bench, with fake transports (no sockets, no
 reactor) and each backend's answer: steadier than any HTTP run here.
@@ -367,18 +370,23 @@ def one_setup(args, tmp: str, kind: str, processes: int, runtimes: Dict[str, str
         procs.append(haproxy)
         targets: Dict[str, Tuple[int, List[int]]] = {"direct": (backend_port, []), "haproxy": (haproxy_port, [])}
         ours_procs = {}
-        variants = [""] + (["-nometrics"] if args.metrics == "both" else [])
+        # (suffix, checkout, metrics): as shipped, without metrics, the code of --baseline.
+        variants = [("", ROOT, True)]
+        if args.metrics == "both":
+            variants.append(("-nometrics", ROOT, False))
+        if args.baseline:
+            variants.append(("-baseline", args.baseline, True))
         for label, runtime in runtimes.items():
-            for variant in variants:
+            for variant, checkout, metrics in variants:
                 port = free_port()
                 with open(ini) as f:
                     text = f.read().replace(f"listen = 127.0.0.1:{ours_port}", f"listen = 127.0.0.1:{port}")
-                if variant:
+                if not metrics:
                     text = text.replace("[cluster]\n", "[cluster]\nmetrics = no\n", 1)
                 path = os.path.join(tmp, f"{kind}-{processes}-{label}{variant}.ini")
                 with open(path, "w") as f:
                     f.write(text)
-                proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=ROOT, env=child_environment(os.environ))
+                proc = start([runtime, *TWISTD, "--config", path, "--roles", "balancer"], cwd=checkout, env=child_environment(os.environ))
                 procs.append(proc)
                 ours_procs[label + variant] = (port, proc)
         wait_http(haproxy_port)
@@ -508,6 +516,11 @@ def report(kind: str, processes: int, summary, runtimes: Dict[str, str], args) -
               f"p99 added at {h['rate']:.0f} req/s: ours {h[ours] - h['direct']:.2f} ms, haproxy {h['haproxy'] - h['direct']:.2f} ms")
     print(f"  haproxy/direct {median['haproxy'] / median['direct']:.2f}x", flush=True)
     for label in runtimes:
+        ours, before = f"ours-{label}", f"ours-{label}-baseline"
+        if before in median:
+            print(f"  against the code before: {ours}/{before} {median[ours] / median[before]:.2f}x   "
+                  f"cpu/request {cpu[ours]:.1f} vs {cpu[before]:.1f} us", flush=True)
+    for label in runtimes:
         ours, off = f"ours-{label}", f"ours-{label}-nometrics"
         if off in median:
             value = median[ours] / median[off]
@@ -543,6 +556,9 @@ def main() -> int:
     parser.add_argument("--processes", default="1", help="comma-separated process counts (default 1)")
     parser.add_argument("--metrics", choices=("on", "both"), default="on",
                         help="both: ours also with [cluster] metrics = no, side by side, and their ratio")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="a checkout of an earlier version (git worktree add DIR REV): its balancer runs "
+                             "beside ours on each runtime, in the same rounds (ours-LABEL-baseline)")
     parser.add_argument("--in-process", action="store_true",
                         help="only the Python cost per request on this runtime, in process (fake "
                              "transports), behind the own and the nginx answer: median of --rounds")
@@ -562,6 +578,8 @@ def main() -> int:
     for tool in ["wrk", "haproxy"] + (["nginx"] if "nginx" in kinds else []):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required and not on PATH")
+    if args.baseline and not os.path.isdir(os.path.join(args.baseline, "appliance")):
+        raise SystemExit(f"--baseline {args.baseline}: not a checkout of the appliance")
     args.duration = max(1, min(args.duration, 60))
     args.rounds = max(1, min(args.rounds, 10))
     runtimes: Dict[str, str] = {}
