@@ -7,10 +7,11 @@ which asks the descriptor for its log prefix and pushes a legacy logging
 context around the call (two dictionaries, a copy and an update, four
 calls deep).  Nothing here reads that context: the appliance logs with
 L{twisted.logger}, whose lines (L{appliance.logs}) never show the legacy
-C{system} field.  On the balancer's path, two events per request, that
-wrapping cost about as much CPU as the balancer's own Python: per round
-trip of a loopback echo (two events), 8-10 us of user CPU on CPython
-3.11 and 6.5-9 on PyPy, against 5 and 4.5-5 without it.
+C{system} field.  On the balancer's path (two events per request) it
+cost more CPU than the balancer's own Python: C{bench/balancer.py
+--backend nginx --baseline DIR}, DIR the code before this reactor, gave
+32.0 against 37.6 us of CPU per request on CPython 3.11 and 24.5 against
+27.6 on PyPy (the README, Benchmarks).
 
 What the wrapping also did is kept: an error that escapes a descriptor's
 handling is logged and the loop goes on with the next descriptor.

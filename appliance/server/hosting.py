@@ -165,13 +165,17 @@ class HeldRequest(server.Request):
         if self.method != b"HEAD" and not self.responseHeaders.hasHeader(b"content-length"):
             self.setHeader(b"content-length", b"%d" % len(body))
         channel = self.channel
-        if isinstance(channel, NodeChannel):
+        gather = isinstance(channel, NodeChannel)
+        if gather:
             channel.gather()
-        if body:
-            server.Request.write(self, body)
-        server.Request.finish(self)
-        if isinstance(channel, NodeChannel):
-            channel.send_gathered()
+        try:
+            if body:
+                server.Request.write(self, body)
+            server.Request.finish(self)
+        finally:
+            # Finishing sent it already (requestDone), unless it failed.
+            if gather:
+                channel.send_gathered()
 
 
 def _body_length(content) -> int:
