@@ -178,6 +178,22 @@ class RequestPathTests(Base):
         node.abandon(handle)
         self.assertEqual(self.cart("s1", route)[0], ["apple"])
 
+    def test_single_node_cluster_seeks_no_secondary(self):
+        """A cluster of one server serves its sessions without looking for a second copy: no request asks for protection, and each session is still locked for its request."""
+        s = self.sim(servers=("s1",), witnesses=())
+        node = s.servers["s1"].node
+        asked = []
+        protect = node.protection.protect
+        node.protection.protect = lambda *a, **kw: asked.append(a) or protect(*a, **kw)
+        route = self.start(["a", "b", "c"])
+        self.assertEqual(self.cart("s1", route)[0], ["a", "b", "c"])
+        self.assertEqual(asked, [])
+        handle = self.successResultOf(node.open(route))
+        waiting = node.open(route)
+        self.assertNoResult(waiting)
+        node.close(handle)
+        self.successResultOf(waiting)
+
     def test_lock_wait_is_bounded(self):
         """A request waiting for a session held too long gives up with NotServing, nothing done."""
         s = self.sim()

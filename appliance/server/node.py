@@ -193,7 +193,8 @@ class SessionNode:
         if (
             local is not None
             and self.store.mine(local)
-            and local.secondary is not None
+            # A single-node cluster's sessions have no secondary to find.
+            and (local.secondary is not None or not self.peers)
             and self.locks.try_take(sid)
         ):
             return defer.succeed(Handle(self._data(local), local, locked=sid))
@@ -415,7 +416,8 @@ class SessionNode:
             self._rotate(handle, now)
         delta = self.store.commit(session, changes, now)
         if session.secondary is None:
-            handle.waits.append(self.protection.protect(session))
+            if self.peers:
+                handle.waits.append(self.protection.protect(session))
         elif delta is not None:
             handle.waits.append(deliver(session.secondary, delta))
         elif not handle.waits:
