@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from twisted.internet import tcp
 
+from appliance import reactor
+
 
 class Throttle:
     """
@@ -59,4 +61,4 @@ def send_now(transport, data: bytes) -> None:
     transport.write(data)
 
 
-_TCP_TYPES = (tcp.Server, tcp.Client)
+_TCP_TYPES = (tcp.Server, tcp.Client, reactor.Server, reactor.Client)
