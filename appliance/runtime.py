@@ -62,22 +62,33 @@ def check_tls(cluster: ClusterConfig, import_module: Callable = importlib.import
             raise ConfigError(cluster.path, *setting, missing)
 
 
-#: PyPy's incremental collector marks this much per step (its default,
-#: twice the nursery, made steps of ~6 ms in a balancer here: the p99 added
-#: at half load was 8-12 ms; with 128KB, 0.4-1.1 ms, at the same rate).
-#: The collector keeps its own floor, so a step still reclaims what each
-#: minor collection leaves.
-PYPY_GC_STEP = ("PYPY_GC_INCREMENT_STEP", "128KB")
+#: PyPy's collector settings for every process this one starts, each unless
+#: the operator set it (CPython ignores them):
+#:
+#: - the incremental collector marks this much per step (its default,
+#:   twice the nursery, made steps of ~6 ms in a balancer here: the p99
+#:   added at half load was 8-12 ms; with 128KB, 0.4-1.1 ms, at the same
+#:   rate). The collector keeps its own floor, so a step still reclaims
+#:   what each minor collection leaves;
+#: - the nursery, where new objects live until a minor collection, is 16MB
+#:   instead of the 1MB PyPy sizes from the CPU's cache here. A session
+#:   server in sync replication holds every request until its secondary
+#:   answers, so a small nursery filled while they waited and each minor
+#:   collection copied all of them to the old generation, where the major
+#:   collector then reclaimed them: sync on PyPy served 0.55 x no
+#:   replication, 1.02 x with 16MB (C{bench/replication.py}, the README's
+#:   Benchmarks). The balancer's throughput and p99 did not change.
+PYPY_GC = (("PYPY_GC_INCREMENT_STEP", "128KB"), ("PYPY_GC_NURSERY", "16MB"))
 
 
 def child_environment(environ) -> dict:
     """
     The environment of a process this one starts: this one's, with
-    L{PYPY_GC_STEP} unless it is set already (CPython ignores it).
+    L{PYPY_GC}'s settings where it has none of its own.
     """
     env = dict(environ)
-    key, value = PYPY_GC_STEP
-    env.setdefault(key, value)
+    for key, value in PYPY_GC:
+        env.setdefault(key, value)
     return env
 
 

@@ -173,15 +173,15 @@ class AllInOneServiceTests(SynchronousTestCase):
         self.assertEqual(monitor.processes["dns"][0][-2:], ["--section", "dns"])
         self.assertEqual({argv[0] for argv, *_ in monitor.processes.values()}, {os.path.abspath(sys.executable)})
 
-    def test_children_get_pypys_short_collector_step(self):
-        """Every supervised child starts with PYPY_GC_INCREMENT_STEP = 128KB (PyPy's default steps cost a balancer its p99), and this process's other variables."""
-        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "PYPY_GC_INCREMENT_STEP"} | {"MARK": "1"})
+    def test_children_get_pypys_collector_settings(self):
+        """Every supervised child starts with PYPY_GC_INCREMENT_STEP = 128KB and PYPY_GC_NURSERY = 16MB (PyPy's defaults cost a balancer its p99 and sync replication half its rate), and this process's other variables."""
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("PYPY_GC_")} | {"MARK": "1"})
         text = open(SHIPPED).read().replace("[cluster]\n", f"[cluster]\nruntime = {sys.executable}\n", 1)
         (monitor, _) = list(make_service(MemoryReactorClock(), ClusterConfig.from_string(text, SHIPPED), SHIPPED))
         envs = [env for _, _, _, env in monitor.processes.values()]
         self.assertEqual(len(envs), 5)
         for env in envs:
-            self.assertEqual((env["PYPY_GC_INCREMENT_STEP"], env["MARK"]), ("128KB", "1"))
+            self.assertEqual((env["PYPY_GC_INCREMENT_STEP"], env["PYPY_GC_NURSERY"], env["MARK"]), ("128KB", "16MB", "1"))
 
     def test_processes_are_supervised_children(self):
         """processes = 2 makes a balancer two supervised children, each serving the section with SO_REUSEPORT."""

@@ -268,10 +268,11 @@ class DnsProcessesTests(SynchronousTestCase):
 
 
 class ChildEnvironmentTests(SynchronousTestCase):
-    def test_pypy_step_is_a_default(self):
-        """A child's environment is this one's plus PYPY_GC_INCREMENT_STEP = 128KB, unless the operator set it."""
-        self.assertEqual(child_environment({"A": "b"}), {"A": "b", "PYPY_GC_INCREMENT_STEP": "128KB"})
-        self.assertEqual(child_environment({"PYPY_GC_INCREMENT_STEP": "1MB"}), {"PYPY_GC_INCREMENT_STEP": "1MB"})
+    def test_pypy_collector_settings_are_defaults(self):
+        """A child's environment is this one's plus PYPY_GC_INCREMENT_STEP = 128KB and PYPY_GC_NURSERY = 16MB, each unless the operator set it."""
+        self.assertEqual(child_environment({"A": "b"}), {"A": "b", "PYPY_GC_INCREMENT_STEP": "128KB", "PYPY_GC_NURSERY": "16MB"})
+        self.assertEqual(child_environment({"PYPY_GC_INCREMENT_STEP": "1MB"}), {"PYPY_GC_INCREMENT_STEP": "1MB", "PYPY_GC_NURSERY": "16MB"})
+        self.assertEqual(child_environment({"PYPY_GC_NURSERY": "4MB"}), {"PYPY_GC_INCREMENT_STEP": "128KB", "PYPY_GC_NURSERY": "4MB"})
         mine = {"A": "b"}
         child_environment(mine)
         self.assertEqual(mine, {"A": "b"})
