@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from appliance.config import ClusterConfig
+from appliance.runtime import child_environment
 from appliance.testing import chaos
 from appliance.testing.lab import (
     HTTP_PORT,
@@ -314,7 +315,7 @@ class ProcessTests(SynchronousTestCase):
 
 class ApplianceLabTests(SynchronousTestCase):
     def test_cluster_runs_across_hosts(self):
-        """Every role starts in its host; a client in c1 writes a cart through the balancer in lb."""
+        """Every role starts in its host, in the environment the supervisor gives its children; a client in c1 writes a cart through the balancer in lb."""
         lab = Lab(self.mktemp(), servers=2)
         self.addCleanup(lab.stop)
         lab.start()
@@ -322,6 +323,10 @@ class ApplianceLabTests(SynchronousTestCase):
             pid = lab.processes[name].popen.pid
             ns = os.stat(f"/run/netns/{lab.namespace(name)}").st_ino
             self.assertEqual(os.stat(f"/proc/{pid}/ns/net").st_ino, ns, name)
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            for key in ("PYPY_GC_INCREMENT_STEP", "PYPY_GC_NURSERY"):
+                self.assertEqual(environ.get(key.encode()), child_environment(os.environ)[key].encode(), name)
         status, headers, body = request(lab.namespace("c1"), "198.18.0.2", HTTP_PORT, "POST", "/cart/items",
                                         b"item=apple", {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
         self.assertEqual((status, json.loads(body)), (200, ["apple"]))

@@ -33,6 +33,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from attrs import define, field, frozen
 
+from appliance.runtime import child_environment
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
@@ -429,6 +431,7 @@ class Lab:
             process.popen = subprocess.Popen(
                 ["ip", "netns", "exec", self.namespace(process.host), *process.argv],
                 cwd=self.root,
+                env=child_environment(os.environ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
