@@ -138,6 +138,28 @@ class ApplianceReactor(epollreactor.EPollReactor):
 
     doIteration = doPoll
 
+    def sigInt(self, number, frame=None):
+        self._stop_on_signal("SIGINT", number)
+
+    def sigTerm(self, number, frame=None):
+        self._stop_on_signal("SIGTERM", number)
+
+    def _stop_on_signal(self, name: str, number: int) -> None:
+        """
+        Stop, as Twisted does on a signal; but a second one while stopping
+        (a session server drains for up to C{drain_timeout}) is said in one
+        log line instead of a C{ReactorNotRunning} traceback.
+        """
+        self._exitSignal = number
+        self.callFromThread(self._stop_once, name)
+
+    def _stop_once(self, name: str) -> None:
+        if self._stopped:
+            log.info("Received {signal} while shutting down already; SIGKILL stops at once.", signal=name)
+            return
+        log.info("Received {signal}, shutting down.", signal=name)
+        self.stop()
+
 
 def install() -> ApplianceReactor:
     reactor = ApplianceReactor()

@@ -196,6 +196,30 @@ class BufferedReadTests(SynchronousTestCase):
         self.assertEqual(self.accepted[0].chunks, [b"hello"])
 
 
+class SignalTests(SynchronousTestCase):
+    def test_a_second_signal_while_stopping_is_a_log_line(self):
+        """SIGTERM stops the reactor; SIGTERM or SIGINT again while it stops logs one line and raises nothing (Twisted's reactor logged ReactorNotRunning)."""
+        from twisted.logger import globalLogPublisher
+
+        r = appliance_reactor.ApplianceReactor()
+        self.addCleanup(r._poller.close)
+        r._stopped = False  # as run() leaves it
+        said = []
+        observer = lambda event: said.append(event.get("log_format", ""))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        r.sigTerm(15)
+        r.runUntilCurrent()
+        self.assertTrue(r._stopped)
+        self.assertEqual(r._exitSignal, 15)
+        r.sigTerm(15)
+        r.sigInt(2)
+        r.runUntilCurrent()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([f for f in said if "while shutting down already" in f], [
+            "Received {signal} while shutting down already; SIGKILL stops at once."] * 2)
+
+
 class ReadChoiceTests(SynchronousTestCase):
     def test_buffered_reads_on_pypy_only(self):
         """The buffered read is the default on PyPy; on CPython the reactor's ports and connectors are Twisted's own."""
