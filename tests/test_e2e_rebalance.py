@@ -19,10 +19,10 @@ from .test_e2e_drain import BALANCER, Writers
 NAMES = ("s1", "s2", "s3")
 SESSIONS = 240
 WRITERS = 4
-#: Sessions held in all (the writers' included), and the least a server
-#: holds of primaries and of backups in an even spread (within 10 %).
+#: Sessions held in all (the writers' included), and the least and most a
+#: server holds of primaries and of backups in an even spread (within 10 %).
 TOTAL = SESSIONS + WRITERS
-FLOOR = 0.9 * TOTAL / 3
+FLOOR, CEILING = 0.9 * TOTAL / 3, 1.1 * TOTAL / 3
 
 
 class RebalanceEndToEndTests(SynchronousTestCase):
@@ -108,8 +108,7 @@ class RebalanceEndToEndTests(SynchronousTestCase):
 
         def even():
             counts = self.counts()
-            return all(abs(p - TOTAL / 3) <= 0.1 * TOTAL / 3 and abs(b - TOTAL / 3) <= 0.1 * TOTAL / 3
-                       for p, b in counts.values())
+            return all(FLOOR <= p <= CEILING and FLOOR <= b <= CEILING for p, b in counts.values())
 
         wait_for(even, 60, f"an even spread (now {self.counts()})")
         before = writers.writes()

@@ -133,10 +133,14 @@ class BufferedReadTests(SynchronousTestCase):
         self.turn_until(lambda: self.accepted and self.client.transport is not None and self.client.transport.connected)
         return connector
 
-    def listen(self):
+    def accepting(self):
+        """A factory whose every protocol is a new L{Collect} in C{self.accepted}."""
         factory = protocol.Factory()
         factory.buildProtocol = lambda addr: self.accepted.append(Collect()) or self.accepted[-1]
-        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        return factory
+
+    def listen(self):
+        port = self.reactor.listenTCP(0, self.accepting(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port
 
@@ -185,9 +189,7 @@ class BufferedReadTests(SynchronousTestCase):
         sock.bind(("127.0.0.1", 0))
         sock.listen(5)
         sock.setblocking(False)
-        factory = protocol.Factory()
-        factory.buildProtocol = lambda addr: self.accepted.append(Collect()) or self.accepted[-1]
-        port = self.reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, factory)
+        port = self.reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, self.accepting())
         self.addCleanup(port.stopListening)
         self.connect(port)
         self.assertIsInstance(self.accepted[0].transport, appliance_reactor.Server)
