@@ -57,7 +57,7 @@ def main(argv) -> int:
     args = parse(argv)
     base = args.dir or tempfile.mkdtemp(prefix="appliance-chaos-")
     modes = ("sync", "async", "batched") if args.mode == "all" else (args.mode,)
-    print(f"$ python3 bench/chaos.py {' '.join(shlex.quote(a) for a in argv)}")
+    print(f"$ {shlex.join([sys.executable, 'bench/chaos.py', *argv])}")
     failed = False
     for mode in modes:
         began = time.monotonic()
